@@ -1,0 +1,89 @@
+"""opus-runner: run Opus workflows from declarative, versioned job specs.
+
+The public API::
+
+    import opus_runner
+    report = opus_runner.run("specs/summarize.yaml", sandbox=True)
+    report.exit_code, report.results
+
+    from opus_runner import hookimpl      # for plugins
+
+Names are imported on first use so ``import opus_runner`` (and ``opus-run --help``) stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .__about__ import __version__
+from .hookspecs import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import (
+        ApiError,
+        AuthError,
+        ConfigError,
+        DeliveryFailed,
+        Interrupted,
+        JobFailed,
+        JobTimedOut,
+        NetworkError,
+        NotFoundError,
+        OpusRunnerError,
+        PluginError,
+        SpecError,
+        TemplateError,
+        UsageError,
+        ValidationFailed,
+    )
+    from .models import Context, InputField, JobEvent, JobResult, WorkflowRef, WorkflowSchema
+    from .runner import JobOutcome, RunOptions, RunReport, Runner, arun, run
+    from .spec import Spec, load_spec
+
+_LAZY = {
+    "run": "runner",
+    "arun": "runner",
+    "Runner": "runner",
+    "RunOptions": "runner",
+    "RunReport": "runner",
+    "JobOutcome": "runner",
+    "load_spec": "spec",
+    "Spec": "spec",
+    "Context": "models",
+    "InputField": "models",
+    "JobEvent": "models",
+    "JobResult": "models",
+    "WorkflowRef": "models",
+    "WorkflowSchema": "models",
+    "OpusRunnerError": "errors",
+    "UsageError": "errors",
+    "SpecError": "errors",
+    "TemplateError": "errors",
+    "ValidationFailed": "errors",
+    "PluginError": "errors",
+    "ConfigError": "errors",
+    "ApiError": "errors",
+    "AuthError": "errors",
+    "NotFoundError": "errors",
+    "NetworkError": "errors",
+    "JobFailed": "errors",
+    "JobTimedOut": "errors",
+    "DeliveryFailed": "errors",
+    "Interrupted": "errors",
+}
+
+__all__ = ["__version__", "hookimpl", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'opus_runner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

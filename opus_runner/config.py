@@ -1,0 +1,151 @@
+"""Project configuration: ``opus-runner.toml`` or ``[tool.opus-runner]`` in ``pyproject.toml``.
+
+Found by walking up from the spec's folder (or the current folder). The folder holding it is the
+*project root*: ``plugins_dir`` and ``state_dir`` are relative to it. The *spec repository root*
+that confines file inputs is the project root, else the git root, else the spec's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_BASE_URL = "https://operator.opus.com"
+CONFIG_FILE = "opus-runner.toml"
+_KNOWN_KEYS = {
+    "base_url",
+    "plugins_dir",
+    "state_dir",
+    "concurrency",
+    "outputs",
+    "notify",
+    "sandbox_workflows",
+}
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """Settings from the project file, with paths resolved against the project root."""
+
+    root: Path  # the project root: the config file's folder, else the current folder
+    start: Path  # where the search began (the spec's folder)
+    file: Path | None = None  # the file the settings came from
+    base_url: str | None = None
+    plugins_dir: Path | None = None
+    state_dir: Path | None = None
+    concurrency: int | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    notify: list[dict[str, Any]] = field(default_factory=list)
+    sandbox_workflows: Path | None = None
+
+    @property
+    def repo_root(self) -> Path:
+        """The folder file inputs must stay inside (SPEC.md section 1)."""
+        if self.file is not None:
+            return self.root
+        return find_git_root(self.start) or self.start
+
+
+def find_git_root(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the project file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _settings_in(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    own = folder / CONFIG_FILE
+    if own.is_file():
+        return own, _read_toml(own)
+    pyproject = folder / "pyproject.toml"
+    if pyproject.is_file():
+        table = _read_toml(pyproject).get("tool", {}).get("opus-runner")
+        if isinstance(table, dict):
+            return pyproject, table
+    return None
+
+
+@lru_cache(maxsize=64)
+def _load_cached(start: Path, cwd: Path) -> ProjectConfig:
+    for folder in (start, *start.parents):
+        found = _settings_in(folder)
+        if found is not None:
+            return _parse(folder, start, *found)
+    return ProjectConfig(root=cwd, start=start)
+
+
+def load_project_config(start: str | Path | None = None) -> ProjectConfig:
+    """The project configuration governing ``start`` (a folder; default: the current folder)."""
+    folder = Path(start if start is not None else os.getcwd()).resolve()
+    if folder.is_file():
+        folder = folder.parent
+    return _load_cached(folder, Path.cwd().resolve())
+
+
+def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> ProjectConfig:
+    import difflib
+
+    for key in table:
+        if key not in _KNOWN_KEYS:
+            close = difflib.get_close_matches(key, sorted(_KNOWN_KEYS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(_KNOWN_KEYS))}"
+            raise ConfigError(f"{file}: unknown setting {key!r}{hint}")
+
+    def path_of(key: str) -> Path | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{file}: {key} must be a path string, found {value!r}")
+        return (root / value).resolve()
+
+    concurrency = table.get("concurrency")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise ConfigError(f"{file}: concurrency must be a positive integer, found {concurrency!r}")
+    for key in ("outputs", "notify"):
+        entries = table.get(key, [])
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("type"), str) for e in entries
+        ):
+            raise ConfigError(f"{file}: {key} must be a list of tables, each with a 'type'")
+    base_url = table.get("base_url")
+    if base_url is not None and not isinstance(base_url, str):
+        raise ConfigError(f"{file}: base_url must be a string, found {base_url!r}")
+    return ProjectConfig(
+        root=root,
+        start=start,
+        file=file,
+        base_url=base_url,
+        plugins_dir=path_of("plugins_dir"),
+        state_dir=path_of("state_dir"),
+        concurrency=concurrency,
+        outputs=list(table.get("outputs", [])),
+        notify=list(table.get("notify", [])),
+        sandbox_workflows=path_of("sandbox_workflows"),
+    )
+
+
+def default_plugins_dir(config: ProjectConfig) -> Path:
+    return config.plugins_dir or (config.root / "plugins")
+
+
+def default_state_dir(config: ProjectConfig) -> Path:
+    return config.state_dir or (config.root / ".opus-run")

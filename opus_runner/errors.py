@@ -1,0 +1,192 @@
+"""The one exception tree of opus-runner. Only ``cli.py`` turns these into messages and exit codes.
+
+    OpusRunnerError                      exit 1 unless a subclass says otherwise
+    ├── UsageError                       2  bad command-line use (``--var`` without ``=``, ...)
+    ├── SpecError                        2  a spec file is malformed (file, key path, line)
+    │   └── TemplateError                2  a template failed to render
+    ├── ValidationFailed                 2  several SpecErrors found at once (all reported)
+    ├── PluginError                      2  a plugin failed to load or registered badly
+    ├── ConfigError                      3  missing or unusable configuration (no service key, ...)
+    ├── ApiError                         3  the Opus API answered with an error
+    │   ├── AuthError                    3  the service key was rejected
+    │   ├── NotFoundError                3  unknown workflow or job
+    │   └── ExecuteOutcomeUnknown        3  execute may or may not have reached the server
+    ├── NetworkError                     3  the API could not be reached (after retries)
+    ├── JobFailed                        1  a job ended FAILED or CANCELLED
+    ├── JobTimedOut                      1  a job did not finish within its timeout
+    ├── DeliveryFailed                   1  an output or notifier plugin failed (result kept)
+    └── Interrupted                      130  Ctrl-C; state is saved
+
+Each error carries its context as attributes (``file``, ``key``, ``line``, ``job_id``,
+``status_code``...) so callers can inspect it; ``str(error)`` is the one sentence shown to users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+
+class OpusRunnerError(Exception):
+    """Base of every error opus-runner raises on purpose."""
+
+    exit_code: int = 1
+
+
+class UsageError(OpusRunnerError):
+    exit_code = 2
+
+
+def format_key(path: Sequence[str | int]) -> str:
+    """Render a key path like ``inputs.Budget`` or ``outputs[0].path``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+class SpecError(OpusRunnerError):
+    """Something in one spec file is wrong.
+
+    ``file`` is the spec path, ``key`` the key path inside it (a tuple of keys and list
+    indexes), ``line`` the 1-based line in a YAML/JSON file when known.
+    """
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        key: Sequence[str | int] = (),
+        line: int | None = None,
+    ) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.key = tuple(key)
+        self.line = line
+        super().__init__(self.__str__())
+
+    @property
+    def location(self) -> str:
+        where = self.file or ""
+        if where and self.line:
+            where += f":{self.line}"
+        key = format_key(self.key)
+        if key:
+            where = f"{where}: {key}" if where else key
+        return where
+
+    def __str__(self) -> str:
+        where = self.location
+        return f"{where}: {self.message}" if where else self.message
+
+
+class TemplateError(SpecError):
+    """A Jinja template in a spec failed to parse or render."""
+
+
+class ValidationFailed(OpusRunnerError):
+    """Every problem found in one pass, so users fix them all at once."""
+
+    exit_code = 2
+
+    def __init__(self, errors: Iterable[SpecError]) -> None:
+        self.errors: list[SpecError] = list(errors)
+        n = len(self.errors)
+        head = f"{n} problem{'s' if n != 1 else ''} found:"
+        super().__init__("\n".join([head, *(f"  - {e}" for e in self.errors)]))
+
+
+class PluginError(OpusRunnerError):
+    """A plugin failed to import, or registered something invalid. ``plugin`` names it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        self.plugin = plugin
+        super().__init__(f"plugin {plugin}: {message}" if plugin else message)
+
+
+class ConfigError(OpusRunnerError):
+    exit_code = 3
+
+
+class ApiError(OpusRunnerError):
+    """The Opus API answered with an error. ``message`` quotes the server's own words."""
+
+    exit_code = 3
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        method: str | None = None,
+        endpoint: str | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        self.message = message
+        self.status_code = status_code
+        self.method = method
+        self.endpoint = endpoint
+        self.job_id = job_id
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        call = f"{self.method} {self.endpoint}" if self.method and self.endpoint else self.endpoint
+        prefix = f"{call} failed" if call else "the Opus API failed"
+        if self.status_code and f"HTTP {self.status_code}" not in self.message:
+            prefix += f" with HTTP {self.status_code}"
+        return f"{prefix}: {self.message}"
+
+
+class AuthError(ApiError):
+    pass
+
+
+class NotFoundError(ApiError):
+    pass
+
+
+class ExecuteOutcomeUnknown(ApiError):
+    """Execute was sent but its answer was lost and the job's status does not show it running.
+
+    It is never resent automatically; ``opus-run resume`` looks again later.
+    """
+
+
+class NetworkError(OpusRunnerError):
+    exit_code = 3
+
+
+class JobFailed(OpusRunnerError):
+    exit_code = 1
+
+    def __init__(self, message: str, *, job_id: str | None = None, status: str | None = None):
+        self.job_id = job_id
+        self.status = status
+        super().__init__(message)
+
+
+class JobTimedOut(JobFailed):
+    pass
+
+
+class DeliveryFailed(OpusRunnerError):
+    """An output or notifier plugin raised; the result itself is safe in the journal."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, plugin: str | None = None, job_id: str | None = None):
+        self.plugin = plugin
+        self.job_id = job_id
+        super().__init__(message)
+
+
+class Interrupted(OpusRunnerError):
+    exit_code = 130

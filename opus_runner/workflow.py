@@ -1,0 +1,354 @@
+"""A workflow's inputs: from the API's bodies to :class:`~opus_runner.models.WorkflowSchema`.
+
+Pure functions, no I/O and cheap to import (the CLI imports this at start-up): turn a v1
+``GET /workflow/{id}`` body or a v2 workflow object into InputFields, resolve a spec's input key
+to one field, and describe a valid ``jobPayloadSchemaInstance`` as a JSON Schema.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ApiError
+from .models import InputField, WorkflowSchema
+
+__all__ = [
+    "fields_from_job_payload_schema",
+    "payload_json_schema",
+    "resolve_input",
+    "schema_fingerprint",
+    "schema_from_workflow",
+    "schema_from_workflow_object",
+]
+
+JSON_SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+# A calendar date as the API takes it; month and day ranges are checked, leap years are not.
+DATE_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+_FILE_TYPES = ("file", "array_files")
+_TRUE = {"true", "yes", "1", "y", "on"}
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE
+    return bool(value)
+
+
+def _type_name(raw: Any) -> str:
+    # v2 sometimes nests the type: {"type": "float", "type_definition": null}.
+    if isinstance(raw, Mapping):
+        raw = raw.get("type")
+    text = str(raw).strip().lower() if raw not in (None, "") else ""
+    return text or "str"
+
+
+def _file_type(value: Any) -> str:
+    return str(value).strip().lstrip(".").upper()
+
+
+def _allowed_file_types(entry: Mapping[str, Any]) -> tuple[str, ...]:
+    found: list[Any] = []
+    tags = entry.get("tags")
+    if isinstance(tags, Mapping):
+        tags = [tags]
+    if isinstance(tags, list):
+        for tag in tags:
+            if isinstance(tag, Mapping) and tag.get("variable_name") == "allowed_file_types":
+                value = tag.get("value")
+                found.extend(value if isinstance(value, list) else [value])
+    direct = entry.get("allowed_file_types")
+    if isinstance(direct, list):
+        found.extend(direct)
+    out: list[str] = []
+    for item in found:
+        name = _file_type(item) if item is not None else ""
+        if name and name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def fields_from_job_payload_schema(mapping: Mapping[str, Any] | None) -> tuple[InputField, ...]:
+    """InputFields from a ``jobPayloadSchema`` mapping, in the order the API listed them.
+
+    Each entry is ``{id, variable_name, display_name, type, is_nullable, tags?}``. A missing
+    ``variable_name`` falls back to the mapping key, a missing ``display_name`` to the variable
+    name, a missing ``type`` to ``str``. ``tags`` entries named ``allowed_file_types`` become
+    upper-case extensions without dots (``.pdf`` -> ``PDF``).
+    """
+    if mapping is None:
+        return ()
+    if not isinstance(mapping, Mapping):
+        raise ApiError(
+            f"the workflow's input schema is a JSON {type(mapping).__name__}, not an object "
+            "mapping variable names to inputs; the API answer cannot be used"
+        )
+    fields: list[InputField] = []
+    for key, entry in mapping.items():
+        if not isinstance(entry, Mapping):
+            raise ApiError(
+                f"input {key!r} of the workflow's input schema is a JSON "
+                f"{type(entry).__name__}, not an object; the API answer cannot be used"
+            )
+        variable_name = str(entry.get("variable_name") or key)
+        display_name = str(entry.get("display_name") or entry.get("displayName") or variable_name)
+        nullable = entry.get("is_nullable", entry.get("nullable", False))
+        raw_id = entry.get("id")
+        fields.append(
+            InputField(
+                variable_name=variable_name,
+                display_name=display_name,
+                type=_type_name(entry.get("type")),
+                nullable=_as_bool(nullable),
+                allowed_file_types=_allowed_file_types(entry),
+                id=str(raw_id) if raw_id not in (None, "") else None,
+            )
+        )
+    return tuple(fields)
+
+
+def _optional_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _decode_schema(value: Any, what: str) -> Any:
+    # Some deployments serialise the schema as a JSON string inside the JSON body.
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ApiError(
+                f"{what} is a string that is not JSON; the API answer cannot be used"
+            ) from None
+    return value
+
+
+def schema_from_workflow(
+    body: Mapping[str, Any],
+    *,
+    version: int | None = None,
+    version_id: str | None = None,
+    workflow_id: str | None = None,
+) -> WorkflowSchema:
+    """A WorkflowSchema from a v1 ``GET /workflow/{id}`` body (``jobPayloadSchema`` inside).
+
+    ``version``/``version_id`` record the pin the body was fetched with (else the body's own
+    version fields); ``workflow_id`` is the id asked for, used when the body does not name it.
+    """
+    if not isinstance(body, Mapping):
+        raise ApiError(
+            "the workflow description is not a JSON object; the API answer cannot be used"
+        )
+    if "jobPayloadSchema" not in body and isinstance(body.get("data"), Mapping):
+        body = body["data"]
+    if "jobPayloadSchema" not in body:
+        keys = ", ".join(sorted(map(str, body))) or "none"
+        raise ApiError(
+            f"the description of workflow {workflow_id or body.get('workflowId') or '?'} has no "
+            f"jobPayloadSchema (keys: {keys}), so its inputs are unknown"
+        )
+    mapping = _decode_schema(body.get("jobPayloadSchema"), "jobPayloadSchema")
+    resolved_id = workflow_id or body.get("workflowId") or body.get("workflow_id") or body.get("id")
+    return WorkflowSchema(
+        workflow_id=str(resolved_id or ""),
+        name=str(body.get("name") or ""),
+        description=str(body.get("description") or ""),
+        inputs=fields_from_job_payload_schema(mapping),
+        version=version
+        if version is not None
+        else _optional_int(body.get("version", body.get("workflowVersionNumber"))),
+        version_id=version_id
+        or (str(body["workflowVersionId"]) if body.get("workflowVersionId") else None),
+        source="v1",
+    )
+
+
+def _mark_file_input(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    allowed = entry.get("allowed_types")
+    if not isinstance(allowed, list):
+        return entry
+    is_file = any(isinstance(a, Mapping) and _type_name(a.get("type")) == "file" for a in allowed)
+    current = _type_name(entry.get("type"))
+    if not is_file or current in _FILE_TYPES:
+        return entry
+    # A list whose items are files is a multi-file input; anything else holds one file.
+    return {**entry, "type": "array_files" if current == "array" else "file"}
+
+
+def schema_from_workflow_object(body: Mapping[str, Any], workflow_id: str) -> WorkflowSchema:
+    """A WorkflowSchema from a v2 workflow object (``/reference-workflow/v2/workflow-object``).
+
+    The inputs are on the node named by ``workflow_input_node_id``, under
+    ``output_schema.schema`` else ``input_schema.schema``. An entry with
+    ``allowed_types: [{"type": "file"}]`` is a file input (``array`` becomes ``array_files``).
+    """
+    if not isinstance(body, Mapping):
+        raise ApiError(
+            f"the v2 object of workflow {workflow_id} is not a JSON object; the API answer "
+            "cannot be used"
+        )
+    if "workflow_input_node_id" not in body and isinstance(body.get("data"), Mapping):
+        body = body["data"]
+    if isinstance(body.get("jobPayloadSchema"), (Mapping, str)):
+        mapping: Any = _decode_schema(body["jobPayloadSchema"], "jobPayloadSchema")
+        input_node: Mapping[str, Any] = {}
+    else:
+        node_id = body.get("workflow_input_node_id")
+        nodes = body.get("nodes")
+        if isinstance(nodes, list):
+            nodes = {str(n.get("id")): n for n in nodes if isinstance(n, Mapping)}
+        node = nodes.get(str(node_id)) if node_id and isinstance(nodes, Mapping) else None
+        if not isinstance(node, Mapping):
+            raise ApiError(
+                f"the v2 graph of workflow {workflow_id} has no input node "
+                f"(workflow_input_node_id is {node_id!r}), so its inputs are unknown; check the "
+                "workflow in Opus"
+            )
+        input_node = node
+        mapping = None
+        for key in ("output_schema", "input_schema"):
+            holder = node.get(key)
+            candidate = holder.get("schema") if isinstance(holder, Mapping) else None
+            candidate = (
+                _decode_schema(candidate, f"{key}.schema") if candidate is not None else None
+            )
+            if isinstance(candidate, Mapping) and candidate:
+                mapping = candidate
+                break
+        if mapping is None:
+            mapping = {}
+    if isinstance(mapping, Mapping):
+        mapping = {
+            k: _mark_file_input(v) if isinstance(v, Mapping) else v for k, v in mapping.items()
+        }
+    raw_version_id = (
+        body.get("workflow_version_id")
+        or body.get("version_id")
+        or input_node.get("workflow_version_id")
+    )
+    return WorkflowSchema(
+        workflow_id=str(workflow_id),
+        name=str(body.get("name") or ""),
+        description=str(body.get("description") or ""),
+        inputs=fields_from_job_payload_schema(mapping),
+        version=_optional_int(body.get("version")),
+        version_id=str(raw_version_id) if raw_version_id else None,
+        source="v2",
+    )
+
+
+def resolve_input(schema: WorkflowSchema, key: str) -> InputField:
+    """The input a spec key names: exact ``variable_name`` first, then exact ``display_name``.
+
+    Raises ``LookupError`` (one sentence, for the caller to wrap with file and key) when two
+    inputs share the display name, or when nothing matches (listing the display names, with a
+    "did you mean" when one is close).
+    """
+    for candidate in schema.inputs:
+        if candidate.variable_name == key:
+            return candidate
+    matches = [f for f in schema.inputs if f.display_name == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        names = ", ".join(repr(f.variable_name) for f in matches)
+        raise LookupError(
+            f"the display name {key!r} is shared by inputs {names} of workflow "
+            f"{schema.workflow_id}; key the input by its variable name instead"
+        )
+    shown = ", ".join(repr(f.display_name) for f in schema.inputs) or "none"
+    message = f"workflow {schema.workflow_id} has no input {key!r}; its inputs are {shown}"
+    choices = [f.display_name for f in schema.inputs] + [f.variable_name for f in schema.inputs]
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        close = [lowered[key.lower()]] if key.lower() in lowered else []
+    if close:
+        message += f" (did you mean {close[0]!r}?)"
+    raise LookupError(message)
+
+
+def _value_schema(input_type: str) -> dict[str, Any]:
+    if input_type == "str":
+        return {"type": "string"}
+    if input_type == "float":
+        return {"type": "number"}
+    if input_type == "bool":
+        return {"type": "boolean"}
+    if input_type == "date":
+        return {"type": "string", "pattern": DATE_PATTERN}
+    if input_type == "file":
+        return {"type": "string", "minLength": 1}
+    if input_type == "array":
+        return {"type": "array"}
+    if input_type == "array_files":
+        return {"type": "array", "items": {"type": "string", "minLength": 1}}
+    if input_type == "object":
+        return {"type": "object"}
+    # A type this version does not know: let the server judge the value.
+    return {}
+
+
+def payload_json_schema(schema: WorkflowSchema) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a valid ``jobPayloadSchemaInstance`` for ``schema``.
+
+    One property per input variable, ``{value, type, displayName}`` with ``type`` fixed to the
+    workflow's type and ``value`` typed accordingly; non-nullable inputs are required and may
+    not be null; variables the workflow does not have are refused. Entries may carry extra keys
+    (``typeDefinition``), which the API accepts.
+    """
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for f in schema.inputs:
+        value = _value_schema(f.type)
+        if f.nullable and value:
+            value = {"anyOf": [value, {"type": "null"}]}
+        properties[f.variable_name] = {
+            "type": "object",
+            "title": f.display_name,
+            "properties": {
+                "value": value,
+                "type": {"const": f.type},
+                "displayName": {"type": "string"},
+            },
+            "required": ["value", "type"],
+        }
+        if not f.nullable:
+            required.append(f.variable_name)
+    return {
+        "$schema": JSON_SCHEMA_DRAFT,
+        "title": f"jobPayloadSchemaInstance of workflow {schema.workflow_id}",
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+def schema_fingerprint(schema: WorkflowSchema) -> str:
+    """A sha256 hex digest of the inputs (names, types, nullability, file types), stable
+    across input order and independent of the workflow's name, description and input ids."""
+    inputs = sorted(
+        (
+            {
+                "variable_name": f.variable_name,
+                "display_name": f.display_name,
+                "type": f.type,
+                "nullable": f.nullable,
+                "allowed_file_types": sorted(f.allowed_file_types),
+            }
+            for f in schema.inputs
+        ),
+        key=lambda item: str(item["variable_name"]),
+    )
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

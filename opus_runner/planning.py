@@ -1,0 +1,395 @@
+"""Planning: expand loaded specs (matrix, foreach) into rendered job plans, each with a stable key.
+
+Plans are produced by generators: a 10,000-row foreach is read row by row, never held whole,
+and the same specs planned twice give the same plans in the same order (the runner plans once
+to validate everything, then again to submit).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .durations import parse_duration
+from .errors import SpecError, TemplateError, UsageError
+from .models import WorkflowRef
+from .spec import Spec
+from .templating import Templater, build_context
+
+DEFAULT_TIMEOUT = 3600.0
+DEFAULT_POLL = 2.0
+DEFAULT_MAX_INTERVAL = 30.0
+
+
+@dataclass(frozen=True)
+class WaitSettings:
+    enabled: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+    poll_interval: float = DEFAULT_POLL
+    max_interval: float = DEFAULT_MAX_INTERVAL
+
+
+@dataclass
+class JobPlan:
+    """One job to run: everything rendered except ``outputs``/``notify`` (rendered after the job)."""
+
+    spec: Spec
+    key: str
+    matrix: dict[str, Any]
+    row: dict[str, Any] | None
+    row_number: int | None
+    vars: dict[str, Any]
+    metadata: dict[str, Any]
+    workflow: WorkflowRef
+    title: str
+    description: str
+    inputs: dict[str, Any]
+    wait: WaitSettings
+    callback_url: str | None
+    outputs: list[dict[str, Any]]
+    notify: list[dict[str, Any]]
+    context: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """What the journal keeps to find this plan again on resume."""
+        return {
+            "key": self.key,
+            "matrix": self.matrix,
+            "row": self.row,
+            "row_number": self.row_number,
+            "vars": self.vars,
+        }
+
+
+@dataclass(frozen=True)
+class PlanFilter:
+    """``--only KEY=VALUE`` (all must match a matrix or row value), ``--shard K/N``, ``--limit N``."""
+
+    only: tuple[tuple[str, str], ...] = ()
+    shard: tuple[int, int] | None = None
+    limit: int | None = None
+    keys: frozenset[str] | None = None  # exactly these plan keys (resume)
+
+    def admits(self, plan: JobPlan) -> bool:
+        if self.keys is not None and plan.key not in self.keys:
+            return False
+        for name, wanted in self.only:
+            values = [plan.matrix.get(name), (plan.row or {}).get(name)]
+            if not any(v is not None and str(v) == wanted for v in values):
+                return False
+        if self.shard is not None:
+            k, n = self.shard
+            # By hash of the plan key, not by position: a row added to a CSV moves no other job
+            # to another shard.
+            if shard_of(plan.key, n) != k:
+                return False
+        return True
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The 1-based shard a plan key belongs to among ``shards``."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % shards + 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k_text, n_text = text.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise UsageError(f"--shard expects K/N such as 2/5, found {text!r}") from None
+    if n < 1 or not 1 <= k <= n:
+        raise UsageError(f"--shard {text}: K must be between 1 and N (found K={k}, N={n})")
+    return k, n
+
+
+def parse_assignments(items: Sequence[str], option: str) -> list[tuple[str, str]]:
+    """``["a=1", "b=x=y"]`` -> ``[("a", "1"), ("b", "x=y")]``; a missing ``=`` is a UsageError."""
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"{option} expects KEY=VALUE, found {item!r}")
+        pairs.append((name.strip(), value))
+    return pairs
+
+
+class Planner:
+    """Turns specs into JobPlans with one Templater and the run's variable overrides."""
+
+    def __init__(
+        self,
+        templater: Templater,
+        *,
+        var_overrides: Mapping[str, Any] | None = None,
+        default_outputs: Sequence[Mapping[str, Any]] = (),
+        default_notify: Sequence[Mapping[str, Any]] = (),
+        timeout: float | None = None,
+        no_wait: bool = False,
+    ) -> None:
+        self.templater = templater
+        self.var_overrides = dict(var_overrides or {})
+        self.default_outputs = [dict(o) for o in default_outputs] or [{"type": "stdout"}]
+        self.default_notify = [dict(n) for n in default_notify]
+        self.timeout = timeout
+        self.no_wait = no_wait
+
+    # -- expansion ---------------------------------------------------------------------------
+
+    def plans(self, specs: Sequence[Spec], plan_filter: PlanFilter | None = None) -> Iterator[JobPlan]:
+        """Every job of the batch, in spec order, filtered; ``--limit`` applies last."""
+        produced = 0
+        for spec in specs:
+            for plan in self.plan_spec(spec):
+                if plan_filter is not None and not plan_filter.admits(plan):
+                    continue
+                if plan_filter is not None and plan_filter.limit is not None and produced >= plan_filter.limit:
+                    return
+                produced += 1
+                yield plan
+
+    def plan_spec(self, spec: Spec) -> Iterator[JobPlan]:
+        base = build_context(self.templater)
+        spec_vars = self.templater.render(spec.data.get("vars") or {}, base, file=_rel(spec), key=("vars",))
+        variables = {**spec_vars, **self.var_overrides}
+        combos = self._matrix(spec, variables)
+        foreach = spec.data.get("foreach")
+        for combo in combos:
+            if foreach is None:
+                yield self._plan(spec, variables, combo, None, None)
+                continue
+            for number, row in self._rows(spec, foreach):
+                yield self._plan(spec, variables, combo, row, number)
+
+    def _matrix(self, spec: Spec, variables: Mapping[str, Any]) -> list[dict[str, Any]]:
+        matrix = spec.data.get("matrix")
+        if not matrix:
+            return [{}]
+        context = build_context(self.templater, vars=variables)
+        rendered = self.templater.render(matrix, context, file=_rel(spec), key=("matrix",))
+        names = list(rendered)
+        for name in names:
+            values = rendered[name]
+            if not isinstance(values, list) or not values:
+                raise spec.error(f"matrix values must be a non-empty list, found {values!r}", ("matrix", name))
+        return [dict(zip(names, combo)) for combo in itertools.product(*(rendered[n] for n in names))]
+
+    def _rows(self, spec: Spec, foreach: Mapping[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+        if "rows" in foreach:
+            for number, row in enumerate(foreach["rows"], start=1):
+                yield number, _check_row(spec, row, number, "foreach.rows")
+            return
+        source = foreach["file"]
+        path = (spec.dir / source).resolve()
+        if not path.is_file():
+            raise spec.error(f"foreach file {source!r} does not exist (looked for {path})", ("foreach", "file"))
+        kind = foreach.get("format") or {".csv": "csv", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(
+            path.suffix.lower()
+        )
+        if kind is None:
+            raise spec.error(
+                f"cannot tell the format of {source!r}; name it .csv/.json/.yaml or set foreach.format",
+                ("foreach", "format"),
+            )
+        if kind == "csv":
+            yield from _csv_rows(spec, path, source)
+            return
+        try:
+            text = path.read_text(encoding="utf-8")
+            if kind == "json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except (ValueError, OSError) as exc:
+            raise spec.error(f"cannot read foreach file {source!r}: {exc}", ("foreach", "file")) from None
+        except Exception as exc:  # yaml.YAMLError
+            raise spec.error(f"foreach file {source!r} is not valid YAML: {exc}", ("foreach", "file")) from None
+        if not isinstance(data, list):
+            raise spec.error(f"foreach file {source!r} must hold a list of rows, found {type(data).__name__}", ("foreach", "file"))
+        for number, row in enumerate(data, start=1):
+            yield number, _check_row(spec, row, number, source)
+
+    # -- rendering one job -------------------------------------------------------------------
+
+    def _plan(
+        self,
+        spec: Spec,
+        variables: Mapping[str, Any],
+        combo: Mapping[str, Any],
+        row: dict[str, Any] | None,
+        row_number: int | None,
+    ) -> JobPlan:
+        key = plan_key(spec.name, combo, row_number)
+        try:
+            return self._render_plan(spec, key, variables, combo, row, row_number)
+        except TemplateError as exc:
+            if row_number is None and not combo:
+                raise
+            where = f"foreach row {row_number}" if row_number is not None else ""
+            if combo:
+                where = ", ".join(filter(None, [f"matrix {_combo_text(combo)}", where]))
+            raise TemplateError(f"{exc.message} ({where})", file=exc.file, key=exc.key, line=exc.line) from None
+
+    def _render_plan(
+        self,
+        spec: Spec,
+        key: str,
+        variables: Mapping[str, Any],
+        combo: Mapping[str, Any],
+        row: dict[str, Any] | None,
+        row_number: int | None,
+    ) -> JobPlan:
+        data = spec.data
+        file = _rel(spec)
+        render = self.templater.render
+
+        def at(path: tuple[str | int, ...]) -> int | None:
+            return spec.line_of(path)
+
+        context = build_context(self.templater, vars=variables, matrix=combo, row=row)
+        raw_meta = data["metadata"]
+        metadata = {"name": spec.name}
+        for name in ("title", "description", "labels"):
+            if name in raw_meta:
+                metadata[name] = render(raw_meta[name], context, file=file, key=("metadata", name))
+        context = build_context(self.templater, vars=variables, matrix=combo, row=row, metadata=metadata)
+        workflow = render(data["workflow"], context, file=file, key=("workflow",))
+        inputs = render(data.get("inputs") or {}, context, file=file, key=("inputs",))
+        wait_raw = render(data.get("wait") or {}, context, file=file, key=("wait",))
+        callback = render(data.get("callback") or {}, context, file=file, key=("callback",))
+
+        wait = self._wait(spec, wait_raw)
+        callback_url = callback.get("url") or None
+        if callback_url is not None:
+            if not isinstance(callback_url, str) or not callback_url.startswith("https://"):
+                raise SpecError(
+                    f"callback.url must be an https URL reachable by Opus, found {callback_url!r}",
+                    file=file,
+                    key=("callback", "url"),
+                    line=at(("callback", "url")),
+                )
+        version = workflow.get("version")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise SpecError(
+                f"workflow.version must be a whole number of 1 or more, found {version!r}",
+                file=file,
+                key=("workflow", "version"),
+                line=at(("workflow", "version")),
+            )
+        title = metadata.get("title") or spec.name
+        return JobPlan(
+            spec=spec,
+            key=key,
+            matrix=dict(combo),
+            row=row,
+            row_number=row_number,
+            vars=dict(variables),
+            metadata=metadata,
+            workflow=WorkflowRef(
+                id=str(workflow["id"]),
+                version=version,
+                version_id=workflow.get("versionId") or None,
+            ),
+            title=str(title),
+            description=str(metadata.get("description") or ""),
+            inputs=inputs,
+            wait=wait,
+            callback_url=callback_url,
+            outputs=[dict(o) for o in data.get("outputs") or self.default_outputs],
+            notify=[dict(n) for n in data.get("notify") or self.default_notify],
+            context=context,
+        )
+
+    def _wait(self, spec: Spec, raw: Mapping[str, Any]) -> WaitSettings:
+        values: dict[str, Any] = {}
+        for name, default in (
+            ("timeout", DEFAULT_TIMEOUT),
+            ("poll_interval", DEFAULT_POLL),
+            ("max_interval", DEFAULT_MAX_INTERVAL),
+        ):
+            if name not in raw:
+                values[name] = default
+                continue
+            try:
+                values[name] = parse_duration(raw[name])
+            except ValueError as exc:
+                raise spec.error(str(exc), ("wait", name)) from None
+        if self.timeout is not None:
+            values["timeout"] = self.timeout
+        if values["poll_interval"] <= 0:
+            values["poll_interval"] = 0.05  # a zero interval would spin: poll as fast as sensible
+        values["max_interval"] = max(values["max_interval"], values["poll_interval"])
+        enabled = bool(raw.get("enabled", True)) and not self.no_wait
+        return WaitSettings(enabled=enabled, **values)
+
+
+def plan_key(name: str, combo: Mapping[str, Any], row_number: int | None) -> str:
+    """``name``, ``name[region=eu,month=2026-10]``, ``name#3`` or ``name[region=eu]#3``."""
+    key = name
+    if combo:
+        key += f"[{_combo_text(combo)}]"
+    if row_number is not None:
+        key += f"#{row_number}"
+    return key
+
+
+def _combo_text(combo: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={_scalar(v)}" for k, v in combo.items())
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _csv_rows(spec: Spec, path: Path, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise spec.error(f"cannot read foreach file {source!r}: {exc}", ("foreach", "file")) from None
+    with handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise spec.error(f"foreach file {source!r} has no header row", ("foreach", "file"))
+        blanks = [i for i, name in enumerate(reader.fieldnames, start=1) if not name or not name.strip()]
+        if blanks:
+            raise spec.error(f"foreach file {source!r}: header column {blanks[0]} has no name", ("foreach", "file"))
+        number = 0
+        try:
+            for record in reader:
+                # Blank lines (all cells empty) are skipped, not run as empty jobs.
+                if not any((v or "").strip() for k, v in record.items() if k is not None):
+                    continue
+                number += 1
+                if None in record:
+                    raise spec.error(
+                        f"foreach file {source!r}, row {number} (line {reader.line_num}) has more cells than the header",
+                        ("foreach", "file"),
+                    )
+                yield number, {k: ("" if v is None else v) for k, v in record.items()}
+        except csv.Error as exc:
+            raise spec.error(f"foreach file {source!r}, line {reader.line_num}: {exc}", ("foreach", "file")) from None
+
+
+def _check_row(spec: Spec, row: Any, number: int, source: str) -> dict[str, Any]:
+    if not isinstance(row, Mapping):
+        raise spec.error(f"{source}: row {number} must be a mapping of column to value, found {type(row).__name__}", ("foreach",))
+    return dict(row)
+
+
+def _rel(spec: Spec) -> str:
+    import os
+
+    try:
+        return os.path.relpath(spec.path)
+    except ValueError:
+        return str(spec.path)

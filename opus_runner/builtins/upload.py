@@ -1,0 +1,58 @@
+"""Built-in uploader: local files through the API's presigned-URL flow; http(s) URLs as they are.
+
+The same bytes are uploaded once per run: the file URL is cached by content hash in
+``ctx.shared`` and reused by every job of the batch (concurrent jobs wait for the one upload in
+flight instead of starting their own). Local files reach this hook already checked by the core
+(existence, size, type, repo-root confinement; see ``payload.check_local_file``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from ..hookspecs import hookimpl
+from ..models import Context, InputField
+from ..payload import is_url, resolve_local
+
+_CACHE = "opus_runner.upload"
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@hookimpl
+async def opus_upload_file(field: InputField, source: str, ctx: Context) -> str | None:
+    if source.startswith(("https://", "http://")):
+        return source
+    if is_url(source):
+        return None  # another scheme (s3://...): a plugin's to handle
+    path = resolve_local(source, ctx)
+    if ctx.dry_run or ctx.client is None:
+        # Validation and --dry-run: nothing is uploaded; the placeholder keeps the payload's shape.
+        return f"upload://{source}"
+    workflow_id = ctx.workflow.workflow_id if ctx.workflow else ctx.spec.data["workflow"]["id"]
+    data, digest = await asyncio.to_thread(_read, path)
+    cache: dict[str, Any] = ctx.shared.setdefault(_CACHE, {})
+    key = f"{workflow_id}:{digest}:{path.suffix.lower()}"
+    pending = cache.get(key)
+    if pending is None:
+        pending = asyncio.ensure_future(
+            ctx.client.upload_file(
+                data,
+                original_name=path.name,
+                # No Content-Type on the PUT: presigned URLs signed without one refuse it (403).
+                workflow_id=workflow_id,
+            )
+        )
+        cache[key] = pending
+        try:
+            return str(await asyncio.shield(pending))
+        except BaseException:
+            cache.pop(key, None)  # a failed upload is not cached: the next job tries again
+            raise
+    return str(await asyncio.shield(pending))

@@ -1,0 +1,321 @@
+"""Build a job's ``jobPayloadSchemaInstance`` from a spec's rendered inputs.
+
+Resolve each key to a workflow input, turn file sources into file URLs (hook
+``opus_upload_file``), coerce every value (hook ``opus_coerce_value``), then validate the whole
+payload against the workflow's JSON Schema. Every problem is collected, not just the first, and
+reported with the spec file, the input key, what was expected and what was found.
+
+Local file sources are checked here, by the core and before any uploader plugin sees them:
+existence, the 10 MB limit, the documented extensions and the field's allowed types, and
+confinement to the spec repository root (symlinks resolved). Security checks must not depend on
+which plugin uploads.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import SpecError, ValidationFailed
+from .models import Context, InputField, WorkflowSchema
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plugins import PluginHost
+
+MAX_FILE_BYTES = 10 * 1024 * 1024
+#: extensions the upload endpoint documents (opus-api.md, "Files")
+UPLOAD_EXTENSIONS = frozenset(
+    {".pdf", ".docx", ".csv", ".xls", ".xlsx", ".txt", ".json", ".html", ".xml", ".jpeg", ".jpg", ".png"}
+)
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_GLOB_CHARS = set("*?[")
+
+
+def is_url(source: str) -> bool:
+    """True for ``https://...``, ``s3://...`` and the like (anything that is not a local path)."""
+    return bool(_SCHEME.match(source))
+
+
+@dataclass
+class InputValue:
+    """One spec input, unwrapped from its written form."""
+
+    key: str
+    value: Any
+    declared_type: str | None = None
+    sources: list[str] | None = None  # file sources, for file and array_files inputs
+
+
+@dataclass
+class BuiltPayload:
+    payload: dict[str, dict[str, Any]]
+    files: list[Path] = field(default_factory=list)  # local files it sends (checked)
+
+
+def unwrap(key: str, raw: Any, spec_field: InputField) -> InputValue:
+    """Read the written forms of SPEC.md section 1: shorthand, ``{value, type}``, ``{file}``, ``{files}``."""
+    declared: str | None = None
+    value = raw
+    if isinstance(raw, Mapping):
+        keys = set(raw)
+        if "value" in keys and keys <= {"value", "type"}:
+            value = raw["value"]
+            declared = raw.get("type")
+        elif keys == {"file"}:
+            return InputValue(key, raw["file"], "file", _as_sources(raw["file"]))
+        elif keys == {"files"}:
+            return InputValue(key, raw["files"], "array_files", _as_sources(raw["files"]))
+    if spec_field.is_file and value is not None:
+        return InputValue(key, value, declared, _as_sources(value))
+    return InputValue(key, value, declared)
+
+
+def _as_sources(value: Any) -> list[str] | None:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def resolve_local(source: str, ctx: Context) -> Path:
+    """The absolute path a local file source names (relative to the spec's folder)."""
+    return (ctx.spec_dir / os.path.expanduser(source)).absolute()
+
+
+def check_local_file(path: Path, spec_field: InputField, ctx: Context) -> str | None:
+    """Why ``path`` may not be sent for ``spec_field``, or None when it may."""
+    real = path.resolve()
+    root = (ctx.root or ctx.spec_dir).resolve()
+    if not ctx.allow_outside_root and not real.is_relative_to(root):
+        via = f" (through a symlink to {real})" if real != path else ""
+        return (
+            f"{path} lies outside the spec repository root {root}{via}; keep input files inside "
+            "the repository, or pass --allow-outside-root"
+        )
+    if not real.exists():
+        return f"file {path} does not exist"
+    if not real.is_file():
+        return f"{path} is not a regular file"
+    size = real.stat().st_size
+    if size > MAX_FILE_BYTES:
+        return f"file {path} is {size / 1024 / 1024:.1f} MB; Opus accepts at most 10 MB per file"
+    ext = real.suffix.lower() if real.suffix else path.suffix.lower()
+    if ext not in UPLOAD_EXTENSIONS:
+        allowed = " ".join(sorted(UPLOAD_EXTENSIONS))
+        return f"file {path} has extension {ext or '(none)'!r}, which Opus does not accept (allowed: {allowed})"
+    if spec_field.allowed_file_types and ext.lstrip(".").upper() not in {
+        t.upper().lstrip(".") for t in spec_field.allowed_file_types
+    }:
+        return (
+            f"file {path} is {ext.lstrip('.').upper()}, but input {spec_field.display_name!r} accepts only "
+            f"{', '.join(spec_field.allowed_file_types)}"
+        )
+    return None
+
+
+def expand_sources(sources: Sequence[str], ctx: Context) -> tuple[list[str], list[str]]:
+    """Expand local globs (sorted). Returns (sources, problems); URLs pass through unchanged."""
+    out: list[str] = []
+    problems: list[str] = []
+    for source in sources:
+        if is_url(source) or not (_GLOB_CHARS & set(source)):
+            out.append(source)
+            continue
+        pattern = str(resolve_local(source, ctx))
+        matches = sorted(glob.glob(pattern, recursive=True))
+        if not matches:
+            problems.append(f"the pattern {source!r} matches no file (looked in {ctx.spec_dir})")
+        out.extend(os.path.relpath(m, ctx.spec_dir) for m in matches)
+    return out, problems
+
+
+async def build_payload(
+    inputs: Mapping[str, Any],
+    schema: WorkflowSchema,
+    host: PluginHost,
+    ctx: Context,
+    *,
+    input_lines: Mapping[str, int | None] | None = None,
+) -> BuiltPayload:
+    """The ``jobPayloadSchemaInstance`` for ``inputs``; raises ValidationFailed listing every problem.
+
+    With ``ctx.dry_run`` the uploader hook is asked for placeholders, so nothing is uploaded.
+    """
+    from .workflow import resolve_input
+
+    errors: list[SpecError] = []
+    lines = input_lines or {}
+    spec_file = _display_path(ctx.spec_path)
+
+    def problem(key: str | None, message: str) -> None:
+        path: tuple[str, ...] = ("inputs", key) if key is not None else ("inputs",)
+        errors.append(SpecError(message, file=spec_file, key=path, line=lines.get(key or "")))
+
+    chosen: dict[str, tuple[InputField, InputValue]] = {}
+    for key, raw in inputs.items():
+        try:
+            spec_field = resolve_input(schema, str(key))
+        except LookupError as exc:
+            problem(key, str(exc.args[0] if exc.args else exc))
+            continue
+        if spec_field.variable_name in chosen:
+            other = chosen[spec_field.variable_name][1].key
+            problem(key, f"{key!r} and {other!r} both set input {spec_field.variable_name}; keep one")
+            continue
+        item = unwrap(str(key), raw, spec_field)
+        if item.declared_type is not None and item.declared_type != spec_field.type:
+            problem(
+                key,
+                f"type {item.declared_type!r} was given, but the workflow's input "
+                f"{spec_field.display_name!r} is of type {spec_field.type!r}",
+            )
+            continue
+        chosen[spec_field.variable_name] = (spec_field, item)
+
+    for spec_field in schema.inputs:
+        if spec_field.required and spec_field.variable_name not in chosen:
+            problem(
+                None,
+                f"required input {spec_field.display_name!r} ({spec_field.variable_name}, "
+                f"type {spec_field.type}) is missing",
+            )
+
+    payload: dict[str, dict[str, Any]] = {}
+    files: list[Path] = []
+    # Check every local file of the job before the first upload starts.
+    sources_by_var: dict[str, list[str]] = {}
+    for var, (spec_field, item) in chosen.items():
+        if item.value is None:
+            continue
+        if item.sources is None:
+            if spec_field.is_file:
+                problem(item.key, f"expected a file path or URL for {spec_field.type} input, found {type(item.value).__name__}")
+            elif item.declared_type in ("file", "array_files"):
+                problem(item.key, f"input {spec_field.display_name!r} is of type {spec_field.type!r}, not a file")
+            continue
+        if not spec_field.is_file:
+            problem(item.key, f"input {spec_field.display_name!r} is of type {spec_field.type!r}, not a file")
+            continue
+        if spec_field.type == "file" and len(item.sources) != 1:
+            problem(item.key, f"input {spec_field.display_name!r} takes one file, found {len(item.sources)}")
+            continue
+        expanded, glob_problems = expand_sources(item.sources, ctx)
+        for message in glob_problems:
+            problem(item.key, message)
+        if spec_field.type == "file" and len(expanded) != 1:
+            if not glob_problems:
+                problem(item.key, f"input {spec_field.display_name!r} takes one file, the pattern matched {len(expanded)}")
+            continue
+        for source in expanded:
+            if is_url(source):
+                continue
+            path = resolve_local(source, ctx)
+            why = check_local_file(path, spec_field, ctx)
+            if why:
+                problem(item.key, why)
+            else:
+                files.append(path.resolve())
+        sources_by_var[var] = expanded
+    # Nothing is uploaded while any problem is known; the other values are still checked so
+    # that one run lists every problem.
+    upload_allowed = not errors
+
+    for var, (spec_field, item) in chosen.items():
+        value = item.value
+        if value is None:
+            if spec_field.required:
+                problem(item.key, f"input {spec_field.display_name!r} is required; found nothing (null)")
+            continue
+        if spec_field.is_file and (not upload_allowed or var not in sources_by_var):
+            continue
+        if var in sources_by_var:
+            urls: list[str] = []
+            for source in sources_by_var[var]:
+                try:
+                    url = await host.first("opus_upload_file", offload=True, field=spec_field, source=source, ctx=ctx)
+                except Exception as exc:  # a plugin's words, with our location
+                    problem(item.key, f"could not upload {source!r}: {_reason(exc)}")
+                    continue
+                if url is None:
+                    problem(item.key, f"no uploader handles {source!r}; install or enable a plugin for it")
+                    continue
+                urls.append(str(url))
+            value = urls[0] if spec_field.type == "file" and len(urls) == 1 else urls
+        try:
+            sent = await host.first("opus_coerce_value", field=spec_field, value=value, ctx=ctx)
+        except (ValueError, TypeError) as exc:
+            problem(item.key, f"input {spec_field.display_name!r} ({spec_field.type}): {_reason(exc)}")
+            continue
+        payload[var] = {"value": sent, "type": spec_field.type, "displayName": spec_field.display_name}
+
+    # Nullable inputs the spec leaves out are sent as null, so the payload names every input.
+    for spec_field in schema.inputs:
+        if spec_field.variable_name not in payload and not spec_field.required:
+            payload[spec_field.variable_name] = {
+                "value": None,
+                "type": spec_field.type,
+                "displayName": spec_field.display_name,
+            }
+    if errors:
+        raise ValidationFailed(errors)
+    errors.extend(validate_payload(payload, schema, spec_file, chosen, lines))
+    if errors:
+        raise ValidationFailed(errors)
+    return BuiltPayload(payload=payload, files=files)
+
+
+_VALIDATORS: dict[int, Any] = {}
+
+
+def validate_payload(
+    payload: Mapping[str, Any],
+    schema: WorkflowSchema,
+    spec_file: str,
+    chosen: Mapping[str, tuple[InputField, InputValue]],
+    lines: Mapping[str, int | None],
+) -> list[SpecError]:
+    """Check the final payload against the workflow's JSON Schema (catches plugin coercers too)."""
+    from jsonschema import Draft202012Validator
+
+    from .workflow import payload_json_schema
+
+    # One compiled validator per workflow schema object: a batch validates thousands of payloads.
+    cached = _VALIDATORS.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        cached = (schema, Draft202012Validator(payload_json_schema(schema)))
+        _VALIDATORS[id(schema)] = cached
+    validator = cached[1]
+    found: list[SpecError] = []
+    for err in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path))):
+        var = str(err.path[0]) if err.path else None
+        key = chosen[var][1].key if var in chosen else var
+        label = key or "inputs"
+        found.append(
+            SpecError(
+                f"the value sent for {label!r} does not fit the workflow: {err.message}",
+                file=spec_file,
+                key=("inputs", key) if key else ("inputs",),
+                line=lines.get(key or ""),
+            )
+        )
+    return found
+
+
+def _reason(exc: BaseException) -> str:
+    from . import redact
+
+    text = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
+    return redact.mask(text) or type(exc).__name__
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)

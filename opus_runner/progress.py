@@ -1,0 +1,224 @@
+"""How a run shows what is happening: JSON event lines, plain log lines, or a live terminal display.
+
+stdout belongs to results (the ``stdout`` output) and, with ``--format json``, to the event
+stream: one JSON object per line, nothing else. Human progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import time
+from collections import Counter
+from typing import IO, Any
+
+from . import redact
+from .models import JobEvent
+
+_TERMINAL_KINDS = {"completed", "failed", "cancelled", "timed_out"}
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(obj: Any) -> str:
+    return redact.mask(json.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":")))
+
+
+class Reporter:
+    """Receives the run's events and messages. The base class shows nothing."""
+
+    #: True when the display wants node progress (the runner then polls audits too)
+    wants_progress = False
+
+    def start(self, total: int) -> None:
+        """The batch is validated and ``total`` jobs are about to be submitted."""
+
+    def event(self, event: JobEvent) -> None:
+        """A job event (submitted, status, completed, failed, cancelled, timed_out)."""
+
+    def progress(self, plan_key: str, job_id: str, status: str, node: str | None, done: int, total: int) -> None:
+        """Node progress of one running job (only when ``wants_progress``)."""
+
+    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        """A note for humans (skipped checks, resume hints) or, in JSON mode, an event line."""
+
+    def summary(self, rows: list[dict[str, Any]]) -> None:
+        """The final table: one row per job."""
+
+    def close(self) -> None:
+        """Tear down any live display."""
+
+
+class JsonReporter(Reporter):
+    """One JSON object per line on stdout, for CI (documented in docs/events.md)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def _emit(self, data: dict[str, Any]) -> None:
+        self.stream.write(dumps(data) + "\n")
+        self.stream.flush()
+
+    def start(self, total: int) -> None:
+        self._emit({"event": "batch", "time": now_iso(), "jobs": total})
+
+    def event(self, event: JobEvent) -> None:
+        self._emit(event.as_dict())
+
+    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        self._emit({"event": "message", "time": now_iso(), "level": level, "message": text, **(data or {})})
+
+    def summary(self, rows: list[dict[str, Any]]) -> None:
+        counts = Counter(r.get("status") or "NOT_SUBMITTED" for r in rows)
+        self._emit({"event": "summary", "time": now_iso(), "jobs": len(rows), "statuses": dict(counts)})
+
+
+class PlainReporter(Reporter):
+    """Plain lines on stderr: for logs, cron mails and CI consoles without a terminal."""
+
+    def __init__(self, stream: IO[str] | None = None, *, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self._started = time.monotonic()
+
+    def _line(self, text: str) -> None:
+        self.stream.write(redact.mask(text) + "\n")
+        self.stream.flush()
+
+    def start(self, total: int) -> None:
+        self._started = time.monotonic()
+        if not self.quiet and total != 1:
+            self._line(f"submitting {total} jobs")
+
+    def event(self, event: JobEvent) -> None:
+        if self.quiet and event.kind not in ("failed", "cancelled", "timed_out"):
+            return
+        who = event.plan_key or event.spec_name
+        if event.kind == "submitted":
+            self._line(f"{who}: submitted job {event.job_id}")
+        elif event.kind == "status":
+            self._line(f"{who}: job {event.job_id} is {event.status}")
+        elif event.kind == "completed":
+            self._line(f"{who}: job {event.job_id} COMPLETED")
+        else:
+            detail = f": {event.error}" if event.error else ""
+            self._line(f"{who}: job {event.job_id} {event.status or event.kind.upper()}{detail}")
+
+    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        if self.quiet and level == "info":
+            return
+        prefix = {"warning": "warning: ", "error": "error: "}.get(level, "")
+        self._line(prefix + text)
+
+    def summary(self, rows: list[dict[str, Any]]) -> None:
+        if self.quiet or len(rows) <= 1:
+            return
+        self._line(format_table(rows))
+
+
+class RichReporter(PlainReporter):
+    """A live display on a terminal: counts, elapsed time and ETA; node n of m for one job."""
+
+    wants_progress = True
+
+    def __init__(self, stream: IO[str] | None = None, *, quiet: bool = False) -> None:
+        super().__init__(stream, quiet=quiet)
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=self.stream, stderr=True)
+        self.counts: Counter[str] = Counter()
+        self.total = 0
+        self.nodes: dict[str, str] = {}
+        self.live = Live(console=self.console, refresh_per_second=4, transient=True, get_renderable=self._render)
+
+    def start(self, total: int) -> None:
+        super().start(total)
+        self.total = total
+        self.counts["queued"] = total
+        self.live.start()
+
+    def _render(self) -> Any:
+        from rich.text import Text
+
+        elapsed = time.monotonic() - self._started
+        done = self.counts["completed"] + self.counts["failed"]
+        text = (
+            f"{self.counts['queued']} queued · {self.counts['running']} running · "
+            f"{self.counts['completed']} completed · {self.counts['failed']} failed · {elapsed:.0f}s"
+        )
+        if done and self.total > 1 and done < self.total:
+            eta = elapsed / done * (self.total - done)
+            text += f" · ETA {eta:.0f}s"
+        lines = [text]
+        if self.total == 1:
+            lines.extend(f"{key}: {node}" for key, node in self.nodes.items())
+        return Text("\n".join(lines))
+
+    def event(self, event: JobEvent) -> None:
+        if event.kind == "submitted":
+            self.counts["queued"] -= 1
+            self.counts["running"] += 1
+        elif event.kind in _TERMINAL_KINDS:
+            self.counts["running"] -= 1
+            self.counts["completed" if event.kind == "completed" else "failed"] += 1
+            self.nodes.pop(event.plan_key or event.spec_name, None)
+        if event.kind != "status":  # status changes show in the live line, not as log lines
+            self.live.console.print(redact.mask(_event_text(event)), highlight=False)
+
+    def progress(self, plan_key: str, job_id: str, status: str, node: str | None, done: int, total: int) -> None:
+        where = f"node {min(done + 1, total)} of {total}" if total else status
+        self.nodes[plan_key] = f"{status} · {where}" + (f" ({node})" if node else "")
+
+    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        if self.quiet and level == "info":
+            return
+        prefix = {"warning": "warning: ", "error": "error: "}.get(level, "")
+        self.live.console.print(redact.mask(prefix + text), highlight=False, markup=False)
+
+    def close(self) -> None:
+        self.live.stop()
+
+
+def _event_text(event: JobEvent) -> str:
+    who = event.plan_key or event.spec_name
+    if event.kind == "submitted":
+        return f"{who}: submitted job {event.job_id}"
+    detail = f": {event.error}" if event.error else ""
+    return f"{who}: job {event.job_id} {event.status or event.kind.upper()}{detail}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The final summary: plan key, job id, status, duration, where the results went."""
+    headers = ["job", "job id", "status", "duration", "results"]
+    body = [
+        [
+            str(r.get("plan_key") or ""),
+            str(r.get("job_id") or "-"),
+            str(r.get("status") or "-"),
+            f"{r['duration']:.1f}s" if r.get("duration") is not None else "-",
+            str(r.get("delivered") or "-"),
+        ]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
+    return "\n".join(lines)
+
+
+def make_reporter(output_format: str, *, quiet: bool = False, live: bool | None = None) -> Reporter:
+    """JSON events for ``--format json``; a live display on a terminal when rich is installed; else plain lines."""
+    if output_format == "json":
+        return JsonReporter()
+    if live is None:
+        live = sys.stderr.isatty()
+    if live and not quiet:
+        try:
+            return RichReporter(quiet=quiet)
+        except ImportError:
+            pass
+    return PlainReporter(quiet=quiet)

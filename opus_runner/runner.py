@@ -1,0 +1,1004 @@
+"""The one orchestrator: the only place that knows the order of the steps of a run.
+
+    plan (specs, matrix, foreach) -> fetch schema (once per workflow+version) -> build payload
+    -> [validate every job before the first submission]
+    -> upload -> journal -> initiate -> journal job id -> execute -> wait -> results
+    -> outputs -> notify
+
+Jobs run concurrently under one bound (``--concurrency``) on one HTTP client. Every job id is in
+the journal before execute is sent, so a crash loses nothing and ``opus-run resume`` finishes
+the run without executing anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import redact
+from .config import DEFAULT_BASE_URL, ProjectConfig, default_plugins_dir, default_state_dir, load_project_config
+from .durations import parse_duration
+from .errors import (
+    ApiError,
+    ConfigError,
+    ExecuteOutcomeUnknown,
+    NetworkError,
+    OpusRunnerError,
+    SpecError,
+    UsageError,
+    ValidationFailed,
+)
+from .models import (
+    NOT_STARTED_STATUSES,
+    TERMINAL_STATUSES,
+    Context,
+    JobEvent,
+    JobResult,
+    WorkflowRef,
+    WorkflowSchema,
+)
+from .planning import JobPlan, Planner, PlanFilter, parse_assignments, parse_shard
+from .progress import Reporter, now_iso
+from .spec import Spec, find_specs, load_spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import OpusClient
+    from .plugins import PluginHost
+    from .state import Journal, JobRecord
+
+log = logging.getLogger("opus_runner")
+
+NOTIFIER_TIMEOUT = 10.0
+#: the status a job gets in the journal and outputs when the runner stopped waiting for it
+GAVE_UP = "TIMED_OUT"
+DEFAULT_NOTIFY_ON = ("completed", "failed")
+_TERMINAL_EVENT = {"COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "cancelled", "TIMED_OUT": "timed_out"}
+
+
+@dataclass
+class RunOptions:
+    """Everything a run can be told; the CLI fills it from its options, library users directly."""
+
+    specs: Sequence[str | Path] = ()
+    mode: str = "run"  # run | validate | render
+    var: Sequence[str] = ()  # "KEY=VALUE"
+    vars_file: str | Path | None = None
+    vars: Mapping[str, Any] | None = None  # library users: variables as a mapping (wins over var)
+    base_url: str | None = None
+    service_key: str | None = None  # default: $OPUS_SERVICE_KEY
+    sandbox: bool = False
+    sandbox_workflows: str | Path | None = None
+    dry_run: bool = False
+    no_wait: bool = False
+    concurrency: int | None = None
+    timeout: str | float | None = None
+    output_format: str = "text"
+    quiet: bool = False
+    verbose: bool = False
+    plugins: Sequence[str] = ()
+    no_local_plugins: bool = False
+    state_dir: str | Path | None = None
+    allow_outside_root: bool = False
+    keep_going: bool = False
+    limit: int | None = None
+    only: Sequence[str] = ()
+    shard: str | None = None
+    offline: bool = False  # validate/render: never contact the API even if a key is set
+    environ: Mapping[str, str] | None = None  # default: os.environ
+
+
+@dataclass
+class JobOutcome:
+    """How one planned job ended."""
+
+    plan_key: str
+    spec_name: str
+    spec_path: str
+    job_id: str | None = None
+    status: str | None = None  # normalised Opus status; None when never submitted
+    result: JobResult | None = None
+    error: str | None = None
+    exit_code: int = 0
+    duration: float | None = None
+    delivered: list[str] = field(default_factory=list)
+    delivery_failures: list[str] = field(default_factory=list)
+    payload: dict[str, Any] | None = None  # masked (render/dry-run)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "plan_key": self.plan_key,
+            "job_id": self.job_id,
+            "status": self.status,
+            "duration": self.duration,
+            "delivered": ", ".join(self.delivered) if self.delivered else None,
+            "error": self.error,
+        }
+
+
+@dataclass
+class RunReport:
+    """What a run did. ``exit_code`` follows SPEC.md section 3."""
+
+    run_id: str | None
+    outcomes: list[JobOutcome] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: list[SpecError] = field(default_factory=list)  # --keep-going: invalid jobs not submitted
+    exit_code: int = 0
+
+    @property
+    def results(self) -> list[JobResult]:
+        return [o.result for o in self.outcomes if o.result is not None]
+
+
+# Exit-code precedence when jobs of one batch end differently: an interrupt, then usage and
+# validation errors, then API/network errors, then failed jobs.
+_SEVERITY = {0: 0, 1: 1, 3: 2, 2: 3, 130: 4}
+
+
+def worst(codes: Iterable[int]) -> int:
+    return max(codes, key=lambda c: _SEVERITY.get(c, 1), default=0)
+
+
+class Runner:
+    """Runs (or validates, or renders) a batch of specs. Create one per run."""
+
+    def __init__(self, options: RunOptions, *, reporter: Reporter | None = None) -> None:
+        self.options = options
+        self.reporter = reporter or Reporter()
+        self.environ = dict(os.environ if options.environ is None else options.environ)
+        self.run_id: str | None = None
+        self.journal: Journal | None = None
+        self.client: OpusClient | None = None
+        self.host: PluginHost | None = None
+        self.specs: list[Spec] = []
+        self.config: ProjectConfig | None = None
+        self.shared: dict[str, Any] = {}
+        self._schemas: dict[str, asyncio.Future[WorkflowSchema]] = {}
+        self._sandbox: Any = None
+        self.log = log
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        opts = self.options
+        paths = find_specs([str(s) for s in opts.specs])
+        if not paths:
+            raise UsageError("no spec given: pass one or more spec files, globs or folders")
+        errors: list[SpecError] = []
+        for path in paths:
+            try:
+                self.specs.append(load_spec(path))
+            except SpecError as exc:
+                errors.append(exc)
+            except ValidationFailed as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise ValidationFailed(errors)
+        names: dict[str, Spec] = {}
+        for spec in self.specs:
+            if spec.name in names:
+                raise ValidationFailed(
+                    [
+                        spec.error(
+                            f"metadata.name {spec.name!r} is also used by {names[spec.name].path}; "
+                            "names identify jobs in the journal and outputs, so give each spec its own",
+                            ("metadata", "name"),
+                        )
+                    ]
+                )
+            names[spec.name] = spec
+        self.config = load_project_config(self.specs[0].dir)
+
+    def _make_host(self) -> PluginHost:
+        from .plugins import make_plugin_host
+
+        assert self.config is not None
+        plugins_dir = None if self.options.no_local_plugins else default_plugins_dir(self.config)
+        return make_plugin_host(plugins_dir=plugins_dir, modules=list(self.options.plugins), log=self.log)
+
+    def _var_overrides(self) -> dict[str, Any]:
+        opts = self.options
+        overrides: dict[str, Any] = {}
+        if opts.vars_file is not None:
+            overrides.update(load_vars_file(Path(opts.vars_file)))
+        overrides.update(dict(parse_assignments(list(opts.var), "--var")))
+        if opts.vars:
+            overrides.update(opts.vars)
+        return overrides
+
+    def _planner(self) -> Planner:
+        from .templating import Templater
+
+        assert self.host is not None and self.config is not None
+        offline_validate = self.options.mode == "validate" and self.client is None
+        templater = Templater(
+            globals=self.host.template_globals(None),
+            filters=self.host.template_filters(None),
+            environ=self.environ,
+            missing_secrets_ok=offline_validate,
+        )
+        timeout = None
+        if self.options.timeout is not None:
+            try:
+                timeout = parse_duration(self.options.timeout)
+            except ValueError as exc:
+                raise UsageError(f"--timeout: {exc}") from None
+        return Planner(
+            templater,
+            var_overrides=self._var_overrides(),
+            default_outputs=self.config.outputs,
+            default_notify=self.config.notify,
+            timeout=timeout,
+            no_wait=self.options.no_wait,
+        )
+
+    def _plan_filter(self) -> PlanFilter:
+        opts = self.options
+        if opts.limit is not None and opts.limit < 1:
+            raise UsageError(f"--limit must be 1 or more, found {opts.limit}")
+        return PlanFilter(
+            only=tuple(parse_assignments(list(opts.only), "--only")),
+            shard=parse_shard(opts.shard) if opts.shard else None,
+            limit=opts.limit,
+        )
+
+    def _wants_live(self) -> bool:
+        opts = self.options
+        if opts.mode == "run":
+            return True
+        if opts.offline:
+            return False
+        return opts.sandbox or bool(opts.service_key or self.environ.get("OPUS_SERVICE_KEY"))
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[None]:
+        """The sandbox (if asked for) and the one OpusClient of the run."""
+        opts = self.options
+        assert self.config is not None
+        if not self._wants_live():
+            yield
+            return
+        base_url = opts.base_url or self.environ.get("OPUS_BASE_URL") or self.config.base_url or DEFAULT_BASE_URL
+        key = opts.service_key or self.environ.get("OPUS_SERVICE_KEY")
+        if opts.sandbox:
+            from .sandbox import SandboxServer
+
+            workflows = opts.sandbox_workflows or self.config.sandbox_workflows
+            self._sandbox = SandboxServer(workflows)
+            await asyncio.to_thread(self._sandbox.start)
+            base_url, key = self._sandbox.base_url, self._sandbox.key
+        from .client import NO_KEY_MESSAGE, OpusClient
+
+        if not opts.sandbox and not key:
+            raise ConfigError(NO_KEY_MESSAGE)
+
+        concurrency = self._concurrency()
+        try:
+            self.client = OpusClient(
+                base_url,
+                key,
+                max_connections=max(10, concurrency * 2),
+                trace=opts.verbose,
+            )
+            yield
+        finally:
+            if self.client is not None:
+                await self.client.aclose()
+            if self._sandbox is not None:
+                await asyncio.to_thread(self._sandbox.stop)
+
+    def _concurrency(self) -> int:
+        value = self.options.concurrency or (self.config.concurrency if self.config else None) or 4
+        if value < 1:
+            raise UsageError(f"--concurrency must be 1 or more, found {value}")
+        return value
+
+    def _context(self, plan: JobPlan | None, spec: Spec, *, dry_run: bool) -> Context:
+        assert self.config is not None
+        return Context(
+            spec=spec,
+            spec_path=spec.path,
+            spec_dir=spec.dir,
+            log=self.log,
+            vars=plan.vars if plan else {},
+            http=self.client.http if self.client else None,
+            client=self.client,
+            plan_key=plan.key if plan else spec.name,
+            root=load_project_config(spec.dir).repo_root,
+            allow_outside_root=self.options.allow_outside_root,
+            dry_run=dry_run,
+            output_format=self.options.output_format,
+            quiet=self.options.quiet,
+            shared=self.shared,
+        )
+
+    # -- schemas -----------------------------------------------------------------------------
+
+    async def schema_for(self, ref: WorkflowRef, ctx: Context) -> WorkflowSchema:
+        """The workflow's inputs, fetched once per workflow and version per run."""
+        future = self._schemas.get(ref.key)
+        if future is None:
+            future = asyncio.ensure_future(self._fetch_schema(ref, ctx))
+            self._schemas[ref.key] = future
+        return await asyncio.shield(future)
+
+    async def _fetch_schema(self, ref: WorkflowRef, ctx: Context) -> WorkflowSchema:
+        assert self.host is not None
+        schema = await self.host.first("opus_workflow_schema", offload=True, workflow_ref=ref, ctx=ctx)
+        if schema is None:
+            raise ConfigError(f"no plugin could describe workflow {ref.id}")
+        return schema
+
+    async def _payload_for(self, plan: JobPlan, *, dry_run: bool) -> tuple[dict[str, Any], Context]:
+        from .payload import build_payload
+
+        assert self.host is not None
+        ctx = self._context(plan, plan.spec, dry_run=dry_run)
+        try:
+            schema = await self.schema_for(plan.workflow, ctx)
+        except ApiError as exc:
+            if exc.status_code == 404:
+                raise ValidationFailed(
+                    [plan.spec.error(f"workflow {plan.workflow.id!r} was not found: {exc.message}", ("workflow", "id"))]
+                ) from None
+            raise
+        ctx.workflow = schema
+        lines = {str(k): plan.spec.line_of(("inputs", k)) for k in plan.inputs}
+        built = await build_payload(plan.inputs, schema, self.host, ctx, input_lines=lines)
+        return built.payload, ctx
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> RunReport:
+        """Validate, render or run the batch, per ``options.mode``."""
+        opts = self.options
+        if opts.output_format not in ("text", "json"):
+            raise UsageError(f"--format must be text or json, found {opts.output_format!r}")
+        self._load()
+        self.host = self._make_host()
+        self._check_targets()
+        planner = self._planner()
+        plan_filter = self._plan_filter()
+        async with self._connection():
+            if opts.mode in ("validate", "render") or opts.dry_run:
+                return await self._check_only(planner, plan_filter)
+            return await self._submit(planner, plan_filter)
+
+    def _check_targets(self) -> None:
+        """Output and notifier types and their configs are checked before anything is sent."""
+        assert self.host is not None and self.config is not None
+        errors: list[SpecError] = []
+        for spec in self.specs:
+            for kind in ("outputs", "notify"):
+                entries = spec.data.get(kind)
+                if entries is None:
+                    entries = getattr(self.config, kind) or ([{"type": "stdout"}] if kind == "outputs" else [])
+                for err in self.host.check_config(kind, list(entries), file=os.path.relpath(spec.path), key=kind):
+                    err.line = err.line or spec.line_of(err.key)
+                    errors.append(err)
+            for index, entry in enumerate(spec.data.get("notify") or []):
+                for event in entry.get("on") or ():
+                    if event not in ("submitted", "completed", "failed", "cancelled", "timed_out", "status"):
+                        errors.append(
+                            spec.error(
+                                f"unknown event {event!r}; notifiers can subscribe to submitted, completed, "
+                                "failed, cancelled, timed_out",
+                                ("notify", index, "on"),
+                            )
+                        )
+        if errors:
+            raise ValidationFailed(errors)
+
+    async def _validate_plans(
+        self, planner: Planner, plan_filter: PlanFilter, *, keep: bool
+    ) -> tuple[int, list[SpecError], set[str], list[JobOutcome]]:
+        """Plan and check every job.
+
+        Returns the number of valid jobs, the problems, the plan keys of invalid jobs, and (with
+        ``keep``) an outcome per valid job carrying its masked payload.
+        """
+        errors: list[SpecError] = []
+        bad: set[str] = set()
+        outcomes: list[JobOutcome] = []
+        count = 0
+        live = self.client is not None
+        for spec in self.specs:
+            iterator = planner.plans([spec], plan_filter)
+            while True:
+                try:
+                    plan = next(iterator)
+                except StopIteration:
+                    break
+                except SpecError as exc:  # planning stops for this spec (e.g. unreadable foreach file)
+                    errors.append(exc)
+                    break
+                except ValidationFailed as exc:
+                    errors.extend(exc.errors)
+                    break
+                try:
+                    if live:
+                        payload, _ctx = await self._payload_for(plan, dry_run=True)
+                    else:
+                        payload = plan.inputs
+                except ValidationFailed as exc:
+                    errors.extend(_tag(exc.errors, plan))
+                    bad.add(plan.key)
+                    continue
+                except SpecError as exc:
+                    errors.extend(_tag([exc], plan))
+                    bad.add(plan.key)
+                    continue
+                count += 1
+                if keep:
+                    outcomes.append(
+                        JobOutcome(
+                            plan.key,
+                            spec.name,
+                            str(spec.path),
+                            payload=redact.mask_obj(_jsonable(payload)),
+                        )
+                    )
+        return count, errors, bad, outcomes
+
+    async def _check_only(self, planner: Planner, plan_filter: PlanFilter) -> RunReport:
+        opts = self.options
+        keep = opts.mode == "render" or opts.dry_run
+        count, errors, _bad, outcomes = await self._validate_plans(planner, plan_filter, keep=keep)
+        report = RunReport(run_id=None, outcomes=outcomes)
+        if self.client is None:
+            if opts.offline:
+                why = "--offline was given"
+            else:
+                why = "no service key is set (set OPUS_SERVICE_KEY, or pass --sandbox)"
+            report.notes.append(
+                f"the live workflow schema check was skipped because {why}: inputs were not checked "
+                "against the workflow's types and required inputs, and file inputs were not checked"
+            )
+            missing = sorted(planner.templater.missing_secrets)
+            if missing:
+                report.notes.append(
+                    "secrets not set, rendered as *** for this check: " + ", ".join(missing)
+                )
+        if errors:
+            raise ValidationFailed(errors)
+        report.notes.insert(0, f"{count} job{'s' if count != 1 else ''} valid")
+        return report
+
+    async def _submit(self, planner: Planner, plan_filter: PlanFilter) -> RunReport:
+        opts = self.options
+        count, errors, skip, _ = await self._validate_plans(planner, plan_filter, keep=False)
+        report = RunReport(run_id=None)
+        if errors:
+            if not opts.keep_going or not skip:
+                # Without --keep-going nothing is submitted; with it, a spec that could not be
+                # planned at all (no single bad job to skip) still stops the run.
+                raise ValidationFailed(errors)
+            report.skipped = errors
+            for err in errors:
+                self.reporter.message(f"skipped: {err}", level="warning")
+        self.journal = self._open_journal()
+        try:
+            self.run_id = self.journal.begin_run(
+                argv=[str(a) for a in sys.argv], cwd=os.getcwd(), options=_options_record(opts)
+            )
+            report.run_id = self.run_id
+            self.reporter.start(count)
+            report.outcomes = await self._run_batch(planner, plan_filter, skip, {})
+            report.exit_code = worst([o.exit_code for o in report.outcomes] + ([1] if report.skipped else []))
+            self.journal.finish_run(self.run_id, report.exit_code)
+            self.reporter.summary([o.row() for o in report.outcomes])
+            return report
+        finally:
+            self.journal.close()
+
+    def _open_journal(self) -> Journal:
+        from .state import Journal
+
+        assert self.config is not None
+        opts = self.options
+        return Journal(Path(opts.state_dir) if opts.state_dir else default_state_dir(self.config))
+
+    async def _run_batch(
+        self,
+        planner: Planner,
+        plan_filter: PlanFilter,
+        skip: set[str],
+        records: Mapping[str, JobRecord],
+    ) -> list[JobOutcome]:
+        """Run every admitted plan, at most ``concurrency`` at a time, in plan order.
+
+        ``records`` (resume) maps plan keys to their journal rows: finished jobs only get their
+        undelivered outputs, the others continue from their phase.
+        """
+        semaphore = asyncio.Semaphore(self._concurrency())
+        tasks: set[asyncio.Task[JobOutcome]] = set()
+        outcomes: list[JobOutcome] = []
+        order: dict[str, int] = {}
+
+        def collect(task: asyncio.Task[JobOutcome]) -> None:
+            semaphore.release()
+            tasks.discard(task)
+            if not task.cancelled() and task.exception() is None:
+                outcomes.append(task.result())
+
+        for plan in planner.plans(self.specs, plan_filter):
+            if plan.key in skip:
+                continue
+            order[plan.key] = len(order)
+            record = records.get(plan.key)
+            await semaphore.acquire()
+            if record is not None and record.phase == "finished":
+                job = self._redeliver(plan, record)
+            else:
+                job = self._run_job(plan, record)
+            task = asyncio.ensure_future(job)
+            tasks.add(task)
+            task.add_done_callback(collect)
+        try:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+        outcomes.sort(key=lambda o: order.get(o.plan_key, 0))
+        return outcomes
+
+    # -- resume ------------------------------------------------------------------------------
+
+    async def resume(self, run_id: str | None = None) -> RunReport:
+        """Finish an interrupted run from the journal, executing nothing twice.
+
+        Jobs never initiated are run; initiated ones are executed (unless the platform shows
+        they already started); executed ones are followed; finished ones get the outputs and
+        notifiers that failed delivered again.
+        """
+        self.config = load_project_config()
+        journal = self._open_journal()
+        self.journal = journal
+        try:
+            run = journal.get_run(run_id) if run_id else journal.latest_run(unfinished_only=True)
+            if run is None:
+                raise UsageError(f"nothing to resume: every run in {journal.path} is finished")
+            recorded = run.options
+            if recorded.get("sandbox"):
+                raise UsageError(
+                    f"run {run.run_id} ran against an in-process --sandbox, which ended with it; "
+                    "there is nothing left to resume"
+                )
+            self.options = replace(
+                self.options,
+                specs=recorded.get("specs") or [],
+                var=recorded.get("var") or [],
+                vars_file=recorded.get("vars_file"),
+                vars=recorded.get("vars"),
+                base_url=self.options.base_url or recorded.get("base_url"),
+                timeout=self.options.timeout or recorded.get("timeout"),
+                plugins=list(self.options.plugins) or recorded.get("plugins") or [],
+                no_local_plugins=self.options.no_local_plugins or bool(recorded.get("no_local_plugins")),
+                allow_outside_root=bool(recorded.get("allow_outside_root")),
+                only=recorded.get("only") or [],
+                shard=recorded.get("shard"),
+                limit=recorded.get("limit"),
+                no_wait=False,
+                mode="run",
+            )
+            cwd = Path(run.cwd)
+            if cwd.is_dir() and Path.cwd() != cwd:
+                os.chdir(cwd)  # spec paths were recorded as given, relative to the run's folder
+            self._load()
+            self.host = self._make_host()
+            planner = self._planner()
+            records = {r.plan_key: r for r in journal.jobs(run.run_id)}
+            for spec in self.specs:
+                digests = {r.spec_digest for r in records.values() if r.spec_path == str(spec.path)}
+                if digests and digests != {spec.digest}:
+                    self.reporter.message(
+                        f"{spec.path} changed since run {run.run_id} started; jobs not yet submitted use the current file",
+                        level="warning",
+                    )
+            self.run_id = run.run_id
+            report = RunReport(run_id=run.run_id)
+            async with self._connection():
+                self.reporter.start(len(records))
+                report.outcomes = await self._run_batch(planner, self._plan_filter(), set(), records)
+            report.exit_code = worst(o.exit_code for o in report.outcomes)
+            journal.finish_run(run.run_id, report.exit_code)
+            self.reporter.summary([o.row() for o in report.outcomes])
+            return report
+        finally:
+            journal.close()
+
+    async def _redeliver(self, plan: JobPlan, record: JobRecord) -> JobOutcome:
+        """A finished job of a resumed run: deliver only what failed before."""
+        outcome = JobOutcome(plan.key, plan.spec.name, str(plan.spec.path), job_id=record.job_id, status=record.status)
+        data = record.result or {}
+        result = JobResult(
+            job_id=str(record.job_id),
+            status=str(record.status),
+            outputs=data.get("outputs") or {},
+            spec_name=plan.spec.name,
+            plan_key=plan.key,
+            title=data.get("title") or plan.title,
+            finished_at=data.get("finished_at"),
+            error=record.error,
+        )
+        outcome.result = result
+        outcome.error = record.error
+        outcome.exit_code = 0 if record.status == "COMPLETED" else 1
+        pending = set(record.undelivered)
+        if pending:
+            ctx = self._context(plan, plan.spec, dry_run=False)
+            ctx.job_id = record.job_id
+            await self._deliver(plan, result, record.row_id, ctx, outcome, only=pending)
+        return outcome
+
+    # -- one job -----------------------------------------------------------------------------
+
+    async def _run_job(self, plan: JobPlan, record: JobRecord | None = None) -> JobOutcome:
+        outcome = JobOutcome(plan.key, plan.spec.name, str(plan.spec.path))
+        started = time.monotonic()
+        try:
+            await self._drive(plan, outcome, record)
+        except OpusRunnerError as exc:
+            outcome.error = redact.mask(str(exc))
+            outcome.exit_code = exc.exit_code
+            if outcome.status is None or outcome.status not in TERMINAL_STATUSES:
+                self.reporter.message(f"{plan.key}: {outcome.error}", level="error")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or a plugin's unexpected error: keep the batch going
+            self.log.debug("unexpected error in job %s", plan.key, exc_info=True)
+            outcome.error = redact.mask(f"{type(exc).__name__}: {exc}")
+            outcome.exit_code = 3
+            self.reporter.message(f"{plan.key}: unexpected error: {outcome.error}", level="error")
+        outcome.duration = time.monotonic() - started
+        return outcome
+
+    async def _drive(self, plan: JobPlan, outcome: JobOutcome, record: JobRecord | None) -> None:
+        """Take one job from wherever the journal says it is to its end."""
+        assert self.client is not None and self.journal is not None and self.host is not None
+        assert self.run_id is not None
+        client, journal = self.client, self.journal
+        row_id = record.row_id if record else None
+        job_id = record.job_id if record else None
+        phase = record.phase if record else "planned"
+        outcome.job_id = job_id
+
+        if phase == "executing" and job_id is not None:
+            # The run stopped between sending execute and hearing back: the platform knows.
+            status = await client.status(job_id)
+            if status in NOT_STARTED_STATUSES:
+                phase = "initiated"
+            else:
+                phase = "executed"
+                journal.mark_executed(row_id)  # type: ignore[arg-type]
+
+        if phase in ("planned", "initiated", "executing"):
+            payload, ctx = await self._payload_for(plan, dry_run=False)
+            if row_id is None:
+                row_id = journal.add_job(
+                    self.run_id,
+                    plan_key=plan.key,
+                    spec_path=str(plan.spec.path),
+                    spec_digest=plan.spec.digest,
+                    spec_name=plan.spec.name,
+                    workflow_key=plan.workflow.key,
+                    title=plan.title,
+                    payload=redact.mask_obj(_jsonable(payload)),
+                    plan=plan.describe(),
+                )
+            if job_id is None:
+                job_id = await client.initiate(
+                    plan.workflow.id,
+                    title=plan.title,
+                    description=plan.description,
+                    version=plan.workflow.version,
+                    version_id=plan.workflow.version_id,
+                )
+                journal.set_job_id(row_id, job_id)  # durable before execute is sent
+            outcome.job_id = ctx.job_id = job_id
+            await self.host.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
+            journal.mark_executing(row_id)
+            execution = await client.execute(job_id, payload, callback_url=plan.callback_url)
+            journal.mark_executed(row_id)
+            outcome.status = execution.status or "PENDING"
+            await self._event(JobEvent("submitted", job_id, plan.spec.name, outcome.status, plan.key), plan, ctx)
+        else:
+            assert job_id is not None and row_id is not None
+            ctx = self._context(plan, plan.spec, dry_run=False)
+            ctx.job_id = job_id
+            with contextlib.suppress(OpusRunnerError):
+                ctx.workflow = await self.schema_for(plan.workflow, ctx)
+            outcome.status = record.status if record else None
+
+        if not plan.wait.enabled:
+            self.reporter.message(f"{plan.key}: job {job_id} submitted; follow it with: opus-run status {job_id}")
+            return
+        status = await self._wait(plan, job_id, row_id, ctx, outcome)
+        gave_up = status is None
+        result = await self._finish(plan, job_id, row_id, status or GAVE_UP, ctx, outcome, gave_up=gave_up)
+        await self._deliver(plan, result, row_id, ctx, outcome, only=None)
+
+    async def _wait(self, plan: JobPlan, job_id: str, row_id: int, ctx: Context, outcome: JobOutcome) -> str | None:
+        """Poll status with capped exponential backoff and jitter until terminal (the status),
+        or until the timeout (None)."""
+        assert self.client is not None and self.journal is not None
+        settings = plan.wait
+        deadline = time.monotonic() + settings.timeout
+        interval = settings.poll_interval
+        last: str | None = None
+        while True:
+            status = await self.client.status(job_id)
+            if status != last:
+                self.journal.add_status(row_id, status)
+                outcome.status = status
+                # The terminal status gets its own event (completed, failed...) from _finish.
+                if status not in TERMINAL_STATUSES and (last is not None or status != "PENDING"):
+                    await self._event(JobEvent("status", job_id, plan.spec.name, status, plan.key), plan, ctx)
+                last = status
+            if status in TERMINAL_STATUSES:
+                return status
+            if self.reporter.wants_progress:
+                with contextlib.suppress(OpusRunnerError):
+                    audit = await self.client.audit(job_id)
+                    self.reporter.progress(
+                        plan.key, job_id, status, audit.running_node, audit.nb_executed, audit.nb_nodes
+                    )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(remaining, interval * random.uniform(0.8, 1.0)))
+            interval = min(settings.max_interval, interval * 1.6)
+
+    async def _finish(
+        self,
+        plan: JobPlan,
+        job_id: str,
+        row_id: int,
+        status: str,
+        ctx: Context,
+        outcome: JobOutcome,
+        *,
+        gave_up: bool = False,
+    ) -> JobResult:
+        assert self.client is not None and self.journal is not None
+        result = JobResult(
+            job_id=job_id,
+            status=status,
+            spec_name=plan.spec.name,
+            plan_key=plan.key,
+            title=plan.title,
+            finished_at=now_iso(),
+        )
+        if status == "COMPLETED":
+            data = await self.client.results(job_id)
+            result.outputs = redact.mask_obj(data.outputs)
+            result.raw = redact.mask_obj(data.raw)
+        elif status == GAVE_UP and gave_up:
+            result.error = (
+                f"job {job_id} did not finish within {plan.wait.timeout:g}s; it may still be running: "
+                f"check it with 'opus-run status {job_id}' or finish the run with 'opus-run resume {self.run_id}'"
+            )
+        else:
+            result.error = await self._failure_reason(job_id, status)
+        outcome.status = status
+        outcome.result = result
+        outcome.error = result.error
+        outcome.exit_code = 0 if status == "COMPLETED" else 1
+        self.journal.set_result(row_id, status=status, result=result.as_dict(), error=result.error)
+        kind = _TERMINAL_EVENT.get(status, "failed")
+        await self._event(
+            JobEvent(kind, job_id, plan.spec.name, status, plan.key, result=result, error=result.error), plan, ctx
+        )
+        return result
+
+    async def _failure_reason(self, job_id: str, status: str) -> str:
+        """Name the failed node (from the audit) and the platform's error, when available."""
+        assert self.client is not None
+        parts = [f"job {job_id} ended {status}"]
+        with contextlib.suppress(OpusRunnerError):
+            audit = await self.client.audit(job_id)
+            if audit.failed_nodes:
+                parts.append(f"failed node: {', '.join(audit.failed_nodes)}")
+        with contextlib.suppress(OpusRunnerError):
+            data = await self.client.results(job_id)
+            if data.error:
+                parts.append(data.error)
+        return redact.mask("; ".join(parts))
+
+    # -- events, outputs, notifiers ----------------------------------------------------------
+
+    async def _event(self, event: JobEvent, plan: JobPlan, ctx: Context) -> None:
+        assert self.host is not None
+        event.time = event.time or now_iso()
+        self.reporter.event(event)
+        await self.host.each("opus_job_event", offload=True, isolate=True, event=event, ctx=ctx)
+        if event.kind == "status":
+            return
+        for index, entry in enumerate(plan.notify):
+            if event.kind not in (entry.get("on") or DEFAULT_NOTIFY_ON):
+                continue
+            await self._call_target("notify", index, entry, plan, event, ctx, event.result, None, None)
+
+    async def _deliver(
+        self,
+        plan: JobPlan,
+        result: JobResult,
+        row_id: int,
+        ctx: Context,
+        outcome: JobOutcome,
+        only: set[str] | None,
+    ) -> None:
+        """Route the result to every output; a failing output never loses the result."""
+        for index, entry in enumerate(plan.outputs):
+            target = f"outputs[{index}]:{entry.get('type')}"
+            if only is not None and target not in only:
+                continue
+            await self._call_target("outputs", index, entry, plan, result, ctx, result, row_id, outcome)
+
+    async def _call_target(
+        self,
+        kind: str,
+        index: int,
+        entry: Mapping[str, Any],
+        plan: JobPlan,
+        subject: Any,
+        ctx: Context,
+        result: JobResult | None,
+        row_id: int | None,
+        outcome: JobOutcome | None,
+    ) -> None:
+        from .plugins import call_handler
+
+        assert self.host is not None
+        registry = self.host.outputs if kind == "outputs" else self.host.notifiers
+        type_name = str(entry.get("type"))
+        target = f"{kind}[{index}]:{type_name}"
+        handler = registry[type_name]
+        try:
+            config = self._render_target(entry, plan, result, ctx, (kind, index))
+            timeout = NOTIFIER_TIMEOUT if kind == "notify" else None
+            await call_handler(handler, subject, config, ctx, timeout=timeout)
+        except Exception as exc:
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else redact.mask(str(exc) or type(exc).__name__)
+            message = f"{kind[:-1] if kind == 'outputs' else 'notifier'} {type_name!r} (plugin {handler.plugin}) failed for {plan.key}: {reason}"
+            self.reporter.message(message, level="error")
+            if self.journal is not None and row_id is not None:
+                self.journal.record_delivery(row_id, target, ok=False, error=message)
+            if outcome is not None:
+                outcome.delivery_failures.append(message)
+                outcome.exit_code = worst([outcome.exit_code, 1])
+            elif kind == "notify":
+                self.log.warning(message)
+            return
+        if self.journal is not None and row_id is not None:
+            self.journal.record_delivery(row_id, target, ok=True)
+        if outcome is not None:
+            outcome.delivered.append(_target_label(config))
+
+    def _render_target(
+        self,
+        entry: Mapping[str, Any],
+        plan: JobPlan,
+        result: JobResult | None,
+        ctx: Context,
+        key: tuple[str | int, ...],
+    ) -> dict[str, Any]:
+        from .templating import Namespace, Templater
+
+        templater: Templater = self._templater_for_targets()
+        job = {
+            "id": ctx.job_id,
+            "status": result.status if result else None,
+            "title": plan.title,
+            "url": result.url if result else None,
+        }
+        res = {"outputs": result.outputs if result else {}, "status": result.status if result else None}
+        context = dict(plan.context)
+        context["job"] = Namespace("job", job)
+        context["result"] = Namespace("result", res)
+        return dict(templater.render(dict(entry), context, file=os.path.relpath(plan.spec.path), key=key))
+
+    def _templater_for_targets(self) -> Any:
+        cached = self.shared.get("opus_runner.target_templater")
+        if cached is None:
+            from .templating import Templater
+
+            assert self.host is not None
+            cached = Templater(
+                globals=self.host.template_globals(None),
+                filters=self.host.template_filters(None),
+                environ=self.environ,
+            )
+            self.shared["opus_runner.target_templater"] = cached
+        return cached
+
+
+def _target_label(entry: Mapping[str, Any]) -> str:
+    where = entry.get("path") or entry.get("dir") or entry.get("url")
+    return f"{entry.get('type')}:{where}" if where and entry.get("type") != "webhook" else str(entry.get("type"))
+
+
+def _tag(errors: Iterable[SpecError], plan: JobPlan) -> list[SpecError]:
+    """Name the fanned-out job (matrix/foreach) an error belongs to; a lone job needs no name."""
+    if plan.key == plan.spec.name:
+        return list(errors)
+    return [
+        SpecError(f"{err.message} (job {plan.key})", file=err.file, key=err.key, line=err.line)
+        for err in errors
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def _options_record(opts: RunOptions) -> dict[str, Any]:
+    """What the journal keeps of the options (to resume with the same settings)."""
+    return {
+        "specs": [str(s) for s in opts.specs],
+        "var": list(opts.var),
+        "vars_file": str(opts.vars_file) if opts.vars_file else None,
+        "vars": dict(opts.vars) if opts.vars else None,
+        "base_url": opts.base_url,
+        "sandbox": opts.sandbox,
+        "no_wait": opts.no_wait,
+        "timeout": opts.timeout,
+        "plugins": list(opts.plugins),
+        "no_local_plugins": opts.no_local_plugins,
+        "allow_outside_root": opts.allow_outside_root,
+        "only": list(opts.only),
+        "shard": opts.shard,
+        "limit": opts.limit,
+    }
+
+
+def load_vars_file(path: Path) -> dict[str, Any]:
+    """Variables from a YAML or JSON mapping (``--vars-file``)."""
+    import json
+
+    import yaml
+
+    if not path.is_file():
+        raise UsageError(f"--vars-file {path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--vars-file {path}: cannot read it: {exc}") from None
+    except (ValueError, yaml.YAMLError) as exc:
+        raise UsageError(f"--vars-file {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"--vars-file {path}: expected a mapping of variable names to values, found {type(data).__name__}")
+    return data
+
+
+def run(specs: str | Path | Sequence[str | Path], **options: Any) -> RunReport:
+    """Run specs from Python code, with the same options as the command line.
+
+    ``opus_runner.run("specs/summarize.yaml", sandbox=True, vars={"month": "2026-11"})``
+    returns a :class:`RunReport` (``report.results``, ``report.exit_code``). Errors that stop the
+    whole run raise :class:`~opus_runner.errors.OpusRunnerError` subclasses.
+    """
+    return asyncio.run(arun(specs, **options))
+
+
+async def arun(specs: str | Path | Sequence[str | Path], *, reporter: Reporter | None = None, **options: Any) -> RunReport:
+    """The async variant of :func:`run`, for event loops that already run (orchestrators, workers)."""
+    if isinstance(specs, (str, Path)):
+        specs = [specs]
+    opts = RunOptions(specs=list(specs), **options)
+    return await Runner(opts, reporter=reporter).run()

@@ -1,0 +1,149 @@
+"""Shared test helpers: a throw-away project folder and a CLI runner wired to a sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from opus_runner.cli import main
+
+FAST_WAIT = "wait: {timeout: 20s, poll_interval: 50ms, max_interval: 200ms}\n"
+
+#: Small, fast workflows for end-to-end tests (durations in tenths of a second).
+WORKFLOWS: dict[str, Any] = {
+    "workflows": {
+        "all-types": {
+            "name": "Every input type",
+            "duration": "0.1s",
+            "version": 2,
+            "nodes": ["Input", "Work", "Output"],
+            "inputs": [
+                {"variable_name": "workflow_input_title", "display_name": "Title", "type": "str"},
+                {"variable_name": "workflow_input_budget", "display_name": "Budget", "type": "float"},
+                {"variable_name": "workflow_input_ok", "display_name": "Approved", "type": "bool"},
+                {"variable_name": "workflow_input_due", "display_name": "Due date", "type": "date"},
+                {"variable_name": "workflow_input_doc", "display_name": "Contract", "type": "file", "allowed_file_types": ["PDF", "TXT"]},
+                {"variable_name": "workflow_input_more", "display_name": "Attachments", "type": "array_files", "is_nullable": True, "allowed_file_types": ["CSV", "TXT"]},
+                {"variable_name": "workflow_input_tags", "display_name": "Tags", "type": "array", "is_nullable": True},
+                {"variable_name": "workflow_input_cfg", "display_name": "Settings", "type": "object", "is_nullable": True},
+            ],
+            "outputs": {"echo": "{{ inputs.Title }}", "budget": {"value": "{{ inputs.Budget }}", "type": "float"}},
+            "versions": {
+                1: {
+                    "inputs": [{"variable_name": "workflow_input_old", "display_name": "Old title", "type": "str"}],
+                    "outputs": {"echo": "v1 {{ inputs['Old title'] }}"},
+                }
+            },
+        },
+        "quick": {
+            "name": "Quick",
+            "duration": "0.1s",
+            "inputs": [
+                {"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"},
+                {"variable_name": "workflow_input_n", "display_name": "Count", "type": "float", "is_nullable": True},
+            ],
+            "outputs": {"answer": "Answer to {{ inputs.Question }}"},
+        },
+        "slow": {
+            "name": "Slow",
+            "duration": "30s",
+            "inputs": [{"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"}],
+            "outputs": {"answer": "late"},
+        },
+        "broken": {
+            "name": "Broken",
+            "duration": "0.1s",
+            "fail": "Node 'Score' raised: model quota exceeded",
+            "fail_node": "Score",
+            "nodes": ["Input", "Score", "Output"],
+            "inputs": [{"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"}],
+            "outputs": {"answer": "never"},
+        },
+        "dup-names": {
+            "name": "Duplicate display names",
+            "duration": "0.1s",
+            "inputs": [
+                {"variable_name": "workflow_input_a", "display_name": "Name", "type": "str"},
+                {"variable_name": "workflow_input_b", "display_name": "Name", "type": "str"},
+            ],
+            "outputs": {"answer": "x"},
+        },
+        "newer": {
+            "name": "Only on the v2 route",
+            "api": "v2-only",
+            "duration": "0.1s",
+            "inputs": [{"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"}],
+            "outputs": {"answer": "v2 {{ inputs.Question }}"},
+        },
+    }
+}
+
+
+@dataclass
+class Project:
+    """A project folder (with opus-runner.toml) holding specs and data, and a sandbox to run them."""
+
+    root: Path
+    sandbox: Any
+    env: dict[str, str]
+
+    def spec(self, name: str, body: str, *, wait: bool = True) -> Path:
+        path = self.root / name
+        text = textwrap.dedent(body)
+        if wait and "wait:" not in text:
+            text += FAST_WAIT
+        path.write_text(text)
+        return path
+
+    def file(self, name: str, data: bytes | str) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        return path
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        merged = {**self.env, **(env or {})}
+        old = os.getcwd()
+        os.chdir(self.root)
+        try:
+            return CliRunner().invoke(main, [str(a) for a in args], env=merged, catch_exceptions=False)
+        finally:
+            os.chdir(old)
+
+    def events(self, result: Result) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+    def journal_bytes(self) -> bytes:
+        state = self.root / ".opus-run"
+        return b"".join(p.read_bytes() for p in state.glob("state.db*")) if state.exists() else b""
+
+
+@pytest.fixture
+def project(tmp_path: Path, opus_sandbox_factory: Callable[..., Any]) -> Iterator[Project]:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "opus-runner.toml").write_text('state_dir = ".opus-run"\n')
+    sandbox = opus_sandbox_factory(WORKFLOWS)
+    env = {"OPUS_BASE_URL": sandbox.base_url, "OPUS_SERVICE_KEY": sandbox.key}
+    yield Project(root=root, sandbox=sandbox, env=env)
+
+
+def header(name: str, workflow: str, extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""\
+        apiVersion: opus-runner/v1
+        kind: Job
+        metadata:
+          name: {name}
+        workflow:
+          id: {workflow}
+        """
+    ) + textwrap.dedent(extra)

@@ -221,6 +221,7 @@ def run_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose
 @spec_options
 @connection_options
 @click.option("--offline", is_flag=True, help="Do not contact the API even if a service key is set.")
+@click.option("--locked", is_flag=True, help="Check inputs against opus-runner.lock instead of the live API (no key, no network).")
 @output_options
 @handle_errors
 def validate_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
@@ -239,6 +240,7 @@ def validate_command(specs: tuple[str, ...], output_format: str, quiet: bool, ve
 @spec_options
 @connection_options
 @click.option("--offline", is_flag=True, help="Do not contact the API even if a service key is set.")
+@click.option("--locked", is_flag=True, help="Render against opus-runner.lock instead of the live API (no key, no network).")
 @output_options
 @handle_errors
 def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
@@ -255,11 +257,12 @@ def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
 
 def _show_payloads(report: Any, output_format: str, header: str | None) -> None:
     from . import redact
+    from .progress import dumps
 
     for outcome in report.outcomes:
         payload = redact.mask_obj(outcome.payload)
         if output_format == "json":
-            click.echo(json.dumps({"event": "rendered", "plan_key": outcome.plan_key, "spec": outcome.spec_path, "payload": payload}, ensure_ascii=False, default=str))
+            click.echo(dumps({"event": "rendered", "plan_key": outcome.plan_key, "spec": outcome.spec_path, "payload": payload}))
         else:
             title = f"# {outcome.plan_key}" + (f" ({header})" if header else "")
             click.echo(title)

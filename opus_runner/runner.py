@@ -93,7 +93,9 @@ class RunOptions:
     only: Sequence[str] = ()
     shard: str | None = None
     offline: bool = False  # validate/render: never contact the API even if a key is set
+    locked: bool = False  # validate/render against opus-runner.lock: no key, no network
     environ: Mapping[str, str] | None = None  # default: os.environ
+    retry: Any = None  # a client.RetryPolicy (library users and tests); default policy otherwise
 
 
 @dataclass
@@ -164,6 +166,7 @@ class Runner:
         self.shared: dict[str, Any] = {}
         self._schemas: dict[str, asyncio.Future[WorkflowSchema]] = {}
         self._sandbox: Any = None
+        self.lock: Any = None  # a lockfile.Lock with --locked
         self.log = log
 
     # -- set-up ------------------------------------------------------------------------------
@@ -253,9 +256,9 @@ class Runner:
 
     def _wants_live(self) -> bool:
         opts = self.options
-        if opts.mode == "run":
+        if opts.mode in ("run", "schema"):
             return True
-        if opts.offline:
+        if opts.offline or opts.locked:
             return False
         return opts.sandbox or bool(opts.service_key or self.environ.get("OPUS_SERVICE_KEY"))
 
@@ -288,6 +291,7 @@ class Runner:
                 key,
                 max_connections=max(10, concurrency * 2),
                 trace=opts.verbose,
+                retry=opts.retry,
             )
             yield
         finally:
@@ -333,6 +337,8 @@ class Runner:
 
     async def _fetch_schema(self, ref: WorkflowRef, ctx: Context) -> WorkflowSchema:
         assert self.host is not None
+        if self.lock is not None:
+            return self.lock.require(ref, spec=ctx.spec)
         schema = await self.host.first("opus_workflow_schema", offload=True, workflow_ref=ref, ctx=ctx)
         if schema is None:
             raise ConfigError(f"no plugin could describe workflow {ref.id}")
@@ -356,6 +362,50 @@ class Runner:
         built = await build_payload(plan.inputs, schema, self.host, ctx, input_lines=lines)
         return built.payload, ctx
 
+    async def collect_schemas(self, *, live: bool = True) -> list[tuple[Spec, WorkflowRef, WorkflowSchema | None]]:
+        """Every (spec, workflow ref) the specs use, with the live schema of each (``opus-run
+        lock`` and ``drift``). Refs come from every planned job, so templated versions count.
+        ``live=False`` returns None for the schemas (no key needed)."""
+        self._load()
+        self.host = self._make_host()
+        planner = self._planner()
+        seen: dict[tuple[str, str], tuple[Spec, WorkflowRef]] = {}
+        for plan in planner.plans(self.specs):
+            seen.setdefault((str(plan.spec.path), plan.workflow.key), (plan.spec, plan.workflow))
+        if not live:
+            return [(spec, ref, None) for spec, ref in seen.values()]
+        self.options = replace(self.options, mode="validate")
+        out: list[tuple[Spec, WorkflowRef, WorkflowSchema | None]] = []
+        async with self._connection():
+            if self.client is None:
+                from .client import NO_KEY_MESSAGE
+
+                raise ConfigError(NO_KEY_MESSAGE)
+            for spec, ref in seen.values():
+                ctx = self._context(None, spec, dry_run=True)
+                out.append((spec, ref, await self.schema_for(ref, ctx)))
+        return out
+
+    async def workflow_schema(self, ref: WorkflowRef) -> WorkflowSchema:
+        """One workflow's inputs through the ``opus_workflow_schema`` hook (``opus-run schema``,
+        ``init``), outside any spec."""
+        self.options = replace(self.options, mode="schema")
+        self.config = load_project_config()
+        self.host = self._make_host()
+        async with self._connection():
+            cwd = Path.cwd()
+            ctx = Context(
+                spec=None,
+                spec_path=cwd,
+                spec_dir=cwd,
+                log=self.log,
+                http=self.client.http if self.client else None,
+                client=self.client,
+                root=self.config.repo_root,
+                shared=self.shared,
+            )
+            return await self.schema_for(ref, ctx)
+
     # -- the run -----------------------------------------------------------------------------
 
     async def run(self) -> RunReport:
@@ -366,6 +416,13 @@ class Runner:
         self._load()
         self.host = self._make_host()
         self._check_targets()
+        if opts.locked:
+            if opts.mode == "run" and not opts.dry_run:
+                raise UsageError("--locked checks specs against opus-runner.lock; it applies to validate, render and --dry-run")
+            from .lockfile import load_lock
+
+            assert self.config is not None
+            self.lock = load_lock(self.config.root)
         planner = self._planner()
         plan_filter = self._plan_filter()
         async with self._connection():
@@ -410,7 +467,7 @@ class Runner:
         bad: set[str] = set()
         outcomes: list[JobOutcome] = []
         count = 0
-        live = self.client is not None
+        live = self.client is not None or self.lock is not None
         for spec in self.specs:
             iterator = planner.plans([spec], plan_filter)
             while True:
@@ -454,7 +511,9 @@ class Runner:
         keep = opts.mode == "render" or opts.dry_run
         count, errors, _bad, outcomes = await self._validate_plans(planner, plan_filter, keep=keep)
         report = RunReport(run_id=None, outcomes=outcomes)
-        if self.client is None:
+        if self.lock is not None:
+            report.notes.append(f"checked against {self.lock.path} (no network)")
+        elif self.client is None:
             if opts.offline:
                 why = "--offline was given"
             else:

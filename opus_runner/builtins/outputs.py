@@ -1,0 +1,287 @@
+"""Built-in output types: ``stdout``, ``json``, ``ndjson`` and ``download``.
+
+Each handler is ``handler(result, config, ctx)``: ``result`` is the finished job's
+:class:`~opus_runner.models.JobResult` (secrets already masked), ``config`` the spec's entry after
+templating. Relative paths resolve against the spec's folder; every file is written atomically
+(:mod:`opus_runner.files`), so a crash never leaves half a result behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .. import files
+from ..hookspecs import Register, hookimpl
+from ..models import Context, JobResult
+from ..redact import mask_obj
+from . import display_url, http_client, request_without_key
+
+#: Longest value the stdout summary shows before cutting (``full: true`` shows everything).
+SUMMARY_LIMIT = 500
+
+_PATH = {"type": "string", "minLength": 1, "description": "File path; relative to the spec's folder."}
+
+STDOUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"full": {"type": "boolean", "description": "Show long values whole instead of cut."}},
+    "additionalProperties": False,
+}
+JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "path": _PATH,
+        "indent": {"type": ["integer", "null"], "minimum": 0, "description": "JSON indent (default 2)."},
+    },
+    "required": ["path"],
+    "additionalProperties": False,
+}
+NDJSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"path": _PATH},
+    "required": ["path"],
+    "additionalProperties": False,
+}
+DOWNLOAD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "dir": {"type": "string", "minLength": 1, "description": "Folder for the files; relative to the spec."},
+        "outputs": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Only these outputs (variable or display names); default: every file output.",
+        },
+    },
+    "required": ["dir"],
+    "additionalProperties": False,
+}
+
+
+def resolve_path(value: str, ctx: Context) -> Path:
+    """``value`` as a path, relative ones against the spec's folder."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(ctx.spec_dir) / path
+
+
+def _as_json(result: JobResult, indent: int | None) -> str:
+    # mask again: the promise is that no output file ever holds a secret, whoever built result
+    return json.dumps(mask_obj(result.as_dict()), indent=indent, ensure_ascii=False, default=str)
+
+
+# -- stdout -----------------------------------------------------------------------------------
+
+
+def _show_value(value: Any, full: bool) -> str:
+    if isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    if not full and len(text) > SUMMARY_LIMIT:
+        cut = len(text) - SUMMARY_LIMIT
+        text = f"{text[:SUMMARY_LIMIT]}… ({cut} more characters; set full: true to see all)"
+    if "\n" in text:
+        return "\n" + "\n".join(f"    {line}" for line in text.splitlines())
+    return " " + text
+
+
+def summary(result: JobResult, *, full: bool = False) -> str:
+    """The text the ``stdout`` output prints for one finished job."""
+    masked: dict[str, Any] = mask_obj(result.as_dict())
+    head = masked["spec_name"] or "job"
+    if masked["plan_key"] and masked["plan_key"] != masked["spec_name"]:
+        head += f" [{masked['plan_key']}]"
+    lines = [f"{head}: job {masked['job_id']} {masked['status']}"]
+    if masked["url"]:
+        lines.append(f"  url: {masked['url']}")
+    if masked["error"]:
+        lines.append(f"  error:{_show_value(masked['error'], full)}")
+    outputs = masked["outputs"] or {}
+    if outputs:
+        lines.append("  outputs:")
+        for name, value in outputs.items():
+            lines.append(f"  - {name}:{_show_value(value, full)}")
+    elif result.ok:
+        lines.append("  (no outputs)")
+    return "\n".join(lines)
+
+
+def stdout_output(result: JobResult, config: dict[str, Any], ctx: Context) -> None:
+    """Print a readable summary; nothing under ``--format json`` (events carry it) or ``--quiet``."""
+    if ctx.output_format == "json" or ctx.quiet:
+        return
+    import click
+
+    # One echo call per job, so concurrent jobs' summaries do not mix line by line.
+    click.echo(summary(result, full=bool(config.get("full", False))))
+
+
+# -- json / ndjson ----------------------------------------------------------------------------
+
+
+def json_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path:
+    """Write the result as one JSON file, atomically; return its path."""
+    indent = config.get("indent", 2)
+    path = resolve_path(config["path"], ctx)
+    files.atomic_write_text(path, _as_json(result, indent) + "\n")
+    return path
+
+
+def ndjson_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path:
+    """Append the result as one JSON line; concurrent jobs never interleave. Return the path."""
+    path = resolve_path(config["path"], ctx)
+    files.append_line(path, _as_json(result, None))
+    return path
+
+
+# -- download ---------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_NAME = 150
+
+
+def _http_urls(values: list[Any]) -> list[str]:
+    return [v for v in values if isinstance(v, str) and v.startswith(("https://", "http://"))]
+
+
+def _file_outputs(result: JobResult) -> list[tuple[str, str | None, list[str]]]:
+    """``(variable name, display name, urls)`` of each file-typed output, in both result shapes.
+
+    Current results mark files in ``jobResultsPayloadSchema`` (type ``file`` or
+    ``array_files``); older ones list them under ``results.outputFiles``.
+    """
+    found: list[tuple[str, str | None, list[str]]] = []
+    raw = result.raw or {}
+    schema = raw.get("jobResultsPayloadSchema")
+    if isinstance(schema, dict):
+        for name, entry in schema.items():
+            if isinstance(entry, dict) and entry.get("type") in ("file", "array_files"):
+                value = entry.get("value")
+                urls = _http_urls(value if isinstance(value, list) else [value])
+                display = entry.get("displayName")
+                found.append((str(name), display if isinstance(display, str) else None, urls))
+    legacy = raw.get("results") if isinstance(raw.get("results"), dict) else raw
+    listed = legacy.get("outputFiles") if isinstance(legacy, dict) else None
+    if isinstance(listed, list):
+        found.append(("outputFiles", None, _http_urls(listed)))
+    return found
+
+
+def file_urls(result: JobResult, only: list[str] | None = None) -> list[tuple[str, str]]:
+    """``(output name, url)`` for every file-typed output of ``result``.
+
+    ``only`` keeps the outputs whose variable or display name it lists (``outputFiles`` names
+    the legacy list).
+    """
+    return [
+        (name, url)
+        for name, display, urls in _file_outputs(result)
+        if only is None or name in only or display in only
+        for url in urls
+    ]
+
+
+def safe_file_name(url: str, fallback: str = "download") -> str:
+    """A file name from the URL's last path segment that cannot leave its folder.
+
+    Percent-escapes are decoded first, then only letters, digits, ``.``, ``_`` and ``-`` are
+    kept; leading dots go, so neither ``..`` nor hidden files can come out.
+    """
+    segment = unquote(urlsplit(url).path).replace("\\", "/").rsplit("/", 1)[-1]
+    name = _UNSAFE.sub("_", segment).lstrip("._-")
+    if len(name) > _MAX_NAME:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: _MAX_NAME - len(ext) - 1] + dot + ext) if dot and len(ext) <= 10 else name[:_MAX_NAME]
+    return name or fallback
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+    candidate, n = name, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
+    taken.add(candidate.lower())
+    return candidate
+
+
+def plan_downloads(urls: list[tuple[str, str]], folder: Path) -> Iterator[tuple[str, Path]]:
+    """Pair each URL with a distinct, safe path inside ``folder``."""
+    taken: set[str] = set()
+    root = folder.resolve()
+    for output_name, url in urls:
+        target = root / _unique(safe_file_name(url, fallback=output_name), taken)
+        if target.parent != root:  # cannot happen with safe names; refuse rather than trust
+            raise ValueError(f"refusing to write {target} outside {root}")
+        yield url, target
+
+
+def _check_names(result: JobResult, names: list[str]) -> None:
+    """A name in ``outputs:`` that matches no file output is a typo, not "nothing to do"."""
+    known = {n for name, display, _ in _file_outputs(result) for n in (name, display) if n}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"download: job {result.job_id} has no file output named {', '.join(map(repr, unknown))}; "
+            f"its file outputs are: {', '.join(sorted(known)) or 'none'}"
+        )
+
+
+async def _download(client: Any, url: str, target: Path) -> None:
+    request = request_without_key(client, "GET", url)
+    response = await client.send(request, stream=True, follow_redirects=True, auth=None)
+    try:
+        if not response.is_success:
+            raise RuntimeError(f"downloading {display_url(url)} failed with HTTP {response.status_code}")
+        writer = await asyncio.to_thread(files.AtomicFile, target)
+        try:
+            async for chunk in response.aiter_bytes(1 << 16):
+                await asyncio.to_thread(writer.write, chunk)
+            await asyncio.to_thread(writer.commit)
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        await response.aclose()
+
+
+async def download_output(result: JobResult, config: dict[str, Any], ctx: Context) -> list[Path]:
+    """Download every file-typed output into ``config["dir"]``; return the written paths.
+
+    Uses the run's HTTP client without the service key. Each file is streamed to a temporary
+    file and renamed into place, so a failed download leaves nothing half-written.
+    """
+    only = config.get("outputs")
+    if only is not None and result.ok:
+        _check_names(result, list(only))
+    folder = resolve_path(config["dir"], ctx)
+    planned = list(plan_downloads(file_urls(result, only), folder))
+    written: list[Path] = []
+    async with http_client(ctx) as client:
+        for url, target in planned:
+            await _download(client, url, target)
+            written.append(target)
+    if written:
+        ctx.log.info("downloaded %d file(s) of job %s into %s", len(written), result.job_id, folder)
+    return written
+
+
+_OUTPUTS: tuple[tuple[str, Callable[..., Any], dict[str, Any]], ...] = (
+    ("stdout", stdout_output, STDOUT_SCHEMA),
+    ("json", json_output, JSON_SCHEMA),
+    ("ndjson", ndjson_output, NDJSON_SCHEMA),
+    ("download", download_output, DOWNLOAD_SCHEMA),
+)
+
+
+@hookimpl
+def opus_register_outputs(register: Register) -> None:
+    """Register the built-in output types."""
+    for name, handler, schema in _OUTPUTS:
+        register(name, handler, schema=schema)

@@ -1,0 +1,98 @@
+"""CSV output for opus-runner: one row per finished job, appended to a spreadsheet-ready file.
+
+Put this file in your project's ``plugins/`` folder and add to a spec::
+
+    outputs:
+      - type: csv
+        path: results/invoices.csv          # relative to the spec's folder
+        columns: [plan_key, status, total]  # optional
+
+Without ``columns`` a new file gets ``plan_key, job_id, status, finished_at`` followed by the
+job's output names; an existing file keeps the columns of its header, so every row lines up.
+Columns may name any result field (``job_id``, ``status``, ``spec_name``, ``title``, ``url``,
+``started_at``, ``finished_at``, ``error``, ``plan_key``) or an output variable; lists and
+mappings are written as JSON.
+
+Many jobs of one batch append to the same file at once. The header is written exactly once
+and rows never mix, because each append holds an exclusive lock on the file while it looks at
+the header and writes its row in one write (``opus_runner.files.locked_append``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from opus_runner import hookimpl
+from opus_runner.files import locked_append
+from opus_runner.hookspecs import Register
+from opus_runner.models import Context, JobResult
+from opus_runner.redact import mask_obj
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "path": {"type": "string", "minLength": 1, "description": "CSV file; relative to the spec's folder."},
+        "columns": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "description": "Columns in order: result fields or output names.",
+        },
+    },
+    "required": ["path"],
+    "additionalProperties": False,
+}
+
+RESULT_COLUMNS = ("plan_key", "job_id", "status", "finished_at")
+_FIELDS = {"job_id", "status", "spec_name", "plan_key", "title", "url", "started_at", "finished_at", "error"}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _encode(row: list[str]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow(row)
+    return buffer.getvalue().encode("utf-8")
+
+
+def row_for(result: JobResult, columns: list[str]) -> list[str]:
+    """The cells of ``result`` for ``columns`` (result fields first, then outputs)."""
+    data = mask_obj(result.as_dict())  # no secret reaches a file, whoever built the result
+    outputs = data.get("outputs") or {}
+    return [_cell(data.get(c) if c in _FIELDS else outputs.get(c)) for c in columns]
+
+
+def csv_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path:
+    """Append ``result`` as one row to ``config["path"]``, writing the header first if the file is new."""
+    path = Path(config["path"]).expanduser()
+    if not path.is_absolute():
+        path = Path(ctx.spec_dir) / path
+    wanted = list(config.get("columns") or [])
+    with locked_append(path) as handle:
+        if handle.size == 0:
+            columns = wanted or [*RESULT_COLUMNS, *(str(k) for k in result.outputs)]
+            handle.write(_encode(columns) + _encode(row_for(result, columns)))
+            return path
+        header = next(csv.reader([handle.first_line().decode("utf-8-sig")]), [])
+        if wanted and wanted != header:
+            raise ValueError(
+                f"{path} already has the columns {', '.join(header)}, not {', '.join(wanted)}; "
+                "write to a new file or make `columns` match"
+            )
+        handle.write(_encode(row_for(result, header)))
+    return path
+
+
+@hookimpl
+def opus_register_outputs(register: Register) -> None:
+    register("csv", csv_output, schema=SCHEMA)

@@ -32,15 +32,17 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     from .redact import MaskingFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(MaskingFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s" if verbose else "%(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger("opus_runner")
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # INFO by default: the `log` notifier and plugins' notes are meant to be seen.
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     root.propagate = False
     # httpx and httpcore log full URLs at INFO/DEBUG, presigned signatures included; our own
     # trace (logger opus_runner.http) logs them without query strings.
@@ -205,7 +207,7 @@ def run_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose
     """Validate, submit and follow jobs; route their results to outputs."""
     from .progress import make_reporter
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     options = _run_options(specs=specs, output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
     reporter = make_reporter(output_format, quiet=quiet)
     report = _execute(options, reporter)
@@ -229,7 +231,7 @@ def validate_command(specs: tuple[str, ...], output_format: str, quiet: bool, ve
     also against the live workflow schema (no job is created, no file uploaded)."""
     from .progress import Reporter
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     options = _run_options(specs=specs, mode="validate", output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
     report = _execute(options, Reporter())
     _print_notes(report, output_format, quiet)
@@ -248,7 +250,7 @@ def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
     jobPayloadSchemaInstance with a key or --sandbox."""
     from .progress import Reporter
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     options = _run_options(specs=specs, mode="render", output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
     report = _execute(options, Reporter())
     _show_payloads(report, output_format, header=None)
@@ -285,7 +287,7 @@ def resume_command(run_id: str | None, output_format: str, quiet: bool, verbose:
     from .progress import make_reporter
     from .runner import Runner
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     options = _run_options(output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
     reporter = make_reporter(output_format, quiet=quiet)
     runner = Runner(options, reporter=reporter)
@@ -330,7 +332,7 @@ def _job_command(name: str, help_text: str) -> Callable[[Callable[..., Any]], An
         @output_options
         @handle_errors
         def command(job_id: str, base_url: str | None, output_format: str, quiet: bool, verbose: bool) -> None:
-            _setup_logging(verbose)
+            _setup_logging(verbose, quiet)
 
             async def go() -> Any:
                 async with _client_from(base_url) as client:
@@ -378,7 +380,7 @@ def plugins_command(plugins: tuple[str, ...], no_local_plugins: bool, output_for
     from .config import default_plugins_dir, load_project_config
     from .plugins import make_plugin_host
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     config = load_project_config()
     host = make_plugin_host(
         plugins_dir=None if no_local_plugins else default_plugins_dir(config), modules=list(plugins)

@@ -60,7 +60,6 @@ log = logging.getLogger("opus_runner")
 NOTIFIER_TIMEOUT = 10.0
 #: the status a job gets in the journal and outputs when the runner stopped waiting for it
 GAVE_UP = "TIMED_OUT"
-DEFAULT_NOTIFY_ON = ("completed", "failed")
 _TERMINAL_EVENT = {"COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "cancelled", "TIMED_OUT": "timed_out"}
 
 
@@ -442,16 +441,6 @@ class Runner:
                 for err in self.host.check_config(kind, list(entries), file=os.path.relpath(spec.path), key=kind):
                     err.line = err.line or spec.line_of(err.key)
                     errors.append(err)
-            for index, entry in enumerate(spec.data.get("notify") or []):
-                for event in entry.get("on") or ():
-                    if event not in ("submitted", "completed", "failed", "cancelled", "timed_out", "status"):
-                        errors.append(
-                            spec.error(
-                                f"unknown event {event!r}; notifiers can subscribe to submitted, completed, "
-                                "failed, cancelled, timed_out",
-                                ("notify", index, "on"),
-                            )
-                        )
         if errors:
             raise ValidationFailed(errors)
 
@@ -883,8 +872,10 @@ class Runner:
         await self.host.each("opus_job_event", offload=True, isolate=True, event=event, ctx=ctx)
         if event.kind == "status":
             return
+        from .plugins import notify_events
+
         for index, entry in enumerate(plan.notify):
-            if event.kind not in (entry.get("on") or DEFAULT_NOTIFY_ON):
+            if event.kind not in notify_events(entry):
                 continue
             await self._call_target("notify", index, entry, plan, event, ctx, event.result, None, None)
 

@@ -129,11 +129,20 @@ class RichReporter(PlainReporter):
         from rich.console import Console
         from rich.live import Live
 
-        self.console = Console(file=self.stream, stderr=True)
+        self.console = Console(file=self.stream, stderr=True, markup=False, highlight=False)
         self.counts: Counter[str] = Counter()
         self.total = 0
         self.nodes: dict[str, str] = {}
-        self.live = Live(console=self.console, refresh_per_second=4, transient=True, get_renderable=self._render)
+        # Results printed to stdout scroll above the live line only when stdout is the same
+        # terminal; redirected to a file or a pipe, stdout must stay untouched.
+        self.live = Live(
+            console=self.console,
+            refresh_per_second=4,
+            transient=True,
+            get_renderable=self._render,
+            redirect_stdout=sys.stdout.isatty(),
+            redirect_stderr=False,
+        )
 
     def start(self, total: int) -> None:
         super().start(total)
@@ -166,8 +175,10 @@ class RichReporter(PlainReporter):
             self.counts["running"] -= 1
             self.counts["completed" if event.kind == "completed" else "failed"] += 1
             self.nodes.pop(event.plan_key or event.spec_name, None)
-        if event.kind != "status":  # status changes show in the live line, not as log lines
-            self.live.console.print(redact.mask(_event_text(event)), highlight=False)
+        # The live line shows counts; only what needs attention becomes a line of its own (and,
+        # for a single job, its submission, so its id is on screen).
+        if event.kind in ("failed", "cancelled", "timed_out") or (event.kind == "submitted" and self.total == 1):
+            self.live.console.print(redact.mask(_event_text(event)), highlight=False, markup=False)
 
     def progress(self, plan_key: str, job_id: str, status: str, node: str | None, done: int, total: int) -> None:
         where = f"node {min(done + 1, total)} of {total}" if total else status
@@ -178,6 +189,10 @@ class RichReporter(PlainReporter):
             return
         prefix = {"warning": "warning: ", "error": "error: "}.get(level, "")
         self.live.console.print(redact.mask(prefix + text), highlight=False, markup=False)
+
+    def summary(self, rows: list[dict[str, Any]]) -> None:
+        self.live.stop()  # the table is printed below the finished display, not through it
+        super().summary(rows)
 
     def close(self) -> None:
         self.live.stop()

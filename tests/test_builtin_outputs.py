@@ -186,7 +186,7 @@ def test_stdout_prints_a_readable_summary(host: PluginHost, tmp_path: Path, caps
     )
     run_output(host, "stdout", result, {}, make_ctx(tmp_path))
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == "invoice-triage [invoice-triage[region=eu]]: job job-123 COMPLETED"
+    assert out.splitlines()[0] == "invoice-triage[region=eu]: job job-123 COMPLETED"
     assert "  - summary:\n    line one\n    line two\n" in out
     assert '  - data: {"a":[1,2]}\n' in out
     assert "x" * 500 + "… (100 more characters; set full: true to see all)" in out

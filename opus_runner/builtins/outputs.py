@@ -92,9 +92,8 @@ def _show_value(value: Any, full: bool) -> str:
 def summary(result: JobResult, *, full: bool = False) -> str:
     """The text the ``stdout`` output prints for one finished job."""
     masked: dict[str, Any] = mask_obj(result.as_dict())
-    head = masked["spec_name"] or "job"
-    if masked["plan_key"] and masked["plan_key"] != masked["spec_name"]:
-        head += f" [{masked['plan_key']}]"
+    # Plan keys start with the spec name ("region-matrix[region=eu]"), so they say it all.
+    head = masked["plan_key"] or masked["spec_name"] or "job"
     lines = [f"{head}: job {masked['job_id']} {masked['status']}"]
     if masked["url"]:
         lines.append(f"  url: {masked['url']}")
@@ -114,10 +113,13 @@ def stdout_output(result: JobResult, config: dict[str, Any], ctx: Context) -> No
     """Print a readable summary; nothing under ``--format json`` (events carry it) or ``--quiet``."""
     if ctx.output_format == "json" or ctx.quiet:
         return
-    import click
+    import sys
 
-    # One echo call per job, so concurrent jobs' summaries do not mix line by line.
-    click.echo(summary(result, full=bool(config.get("full", False))))
+    # One write per job, so concurrent jobs' summaries do not mix line by line. sys.stdout (not
+    # click.echo, which writes to the underlying buffer) so a live terminal display that has
+    # redirected stdout can print the summary above itself.
+    sys.stdout.write(summary(result, full=bool(config.get("full", False))) + "\n")
+    sys.stdout.flush()
 
 
 # -- json / ndjson ----------------------------------------------------------------------------

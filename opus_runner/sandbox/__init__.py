@@ -1,0 +1,70 @@
+"""The local Opus-compatible sandbox (SPEC.md section 6).
+
+Importing this package is cheap: the server (starlette, uvicorn) loads only when a name that
+needs it is first used.
+
+```python
+from opus_runner.sandbox import SandboxServer
+
+with SandboxServer() as sandbox:          # the packaged demo workflows, a random free port
+    print(sandbox.base_url, sandbox.state.requests)
+```
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import Job, SandboxApp, SandboxState
+    from .faults import FaultRule, FaultRuleError, FaultSet, load_faults_file
+    from .fixture import DEFAULT_WORKFLOWS, Fixture, FixtureError, WorkflowDef, load_fixture
+    from .server import SandboxServer, serve
+
+_LAZY = {
+    "SandboxServer": ".server",
+    "serve": ".server",
+    "SandboxApp": ".app",
+    "SandboxState": ".app",
+    "Job": ".app",
+    "FaultRule": ".faults",
+    "FaultRuleError": ".faults",
+    "FaultSet": ".faults",
+    "load_faults_file": ".faults",
+    "DEFAULT_WORKFLOWS": ".fixture",
+    "Fixture": ".fixture",
+    "FixtureError": ".fixture",
+    "WorkflowDef": ".fixture",
+    "load_fixture": ".fixture",
+}
+
+__all__ = [
+    "DEFAULT_WORKFLOWS",
+    "FaultRule",
+    "FaultRuleError",
+    "FaultSet",
+    "Fixture",
+    "FixtureError",
+    "Job",
+    "SandboxApp",
+    "SandboxServer",
+    "SandboxState",
+    "WorkflowDef",
+    "load_faults_file",
+    "load_fixture",
+    "serve",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,0 +1,346 @@
+"""Fault injection in the sandbox: each kind over real HTTP, rule matching, and rule sources."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from opus_runner.errors import ConfigError
+from opus_runner.sandbox import SandboxServer
+from opus_runner.sandbox.faults import FaultRuleError, FaultSet, load_faults_file, parse_rule
+
+FIXTURE: dict[str, Any] = {
+    "workflows": {
+        "w": {
+            "duration": "0.1s",
+            "inputs": [{"variable_name": "in_title", "display_name": "Title", "type": "str"}],
+            "outputs": {"summary": "S {{ inputs.Title }}"},
+        }
+    }
+}
+PAYLOAD = {"in_title": {"value": "t", "type": "str", "displayName": "Title"}}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SandboxServer]:
+    with SandboxServer(FIXTURE) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(autouse=True)
+def _clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "server" in request.fixturenames:
+        sandbox = request.getfixturevalue("server")
+        sandbox.faults.clear()
+        sandbox.state.reset()
+
+
+@pytest.fixture
+def client(server: SandboxServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, headers={"x-service-key": server.key}, timeout=10) as c:
+        yield c
+
+
+def initiate(client: httpx.Client) -> str:
+    response = client.post("/job/initiate", json={"workflowId": "w", "title": "t"})
+    assert response.status_code == 200, response.text
+    return response.json()["jobExecutionId"]
+
+
+def execute(client: httpx.Client, job_id: str) -> httpx.Response:
+    return client.post("/job/execute", json={"jobExecutionId": job_id, "jobPayloadSchemaInstance": PAYLOAD})
+
+
+# --- each kind ------------------------------------------------------------------------------------
+
+
+def test_injected_503_on_execute_does_not_execute(client: httpx.Client, server: SandboxServer) -> None:
+    job = initiate(client)
+    server.faults.add(route="execute", kind="status", status=503, times=1)
+    faulted = execute(client, job)
+    assert faulted.status_code == 503
+    assert faulted.json() == {"statusCode": 503, "message": "Service Unavailable"}
+    assert client.get(f"/job/{job}/status").json()["status"] == "CREATED"
+    assert server.state.executes[job] == 0 and job not in server.state.payloads
+    assert server.state.count("POST", "execute") == 1  # the call arrived, it was not processed
+    assert execute(client, job).status_code == 200  # times: 1 -> the next call goes through
+    assert server.state.executes[job] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "check"),
+    [
+        ("html", "text/html", lambda text: "<h1>502 Bad Gateway</h1>" in text),
+        ("empty", None, lambda text: text == ""),
+        ("json", "application/json", lambda text: json.loads(text)["statusCode"] == 502),
+    ],
+)
+def test_status_fault_bodies(
+    client: httpx.Client, server: SandboxServer, body: str, content_type: str | None, check: Any
+) -> None:
+    server.faults.add(route="workflow", kind="status", status=502, body=body)
+    response = client.get("/workflow/w")
+    assert response.status_code == 502
+    if content_type:
+        assert response.headers["content-type"].startswith(content_type)
+    assert check(response.text)
+
+
+def test_rate_limit_sends_retry_after_seconds_or_date(client: httpx.Client, server: SandboxServer) -> None:
+    http_date = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    server.faults.add(route="status", kind="rate_limit", retry_after=2, times=1)
+    server.faults.add(route="status", kind="rate_limit", retry_after=http_date, times=1)
+    server.faults.add(route="status", kind="rate_limit", retry_after=None, times=1)
+    job = initiate(client)
+    first = client.get(f"/job/{job}/status")
+    assert first.status_code == 429 and first.headers["retry-after"] == "2"
+    assert first.json() == {"statusCode": 429, "message": "Too Many Requests"}
+    second = client.get(f"/job/{job}/status")
+    assert second.status_code == 429 and second.headers["retry-after"] == http_date
+    third = client.get(f"/job/{job}/status")
+    assert third.status_code == 429 and "retry-after" not in third.headers
+    assert client.get(f"/job/{job}/status").status_code == 200
+
+
+def test_delay_slows_the_answer_and_still_processes(client: httpx.Client, server: SandboxServer) -> None:
+    server.faults.add(route="initiate", kind="delay", seconds="200ms", times=1)
+    started = time.monotonic()
+    job = initiate(client)
+    assert time.monotonic() - started >= 0.2
+    assert job in server.state.jobs
+    started = time.monotonic()
+    initiate(client)
+    assert time.monotonic() - started < 0.2
+    with pytest.raises(httpx.ReadTimeout):
+        server.faults.add(route="initiate", kind="delay", seconds=0.5, times=1)
+        client.post("/job/initiate", json={"workflowId": "w", "title": "t"}, timeout=0.1)
+
+
+def test_drop_closes_the_connection_without_processing(
+    client: httpx.Client, server: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.faults.add(route="initiate", kind="drop", times=1)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.post("/job/initiate", json={"workflowId": "w", "title": "t"})
+        assert server.state.jobs == {}  # not processed
+        assert initiate(client) in server.state.jobs  # the client recovers on a new connection
+    # injected drops are deliberate: uvicorn must not log them as application errors
+    errors = [r for r in caplog.records if r.name.startswith("uvicorn") and r.levelno >= logging.ERROR]
+    assert not errors, [(r.getMessage(), r.exc_info) for r in errors]
+
+
+def test_lose_response_executes_but_the_client_never_hears(
+    client: httpx.Client, server: SandboxServer
+) -> None:
+    job = initiate(client)
+    server.faults.add(route="execute", kind="lose_response", times=1)
+    with pytest.raises(httpx.RemoteProtocolError):
+        execute(client, job)
+    assert server.state.executes[job] == 1
+    assert client.get(f"/job/{job}/status").json()["status"] != "CREATED"
+    resent = execute(client, job)  # what a careless client would do
+    assert resent.status_code == 409 and server.state.executes[job] == 2
+
+
+def test_lose_response_keeps_the_key_check(client: httpx.Client, server: SandboxServer) -> None:
+    job = initiate(client)
+    server.faults.add(route="execute", kind="lose_response", times=1)
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(
+            f"{server.base_url}/job/execute",
+            json={"jobExecutionId": job, "jobPayloadSchemaInstance": PAYLOAD},
+        )
+    assert server.state.executes[job] == 0
+
+
+def test_faults_apply_to_presigned_put_and_downloads(client: httpx.Client, server: SandboxServer) -> None:
+    slot = client.post(
+        "/job/file/upload", json={"fileExtension": ".txt", "originalName": "a.txt", "workflowId": "w"}
+    ).json()
+    server.faults.add(route="put", kind="status", status=500, times=1)
+    assert httpx.put(slot["presignedUrl"], content=b"data").status_code == 500
+    assert server.state.uploads == {}
+    assert httpx.put(slot["presignedUrl"], content=b"data").status_code == 200
+    server.faults.add(route="file", kind="status", status=503, times=1)
+    assert httpx.get(slot["fileUrl"]).status_code == 503
+    assert httpx.get(slot["fileUrl"]).content == b"data"
+
+
+# --- matching -------------------------------------------------------------------------------------
+
+
+def test_times_every_method_and_wildcard(client: httpx.Client, server: SandboxServer) -> None:
+    server.faults.add(route="status", kind="status", status=500, every=3, times=2)
+    job = initiate(client)
+    codes = [client.get(f"/job/{job}/status").status_code for _ in range(9)]
+    assert codes == [200, 200, 500, 200, 200, 500, 200, 200, 200]
+
+    server.faults.clear()
+    server.faults.add(route="archive", method="DELETE", kind="status", status=504)
+    assert client.post(f"/job/{job}/archive").status_code == 200
+    assert client.delete(f"/job/{job}/archive").status_code == 504
+
+    server.faults.clear()
+    server.faults.add(kind="status", status=503, times=2)  # route "*": any API route
+    assert client.get("/workflow/w").status_code == 503
+    assert client.get(f"/job/{job}/audit").status_code == 503
+    assert client.get(f"/job/{job}/audit").status_code == 200
+    # the sandbox's own routes are never faulted, so tests can always inspect and clear
+    server.faults.add(kind="status", status=503)
+    assert httpx.get(f"{server.base_url}/_sandbox/stats").status_code == 200
+    assert httpx.delete(f"{server.base_url}/_sandbox/faults").status_code == 200
+    assert client.get("/workflow/w").status_code == 200
+
+
+def test_first_firing_rule_wins_and_counts(server: SandboxServer, client: httpx.Client) -> None:
+    first = server.faults.add(route="workflow", kind="status", status=500, times=1)
+    second = server.faults.add(route="workflow", kind="rate_limit", times=1)
+    assert [client.get("/workflow/w").status_code for _ in range(3)] == [500, 429, 200]
+    assert (first.fired, second.fired) == (1, 1)
+    assert first.exhausted and second.exhausted
+
+
+def test_probability_with_a_seed_is_repeatable() -> None:
+    def sequence(seed: int) -> list[bool]:
+        rules = FaultSet([{"kind": "status", "probability": 0.3, "seed": seed}])
+        return [rules.pick("status", "GET") is not None for _ in range(200)]
+
+    first = sequence(7)
+    assert first == sequence(7)
+    assert first != sequence(8)
+    assert 30 <= sum(first) <= 90  # about 30 % of 200
+    capped = FaultSet([{"kind": "drop", "probability": 1, "seed": 1, "times": 3}])
+    assert [capped.pick("execute", "POST") is not None for _ in range(5)] == [True, True, True, False, False]
+
+
+def test_probability_over_http(client: httpx.Client, server: SandboxServer) -> None:
+    rule = {"route": "workflow", "kind": "status", "status": 500, "probability": 0.5, "seed": 42}
+    server.faults.add(rule)
+    first = [client.get("/workflow/w").status_code for _ in range(20)]
+    server.faults.clear()
+    server.faults.add(rule)
+    assert [client.get("/workflow/w").status_code for _ in range(20)] == first
+    assert 500 in first and 200 in first
+
+
+# --- rule sources ---------------------------------------------------------------------------------
+
+
+def test_faults_over_http(server: SandboxServer, client: httpx.Client) -> None:
+    added = httpx.post(
+        f"{server.base_url}/_sandbox/faults",
+        json=[{"route": "initiate", "kind": "status", "status": 500, "times": 1}],
+    )
+    assert added.status_code == 200
+    assert added.json()["faults"][0] == {
+        "route": "initiate",
+        "kind": "status",
+        "status": 500,
+        "body": "json",
+        "times": 1,
+        "seen": 0,
+        "fired": 0,
+    }
+    assert client.post("/job/initiate", json={"workflowId": "w", "title": "t"}).status_code == 500
+    listed = httpx.get(f"{server.base_url}/_sandbox/faults").json()["faults"]
+    assert listed[0]["fired"] == 1
+    assert httpx.get(f"{server.base_url}/_sandbox/stats").json()["faults"][0]["fired"] == 1
+    bad = httpx.post(f"{server.base_url}/_sandbox/faults", json=[{"kind": "drop"}, {"kind": "explode"}])
+    assert bad.status_code == 400
+    assert bad.json()["message"] == [
+        "rule 1: 'kind' must be one of status, rate_limit, delay, drop, lose_response, found 'explode'"
+    ]
+    assert len(server.faults) == 1  # a bad list adds nothing
+    assert httpx.post(f"{server.base_url}/_sandbox/faults", content=b"nope").status_code == 400
+    assert httpx.delete(f"{server.base_url}/_sandbox/faults").json() == {"faults": []}
+    assert len(server.faults) == 0
+
+
+def test_faults_from_the_fixture_and_from_a_file(tmp_path: Path, opus_sandbox_factory: Any) -> None:
+    rules = tmp_path / "faults.yaml"
+    rules.write_text("faults:\n  - {route: status, kind: status, status: 502, times: 1}\n")
+    fixture = {
+        **FIXTURE,
+        "faults": [{"route": "workflow", "kind": "rate_limit", "retry_after": 1, "times": 1}],
+    }
+    sandbox = opus_sandbox_factory(fixture, faults=rules)
+    assert [r.kind for r in sandbox.faults.rules] == ["rate_limit", "status"]
+    with httpx.Client(base_url=sandbox.base_url, headers={"x-service-key": sandbox.key}) as c:
+        assert c.get("/workflow/w").status_code == 429
+        job = c.post("/job/initiate", json={"workflowId": "w", "title": "t"}).json()["jobExecutionId"]
+        assert c.get(f"/job/{job}/status").status_code == 502
+        assert c.get(f"/job/{job}/status").status_code == 200
+    as_json = tmp_path / "faults.json"
+    as_json.write_text(json.dumps([{"kind": "drop", "route": "execute"}]))
+    assert load_faults_file(as_json)[0].route == "execute"
+    in_process = opus_sandbox_factory(FIXTURE, faults=[{"kind": "delay", "seconds": 0.01}])
+    assert in_process.faults.rules[0].seconds == 0.01
+
+
+def test_faults_file_errors_name_the_file_and_rule(tmp_path: Path) -> None:
+    bad = tmp_path / "faults.yaml"
+    bad.write_text("faults:\n  - {kind: drop}\n  - {kind: status, status: 200}\n")
+    with pytest.raises(
+        ConfigError, match=r"faults\.yaml: faults\[1\]: 'status' must be an HTTP error status"
+    ):
+        load_faults_file(bad)
+    with pytest.raises(ConfigError, match="cannot read the faults file"):
+        load_faults_file(tmp_path / "missing.yaml")
+    (tmp_path / "odd.yaml").write_text("rules: []\n")
+    with pytest.raises(ConfigError, match="a mapping with a 'faults:' list"):
+        load_faults_file(tmp_path / "odd.yaml")
+    (tmp_path / "broken.json").write_text("[")
+    with pytest.raises(ConfigError, match="not valid json"):
+        load_faults_file(tmp_path / "broken.json")
+    with pytest.raises(ConfigError, match=r"faults\[0\]: 'route' must be"):
+        SandboxServer(FIXTURE, faults=[{"kind": "drop", "route": "exec"}])
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "message"),
+    [
+        ({"kind": "status", "colour": "red"}, "colour", "unknown field 'colour'"),
+        ({}, "kind", "'kind' must be one of"),
+        ({"kind": "status", "route": "nope"}, "route", "'route' must be '*' or one of"),
+        ({"kind": "status", "method": "PATCH"}, "method", "'method' must be one of"),
+        ({"kind": "status", "status": "503"}, "status", "from 400 to 599"),
+        ({"kind": "drop", "status": 500}, "status", "only applies to kind 'status'"),
+        ({"kind": "status", "body": "xml"}, "body", "'body' must be one of json, html, empty"),
+        ({"kind": "rate_limit", "retry_after": "soon"}, "retry_after", "HTTP date"),
+        ({"kind": "rate_limit", "retry_after": -1}, "retry_after", "must not be negative"),
+        ({"kind": "delay"}, "seconds", "needs 'seconds'"),
+        ({"kind": "delay", "seconds": "fast"}, "seconds", "'seconds' is not valid"),
+        ({"kind": "drop", "times": 0}, "times", "at least 1"),
+        ({"kind": "drop", "every": True}, "every", "at least 1"),
+        ({"kind": "drop", "probability": 1.5}, "probability", "from 0 to 1"),
+        ({"kind": "drop", "seed": "x"}, "seed", "whole number"),
+    ],
+)
+def test_rule_validation(rule: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(FaultRuleError) as info:
+        parse_rule(rule)
+    assert info.value.field == field
+    assert message in str(info.value)
+
+
+def test_fault_set_api() -> None:
+    rules = FaultSet()
+    rule = rules.add({"kind": "status", "route": "execute", "method": "post"})
+    assert rule.method == "POST" and rules.rules == [rule] and repr(rules) == "FaultSet(1 rule)"
+    with pytest.raises(TypeError):
+        rules.add({"kind": "drop"}, times=1)
+    assert rules.pick("status", "GET") is None and rules.pick("execute", "GET") is None
+    assert rules.pick("execute", "POST") is rule and rule.fired == 1 and rule.seen == 1
+    rules.clear()
+    assert rules.pick("execute", "POST") is None and len(rules) == 0

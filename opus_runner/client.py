@@ -19,7 +19,6 @@ The CLI imports this module lazily, so httpx is imported at the top here.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import random as _random
@@ -47,6 +46,7 @@ from .errors import (
     UsageError,
 )
 from .models import NOT_STARTED_STATUSES, normalise_status
+from .urls import display_url, is_loopback_host
 
 __all__ = [
     "AuditProgress",
@@ -330,33 +330,13 @@ def error_from_response(
 # Small helpers
 
 
-def _is_loopback(host: str) -> bool:
-    name = host.strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def _safe_url(url: str | httpx.URL) -> str:
     """``scheme://host/path`` only: a presigned URL's query string is a credential."""
-    try:
-        parsed = httpx.URL(str(url))
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return "<unparseable URL>"
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}"
+    return display_url(url)
 
 
 def _origin_of(url: str) -> str:
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return "<unparseable URL>"
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}"
+    return display_url(url, path=False).removesuffix("/…")
 
 
 def _describe(exc: BaseException) -> str:
@@ -470,7 +450,7 @@ class OpusClient:
                 f"the Opus base URL {redact.mask(self.base_url)!r} is not an http(s) URL; "
                 "pass one like https://operator.opus.com with --base-url or OPUS_BASE_URL"
             )
-        if url.scheme == "http" and not _is_loopback(url.host):
+        if url.scheme == "http" and not is_loopback_host(url.host):
             raise UsageError(
                 f"refusing to send the service key over plain http to {url.host}; use https"
             )

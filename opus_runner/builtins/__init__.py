@@ -12,7 +12,6 @@ service key, and show URLs without the parts that tend to be credentials.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 
 from ..errors import DeliveryFailed
 from ..redact import mask, mask_obj
+from ..urls import display_url, is_loopback_host
 
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
@@ -30,6 +30,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "opus_runner.builtins.schema",
     "opus_runner.builtins.outputs",
     "opus_runner.builtins.notifiers",
+    "opus_runner.builtins.junit",
 )
 
 #: The header that carries the Opus service key; stripped from every request made here.
@@ -49,19 +50,6 @@ __all__ = [
 ]
 
 
-def is_loopback_host(host: str | None) -> bool:
-    """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``)."""
-    if not host:
-        return False
-    host = host.strip("[]").rstrip(".").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_url(url: Any, *, what: str) -> str:
     """Return ``url`` if it is https, or http to a loopback host; raise ``ValueError`` otherwise.
 
@@ -77,28 +65,6 @@ def check_url(url: Any, *, what: str) -> str:
     raise ValueError(
         f"{what} must be an https:// URL (plain http is allowed only to localhost), found {display_url(url)}"
     )
-
-
-def display_url(url: str, *, path: bool = True) -> str:
-    """``url`` fit for messages: no user info and no query (presigned URLs carry credentials there).
-
-    With ``path=False`` only ``scheme://host[:port]`` is kept, for URLs whose path is itself a
-    secret (Slack and most webhook URLs).
-    """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<an invalid URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    shown = f"{parts.scheme}://{host}" + (f":{port}" if port else "")
-    if path:
-        shown += parts.path
-    elif parts.path not in ("", "/"):
-        shown += "/…"
-    return mask(shown)
 
 
 @contextlib.asynccontextmanager

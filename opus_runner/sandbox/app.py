@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import mimetypes
@@ -37,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
+from ..urls import is_loopback_host
 from .faults import FaultRule, FaultRuleError, FaultSet, parse_rules
 from .fixture import (
     UPLOAD_EXTENSIONS,
@@ -92,19 +92,6 @@ class _BodyTracker:
     async def drain(self) -> None:
         while not self.done:
             await self()
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
-    if not host:
-        return False
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- state --------------------------------------------------------------------------------------

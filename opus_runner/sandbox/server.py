@@ -84,7 +84,8 @@ class SandboxServer:
         allow_remote: bool = False,
     ) -> None:
         _require_dependencies()
-        from .app import SandboxApp, SandboxState, is_loopback_host
+        from ..urls import is_loopback_host
+        from .app import SandboxApp, SandboxState
 
         if not allow_remote and not is_loopback_host(host):
             raise ConfigError(

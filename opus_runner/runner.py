@@ -673,6 +673,7 @@ class Runner:
             job_id=str(record.job_id),
             status=str(record.status),
             outputs=data.get("outputs") or {},
+            raw=data.get("raw") or {},
             spec_name=plan.spec.name,
             plan_key=plan.key,
             title=data.get("title") or plan.title,
@@ -682,7 +683,9 @@ class Runner:
         outcome.result = result
         outcome.error = record.error
         outcome.exit_code = 0 if record.status == "COMPLETED" else 1
-        pending = set(record.undelivered)
+        # Every output not recorded as delivered: failed ones, and ones a crash interrupted.
+        delivered = {t for t, d in record.deliveries.items() if d.get("ok")}
+        pending = {f"outputs[{i}]:{entry.get('type')}" for i, entry in enumerate(plan.outputs)} - delivered
         if pending:
             ctx = self._context(plan, plan.spec, dry_run=False)
             ctx.job_id = record.job_id
@@ -842,7 +845,12 @@ class Runner:
         outcome.result = result
         outcome.error = result.error
         outcome.exit_code = 0 if status == "COMPLETED" else 1
-        self.journal.set_result(row_id, status=status, result=result.as_dict(), error=result.error)
+        if gave_up:
+            # The job may still finish on the platform: it stays unfinished in the journal, so
+            # `opus-run resume` follows it again and delivers its real result.
+            self.journal.add_status(row_id, status)
+        else:
+            self.journal.set_result(row_id, status=status, result={**result.as_dict(), "raw": result.raw}, error=result.error)
         kind = _TERMINAL_EVENT.get(status, "failed")
         await self._event(
             JobEvent(kind, job_id, plan.spec.name, status, plan.key, result=result, error=result.error), plan, ctx

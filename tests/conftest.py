@@ -52,6 +52,12 @@ WORKFLOWS: dict[str, Any] = {
             ],
             "outputs": {"answer": "Answer to {{ inputs.Question }}"},
         },
+        "medium": {
+            "name": "Medium",
+            "duration": "1s",
+            "inputs": [{"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"}],
+            "outputs": {"answer": "Answer to {{ inputs.Question }}"},
+        },
         "slow": {
             "name": "Slow",
             "duration": "30s",

@@ -244,3 +244,17 @@ def test_key_and_secrets_appear_nowhere(project: Project, opus_sandbox_factory) 
         for blob in blobs:
             assert needle not in blob
     assert any(b"***" in blob for blob in files)
+
+
+def test_a_job_given_up_on_is_followed_again_by_resume(project: Project) -> None:
+    spec = project.spec("s.yaml", header("s", "medium", "inputs:\n  Question: patience\n"))
+    result = project.run("run", spec, "--timeout", "0.2s")
+    assert result.exit_code == 1 and "opus-run resume" in result.output
+    [row] = _journal_jobs(project)
+    assert row["phase"] == "executed" and row["status"] == "TIMED_OUT"
+    resumed = project.run("resume", "--timeout", "20s")  # the run's own 0.2s would give up again
+    assert resumed.exit_code == 0, resumed.output
+    assert "Answer to patience" in resumed.stdout
+    [row] = _journal_jobs(project)
+    assert row["phase"] == "finished" and row["status"] == "COMPLETED"
+    assert list(project.sandbox.state.executes.values()) == [1]

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Interrupted,
         JobFailed,
         JobTimedOut,
+        LockError,
         NetworkError,
         NotFoundError,
         OpusRunnerError,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TemplateError,
         UsageError,
         ValidationFailed,
+        WorkflowNotFound,
     )
     from .models import Context, InputField, JobEvent, JobResult, WorkflowRef, WorkflowSchema
     from .runner import JobOutcome, RunOptions, RunReport, Runner, arun, run
@@ -71,6 +73,8 @@ _LAZY = {
     "JobTimedOut": "errors",
     "DeliveryFailed": "errors",
     "Interrupted": "errors",
+    "LockError": "errors",
+    "WorkflowNotFound": "errors",
 }
 
 __all__ = ["__version__", "hookimpl", *sorted(_LAZY)]

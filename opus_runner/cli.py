@@ -67,8 +67,10 @@ def _fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
     if output_format == "json":
         data: dict[str, Any] = {"event": "error", "exit_code": code, "message": text}
         if isinstance(exc, ValidationFailed):
+            from .errors import format_key
+
             data["problems"] = [
-                {"file": e.file, "key": e.location, "line": e.line, "message": e.message} for e in exc.errors
+                {"file": e.file, "key": format_key(e.key), "line": e.line, "message": e.message} for e in exc.errors
             ]
         click.echo(json.dumps(data, ensure_ascii=False))
     click.echo(f"error: {text}", err=True)
@@ -415,3 +417,8 @@ def sandbox_command(port: int, host: str, workflows: Path | None, faults: Path |
         serve(workflows, host=host, port=port, key=key, faults_file=faults)
     except KeyboardInterrupt:
         pass
+
+
+from .authoring_cli import register as _register_authoring  # noqa: E402  (needs the group above)
+
+_register_authoring(main)

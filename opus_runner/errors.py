@@ -2,6 +2,7 @@
 
     OpusRunnerError                      exit 1 unless a subclass says otherwise
     ├── UsageError                       2  bad command-line use (``--var`` without ``=``, ...)
+    │   └── LockError                    2  opus-runner.lock missing, corrupted or hand-edited
     ├── SpecError                        2  a spec file is malformed (file, key path, line)
     │   └── TemplateError                2  a template failed to render
     ├── ValidationFailed                 2  several SpecErrors found at once (all reported)
@@ -10,6 +11,7 @@
     ├── ApiError                         3  the Opus API answered with an error
     │   ├── AuthError                    3  the service key was rejected
     │   ├── NotFoundError                3  unknown workflow or job
+    │   │   └── WorkflowNotFound         3  schema/init named an unknown workflow or version
     │   └── ExecuteOutcomeUnknown        3  execute may or may not have reached the server
     ├── NetworkError                     3  the API could not be reached (after retries)
     ├── JobFailed                        1  a job ended FAILED or CANCELLED
@@ -35,6 +37,18 @@ class OpusRunnerError(Exception):
 
 class UsageError(OpusRunnerError):
     exit_code = 2
+
+
+class LockError(UsageError):
+    """``opus-runner.lock`` is missing, unreadable, of the wrong shape or edited by hand.
+
+    ``path`` is the lock file; ``entry`` the workflow key of the faulty entry, when one is to blame.
+    """
+
+    def __init__(self, message: str, *, path: Path, entry: str | None = None) -> None:
+        self.path = path
+        self.entry = entry
+        super().__init__(message)
 
 
 def format_key(path: Sequence[str | int]) -> str:
@@ -151,6 +165,16 @@ class AuthError(ApiError):
 
 class NotFoundError(ApiError):
     pass
+
+
+class WorkflowNotFound(NotFoundError):
+    """``opus-run schema``/``init`` named a workflow (or version) the API does not know.
+
+    Its text is the one sentence given, without the HTTP call a generic ApiError names.
+    """
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ExecuteOutcomeUnknown(ApiError):

@@ -93,7 +93,7 @@ def check_local_file(path: Path, spec_field: InputField, ctx: Context) -> str | 
     real = path.resolve()
     root = (ctx.root or ctx.spec_dir).resolve()
     if not ctx.allow_outside_root and not real.is_relative_to(root):
-        via = f" (through a symlink to {real})" if real != path else ""
+        via = f" (through a symlink to {real})" if real != Path(os.path.normpath(path)) else ""
         return (
             f"{path} lies outside the spec repository root {root}{via}; keep input files inside "
             "the repository, or pass --allow-outside-root"

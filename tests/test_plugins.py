@@ -150,18 +150,19 @@ def test_load_order_across_all_four_sources(
     assert coerce("unclaimed") == "builtin"
 
 
-def test_the_builtin_tuple_names_all_five_and_all_of_them_load() -> None:
+def test_the_builtin_tuple_names_every_builtin_and_all_of_them_load() -> None:
     assert opus_runner.builtins.BUILTIN_PLUGINS == (
         "opus_runner.builtins.coerce",
         "opus_runner.builtins.upload",
         "opus_runner.builtins.schema",
         "opus_runner.builtins.outputs",
         "opus_runner.builtins.notifiers",
+        "opus_runner.builtins.junit",
     )
     host = make_plugin_host(entrypoints=False)
     infos = host.describe()
     assert [(i.name, i.origin) for i in infos] == [(n, "builtin") for n in opus_runner.builtins.BUILTIN_PLUGINS]
-    assert {"stdout", "json", "ndjson", "download"} <= set(host.outputs)
+    assert {"stdout", "json", "ndjson", "download", "junit"} <= set(host.outputs)
     assert {"webhook", "log"} <= set(host.notifiers)
 
 

@@ -1,0 +1,854 @@
+"""Tools for spec authors and CI: what ``schema``, ``init``, ``init --editor-schema`` and ``drift``
+compute, plus the generator of ``docs/cli.md``.
+
+Everything here is pure (no I/O, no network): the click commands in ``authoring_cli.py`` fetch
+schemas through the runner and print what these functions return. Regenerate the CLI reference
+with ``python -m opus_runner.authoring`` (writes ``docs/cli.md`` next to the package).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import json
+import os
+import re
+import sys
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import NotFoundError, WorkflowNotFound
+from .models import InputField, WorkflowRef, WorkflowSchema
+
+__all__ = [
+    "Break",
+    "Change",
+    "DriftReport",
+    "WorkflowDrift",
+    "WorkflowNotFound",
+    "cli_reference_markdown",
+    "compare_schemas",
+    "drift_report",
+    "editor_schema",
+    "input_keys",
+    "schema_document",
+    "schema_table",
+    "slugify",
+    "starter_spec",
+]
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+MAX_NAME = 100
+
+
+
+def not_found(ref: WorkflowRef, error: NotFoundError, where: str) -> WorkflowNotFound:
+    """The one-sentence error for an unknown workflow or version; ``where`` names the server."""
+    if ref.version is not None or ref.version_id:
+        said = error.message.split(";")[0].strip()
+        message = (
+            f"{_describe_ref(ref)} was not found {where}; check the id and --version/--version-id "
+            f"(the server said: {said})"
+        )
+    else:
+        also = "" if where == "in the sandbox" else " (and --base-url or OPUS_BASE_URL)"
+        message = f"workflow {ref.id!r} not found {where}; check the workflow id{also}"
+    return WorkflowNotFound(message, status_code=error.status_code, method=error.method, endpoint=error.endpoint)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], indent: str = "") -> str:
+    body = [list(map(str, row)) for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(headers)]
+    lines = [indent + "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
+    return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    except (OSError, ValueError):
+        return str(path)
+
+
+def _describe_ref(ref: WorkflowRef) -> str:
+    if ref.version_id:
+        return f"workflow {ref.id!r} (version id {ref.version_id})"
+    if ref.version is not None:
+        return f"workflow {ref.id!r} (version {ref.version})"
+    return f"workflow {ref.id!r} (latest version)"
+
+
+def _about(schema: WorkflowSchema) -> str:
+    """``"Every input type" (all-types, version 2)``."""
+    pins = [schema.workflow_id]
+    if schema.version is not None:
+        pins.append(f"version {schema.version}")
+    name = f'"{_one_line(schema.name)}" ' if schema.name else ""
+    return f"{name}({', '.join(pins)})"
+
+
+def field_summary(f: InputField) -> str:
+    """``file, required, allowed: PDF, TXT``: an input's type, need and file types in words."""
+    text = f"{f.type}, {'required' if f.required else 'optional'}"
+    if f.allowed_file_types:
+        text += f", allowed: {', '.join(f.allowed_file_types)}"
+    return text
+
+
+# -- opus-run schema ---------------------------------------------------------------------------
+
+
+def schema_document(schema: WorkflowSchema) -> dict[str, Any]:
+    """The workflow and its inputs as JSON (``opus-run schema --format json``)."""
+    return {
+        "workflowId": schema.workflow_id,
+        "name": schema.name,
+        "description": schema.description,
+        "version": schema.version,
+        "versionId": schema.version_id,
+        "inputs": [
+            {
+                "variable_name": f.variable_name,
+                "display_name": f.display_name,
+                "type": f.type,
+                "required": f.required,
+                "allowed_file_types": list(f.allowed_file_types),
+            }
+            for f in schema.inputs
+        ],
+    }
+
+
+def schema_table(schema: WorkflowSchema) -> str:
+    """The workflow's inputs as a text table (``opus-run schema``)."""
+    head = f"workflow {_about(schema)}"
+    if not schema.inputs:
+        return f"{head}\nno inputs"
+    rows = [
+        (
+            f.variable_name,
+            f.display_name,
+            f.type,
+            "yes" if f.required else "no",
+            ", ".join(f.allowed_file_types) or "-",
+        )
+        for f in schema.inputs
+    ]
+    return head + "\n" + _table(["variable name", "display name", "type", "required", "allowed files"], rows)
+
+
+# -- opus-run init -----------------------------------------------------------------------------
+
+
+def slugify(text: str, fallback: str = "job") -> str:
+    """A valid ``metadata.name`` from free text: ``"Summarize a PDF!"`` -> ``"summarize-a-pdf"``."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    slug = re.sub(r"[^a-z0-9._-]+", "-", ascii_text)
+    slug = re.sub(r"-{2,}", "-", slug).strip("-._")
+    slug = slug[:MAX_NAME].rstrip("-._")
+    return slug if slug and NAME_PATTERN.match(slug) else fallback
+
+
+def check_name(name: str) -> str | None:
+    """Why ``name`` is not a valid ``metadata.name``, or None when it is."""
+    if not NAME_PATTERN.match(name):
+        return "must be lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
+    if len(name) > MAX_NAME:
+        return f"must be at most {MAX_NAME} characters"
+    return None
+
+
+def input_keys(schema: WorkflowSchema) -> dict[str, str]:
+    """The key each input gets in a spec (variable name -> key): its display name, unless two
+    inputs share it, or it equals another input's variable name (keys resolve by variable name
+    first), in which case the variable name."""
+    counts = Counter(f.display_name for f in schema.inputs)
+    variables = {f.variable_name for f in schema.inputs}
+    keys: dict[str, str] = {}
+    for f in schema.inputs:
+        clash = f.display_name in variables and f.display_name != f.variable_name
+        usable = counts[f.display_name] == 1 and not clash and f.display_name.strip() != ""
+        keys[f.variable_name] = f.display_name if usable else f.variable_name
+    return keys
+
+
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_ ()./-]*$")
+_YAML_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "~"}
+
+
+def yaml_string(text: str) -> str:
+    """``text`` as a YAML scalar: plain when that is unambiguous, else double-quoted."""
+    if _PLAIN.match(text) and not text.endswith(" ") and text.lower() not in _YAML_WORDS:
+        return text
+    # A JSON string is a valid YAML double-quoted scalar.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _extension(f: InputField, default: str) -> str:
+    return f.allowed_file_types[0].lower() if f.allowed_file_types else default
+
+
+def placeholder(f: InputField, today: _dt.date) -> str:
+    """A YAML placeholder value of the right type for ``f`` (flow style, one line)."""
+    if f.type == "str":
+        return '"TODO"'
+    if f.type == "float":
+        return "0"
+    if f.type == "bool":
+        return "false"
+    if f.type == "date":
+        return today.isoformat()
+    if f.type == "file":
+        return f"{{file: path/to/file.{_extension(f, 'pdf')}}}"
+    if f.type == "array_files":
+        return f'{{files: ["path/to/*.{_extension(f, "csv")}"]}}'
+    if f.type == "array":
+        return "[]"
+    if f.type == "object":
+        return "{}"
+    return '"TODO"'  # a type this version does not know: the platform will judge the value
+
+
+def _commented(lines: Sequence[tuple[str, str]]) -> list[str]:
+    """Lines with their comments aligned in one column."""
+    width = max((len(code) for code, comment in lines if comment), default=0)
+    out = []
+    for code, comment in lines:
+        out.append(f"{code.ljust(width)}  # {comment}" if comment else code)
+    return out
+
+
+def starter_spec(
+    schema: WorkflowSchema,
+    *,
+    ref: WorkflowRef,
+    name: str | None = None,
+    today: _dt.date | None = None,
+) -> str:
+    """A starter v1 spec (YAML text with comments) for ``schema``; see ``opus-run init``.
+
+    Every input appears keyed by display name (see :func:`input_keys`) with a placeholder of its
+    type and a comment giving type, required/optional and allowed file types. ``ref`` is what
+    was asked for: a pinned version or version id is written into ``workflow``.
+    """
+    today = today or _dt.date.today()
+    spec_name = name or slugify(schema.name, fallback=slugify(ref.id))
+    keys = input_keys(schema)
+    head = [
+        f"# A starter spec for workflow {_about(schema)}, written by 'opus-run init'.",
+        "# Replace the placeholders (point file inputs at real files, relative to this file),",
+        "# drop the optional inputs you do not need, then check it with: opus-run validate <this file>",
+        "# Format reference: docs/spec.md; completion for these inputs in your editor: docs/editors.md",
+        "apiVersion: opus-runner/v1",
+        "kind: Job",
+        "metadata:",
+        f"  name: {yaml_string(spec_name)}",
+        f'  # title: "{_one_line(schema.name or spec_name).replace(chr(34), chr(39))} {{{{ today() }}}}"',
+        "workflow:",
+        f"  id: {yaml_string(ref.id)}",
+    ]
+    if ref.version_id:
+        head.append(f"  versionId: {yaml_string(ref.version_id)}")
+    elif ref.version is not None:
+        head.append(f"  version: {ref.version}")
+    elif schema.version is not None:
+        head.append(f"  # version: {schema.version}  # uncomment to pin the version this spec was written for")
+    body: list[tuple[str, str]] = []
+    if schema.inputs:
+        body.append(("inputs:", ""))
+        for f in schema.inputs:
+            key = keys[f.variable_name]
+            comment = field_summary(f)
+            if key != f.variable_name:
+                comment += f" ({f.variable_name})"
+            body.append((f"  {yaml_string(key)}: {placeholder(f, today)}", comment))
+    else:
+        body.append(("inputs: {}", "this workflow takes no inputs"))
+    tail = [
+        "# outputs:  # default: print the result; see docs/spec.md for json, ndjson, download, junit",
+        "#   - type: json",
+        '#     path: "results/{{ metadata.name }}-{{ job.id }}.json"',
+    ]
+    return "\n".join([*head, *_commented(body), *tail]) + "\n"
+
+
+# -- opus-run init --editor-schema -------------------------------------------------------------
+
+#: A string holding a template: rendered before it is checked, so any such string is accepted.
+TEMPLATE_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"\{\{|\{%",
+    "description": "A template ({{ ... }}); its rendered value is checked when the spec runs.",
+}
+_NUMERIC = r"^\s*[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*$"
+_DATE_TEXT = r"^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ].*)?$"
+
+
+def _any_case(*words: str) -> str:
+    # JSON Schema patterns are ECMA-262 regexes: no inline (?i) flag, so spell each case out.
+    spelled = ["".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in w) for w in words]
+    return r"^\s*(?:" + "|".join(spelled) + r")\s*$"
+
+
+def _shorthand(input_type: str) -> list[dict[str, Any]]:
+    """The values a spec may give for a type (SPEC.md's coercion table), templates aside."""
+    path = {"type": "string", "minLength": 1}
+    forms: dict[str, list[dict[str, Any]]] = {
+        "str": [{"type": ["string", "number"]}],
+        "float": [{"type": "number"}, {"type": "string", "pattern": _NUMERIC}],
+        "bool": [
+            {"type": "boolean"},
+            {"enum": [0, 1]},
+            {"type": "string", "pattern": _any_case("true", "false", "yes", "no", "on", "off", "1", "0")},
+        ],
+        "date": [{"type": "string", "pattern": _DATE_TEXT}],
+        "file": [path],
+        "array_files": [path, {"type": "array", "items": path, "minItems": 1}],
+        "array": [{"type": "array"}, {"type": "string", "pattern": r"^\s*\["}],
+        # A mapping shaped like {value, type}, {file} or {files} is read as that form, not as the
+        # object itself (payload.unwrap), so the plain mapping form excludes those shapes.
+        "object": [
+            {
+                "type": "object",
+                "not": {
+                    "anyOf": [
+                        {"required": ["value"], "propertyNames": {"enum": ["value", "type"]}},
+                        {"required": ["file"], "maxProperties": 1},
+                        {"required": ["files"], "maxProperties": 1},
+                    ]
+                },
+            },
+            {"type": "string", "pattern": r"^\s*\{"},
+        ],
+    }
+    return forms.get(input_type, [{}])
+
+
+def _file_forms(input_type: str) -> list[dict[str, Any]]:
+    path = {"type": "string", "minLength": 1}
+    one = {
+        "type": "object",
+        "properties": {"file": {**path, "description": "A local path (relative to the spec), a glob or a URL."}},
+        "required": ["file"],
+        "additionalProperties": False,
+    }
+    many = {
+        "type": "object",
+        "properties": {
+            "files": {
+                "description": "Local paths (relative to the spec), globs or URLs.",
+                "anyOf": [{"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}, TEMPLATE_SCHEMA],
+            }
+        },
+        "required": ["files"],
+        "additionalProperties": False,
+    }
+    if input_type == "file":
+        return [one]
+    if input_type == "array_files":
+        return [many, one]
+    return []
+
+
+def _example(f: InputField) -> Any:
+    examples: dict[str, Any] = {
+        "str": "text",
+        "float": 0,
+        "bool": False,
+        "date": "2026-01-31",
+        "file": {"file": f"path/to/file.{_extension(f, 'pdf')}"},
+        "array_files": {"files": [f"path/to/*.{_extension(f, 'csv')}"]},
+        "array": [],
+        "object": {},
+    }
+    return examples.get(f.type, "")
+
+
+def input_value_schema(f: InputField) -> dict[str, Any]:
+    """The JSON Schema of what a spec may write for input ``f``: the shorthand value, the
+    ``{file}``/``{files}`` forms, ``{value, type}``, or a template string; null when optional."""
+    nullable = [{"type": "null"}] if f.nullable else []
+    value = {"anyOf": [*_shorthand(f.type), TEMPLATE_SCHEMA, *nullable]}
+    explicit = {
+        "type": "object",
+        "properties": {
+            "value": value,
+            "type": {"const": f.type, "description": "Optional; when given it must be the workflow's type."},
+        },
+        "required": ["value"],
+        "additionalProperties": False,
+    }
+    return {"anyOf": [*_shorthand(f.type), *_file_forms(f.type), explicit, TEMPLATE_SCHEMA, *nullable]}
+
+
+def editor_schema(schema: WorkflowSchema) -> dict[str, Any]:
+    """A JSON Schema (Draft 2020-12) for specs of this one workflow.
+
+    It is the spec-v1 schema with ``inputs`` replaced by one property per input, under its
+    display name and under its variable name, so an editor completes and checks inputs while
+    they are typed: unknown inputs and values of the wrong type are flagged, required inputs
+    are demanded (by either name), and setting one input by both names is refused.
+    """
+    from .spec import spec_schema
+
+    result = spec_schema()
+    keys = input_keys(schema)
+    variables = {f.variable_name for f in schema.inputs}
+    properties: dict[str, Any] = {}
+    rules: list[dict[str, Any]] = []
+    for f in schema.inputs:
+        names = [f.variable_name]
+        display = keys[f.variable_name]
+        if display != f.variable_name:
+            names.insert(0, display)
+        description = f"{field_summary(f)}. Variable name {f.variable_name}; display name {f.display_name!r}."
+        for name in names:
+            properties[name] = {
+                "title": f.display_name,
+                "description": description,
+                "examples": [_example(f)],
+                **input_value_schema(f),
+            }
+        if len(names) == 2:
+            rules.append({"not": {"required": names}})
+        if f.required:
+            rules.append({"anyOf": [{"required": [n]} for n in names]})
+    shared = sorted({f.display_name for f in schema.inputs if keys[f.variable_name] == f.variable_name} - variables)
+    description = (
+        f"The inputs of workflow {_about(schema)}, by display name or variable name. "
+        "Values may be templates; file inputs take {file: path} or {files: [paths]}."
+    )
+    if shared:
+        description += " Shared display names (" + ", ".join(shared) + ") must be given by variable name."
+    inputs: dict[str, Any] = {
+        "title": "Workflow inputs",
+        "description": description,
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if rules:
+        inputs["allOf"] = rules
+    result["properties"]["inputs"] = inputs
+    workflow = result["properties"]["workflow"]["properties"]["id"]
+    workflow["anyOf"] = [{"const": schema.workflow_id}, TEMPLATE_SCHEMA]
+    workflow["description"] = f"This schema describes workflow {schema.workflow_id}; other workflows need their own."
+    if any(f.required for f in schema.inputs):
+        result["required"] = [*result.get("required", []), "inputs"]
+    result["title"] = f"opus-runner spec for workflow {_about(schema)}"
+    result["description"] = (
+        f"An opus-runner/v1 job spec for workflow {_about(schema)}, generated by "
+        f"'opus-run init {schema.workflow_id} --editor-schema'. " + str(result.get("description", ""))
+    )
+    return result
+
+
+# -- opus-run drift ----------------------------------------------------------------------------
+
+#: Change kinds, in the order they are reported for one input.
+CHANGE_KINDS = ("added", "removed", "renamed", "retyped", "made_required", "made_optional", "file_types_changed")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between the locked and the live inputs of a workflow.
+
+    ``old``/``new`` are the type (``retyped``, ``added``, ``removed``), the display name
+    (``renamed``) or the allowed file types (``file_types_changed``); ``required`` is whether
+    the input is required now (before, for ``removed``).
+    """
+
+    kind: str
+    variable_name: str
+    display_name: str
+    old: Any = None
+    new: Any = None
+    required: bool | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.display_name} ({self.variable_name})" if self.display_name != self.variable_name else self.variable_name
+
+    def cells(self) -> tuple[str, str]:
+        """The locked and live columns of the text report."""
+        def show(value: Any) -> str:
+            if value is None:
+                return "-"
+            if isinstance(value, (list, tuple)):
+                return ", ".join(value) or "(any)"
+            return str(value)
+
+        if self.kind == "added":
+            return "-", f"{self.new}, {'required' if self.required else 'optional'}"
+        if self.kind == "removed":
+            return f"{self.old}, {'required' if self.required else 'optional'}", "-"
+        if self.kind == "made_required":
+            return "optional", "required"
+        if self.kind == "made_optional":
+            return "required", "optional"
+        return show(self.old), show(self.new)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "change": self.kind,
+            "variable_name": self.variable_name,
+            "display_name": self.display_name,
+            "old": list(self.old) if isinstance(self.old, tuple) else self.old,
+            "new": list(self.new) if isinstance(self.new, tuple) else self.new,
+            "required": self.required,
+        }
+
+
+def compare_schemas(old: WorkflowSchema, new: WorkflowSchema) -> list[Change]:
+    """What changed from ``old`` (locked) to ``new`` (live), matched by variable name."""
+    live = new.by_variable_name()
+    locked = old.by_variable_name()
+    changes: list[Change] = []
+    for before in old.inputs:
+        after = live.get(before.variable_name)
+        if after is None:
+            changes.append(Change("removed", before.variable_name, before.display_name, before.type, None, before.required))
+            continue
+        var, name = after.variable_name, after.display_name
+        if before.display_name != after.display_name:
+            changes.append(Change("renamed", var, name, before.display_name, after.display_name, after.required))
+        if before.type != after.type:
+            changes.append(Change("retyped", var, name, before.type, after.type, after.required))
+        if before.required != after.required:
+            kind = "made_required" if after.required else "made_optional"
+            changes.append(Change(kind, var, name, before.required, after.required, after.required))
+        if sorted(before.allowed_file_types) != sorted(after.allowed_file_types):
+            changes.append(
+                Change("file_types_changed", var, name, before.allowed_file_types, after.allowed_file_types, after.required)
+            )
+    for after in new.inputs:
+        if after.variable_name not in locked:
+            changes.append(Change("added", after.variable_name, after.display_name, None, after.type, after.required))
+    return changes
+
+
+@dataclass(frozen=True)
+class Break:
+    """A spec the live workflow no longer accepts, and why."""
+
+    spec: str
+    variable_name: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "variable_name": self.variable_name, "reason": self.reason}
+
+
+@dataclass
+class WorkflowDrift:
+    """The drift of one locked workflow (one WorkflowRef.key)."""
+
+    key: str
+    locked: WorkflowSchema
+    live: WorkflowSchema
+    specs: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    breaks: list[Break] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "workflowId": self.live.workflow_id,
+            "name": self.live.name or self.locked.name,
+            "lockedVersion": self.locked.version,
+            "liveVersion": self.live.version,
+            "specs": self.specs,
+            "changes": [c.as_dict() for c in self.changes],
+            "breaks": [b.as_dict() for b in self.breaks],
+        }
+
+
+@dataclass
+class DriftReport:
+    """``opus-run drift``'s findings. ``exit_code``: 0 nothing breaks, 1 some spec breaks."""
+
+    lock_path: Path
+    workflows: list[WorkflowDrift] = field(default_factory=list)
+
+    @property
+    def breaking(self) -> bool:
+        return any(w.breaks for w in self.workflows)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.breaking else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lock": str(self.lock_path),
+            "workflows": [w.as_dict() for w in self.workflows],
+            "changed": any(w.changes for w in self.workflows),
+            "breaking": self.breaking,
+            "exit_code": self.exit_code,
+        }
+
+    def text(self) -> str:
+        lines: list[str] = []
+        for w in self.workflows:
+            head = w.key + (f" ({_one_line(w.live.name)})" if w.live.name else "")
+            if w.locked.version is not None and w.live.version is not None and w.locked.version != w.live.version:
+                head += f", version {w.locked.version} -> {w.live.version}"
+            if not w.changes:
+                lines.append(f"{head}: no input changes")
+                continue
+            lines.append(f"{head}: {len(w.changes)} change{'s' if len(w.changes) != 1 else ''}")
+            rows = [(c.kind.replace("_", " "), c.label, *c.cells()) for c in w.changes]
+            lines.append(_table(["change", "input", "locked", "live"], rows, indent="  "))
+            for b in w.breaks:
+                lines.append(f"  breaks {b.spec}: {b.reason}")
+        broken = sorted({b.spec for w in self.workflows for b in w.breaks})
+        changed = sum(1 for w in self.workflows if w.changes)
+        if broken:
+            lines.append(
+                f"{len(broken)} spec{'s' if len(broken) != 1 else ''} break{'' if len(broken) != 1 else 's'} "
+                f"({', '.join(broken)}): update {'them' if len(broken) != 1 else 'it'}, then run 'opus-run lock' again"
+            )
+        elif changed:
+            lines.append(
+                f"{changed} workflow{'s' if changed != 1 else ''} changed without breaking a spec; "
+                "run 'opus-run lock' to record the new inputs"
+            )
+        else:
+            lines.append(f"no drift: the live workflows match {self.lock_path.name}")
+        return "\n".join(lines)
+
+
+def _spec_breaks(spec: Any, locked: WorkflowSchema, live: WorkflowSchema, changes: list[Change]) -> list[Break]:
+    from .workflow import resolve_input
+
+    where = _display_path(spec.path)
+    raw = spec.data.get("inputs") or {}
+    keys = [str(k) for k in raw] if isinstance(raw, dict) else []
+    by_var: dict[str, list[Change]] = {}
+    for change in changes:
+        by_var.setdefault(change.variable_name, []).append(change)
+    found: list[Break] = []
+    given_live: set[str] = set()
+    for key in keys:
+        try:
+            given_live.add(resolve_input(live, key).variable_name)
+        except LookupError:
+            pass
+        try:
+            before = resolve_input(locked, key)
+        except LookupError:
+            continue  # invalid against the lock already: validate --locked reports it
+        for change in by_var.get(before.variable_name, ()):
+            if change.kind == "removed":
+                found.append(Break(where, change.variable_name, f"sets input {key!r}, which the workflow no longer has"))
+            elif change.kind == "retyped":
+                found.append(
+                    Break(where, change.variable_name, f"sets input {key!r}, whose type changed from {change.old} to {change.new}")
+                )
+            elif change.kind == "renamed" and key == change.old and key != change.variable_name:
+                found.append(
+                    Break(where, change.variable_name, f"names input {key!r} by its display name, which is now {change.new!r}")
+                )
+    for change in changes:
+        if change.kind in ("added", "made_required") and change.required and change.variable_name not in given_live:
+            found.append(
+                Break(where, change.variable_name, f"lacks input {change.label}, which is now required")
+            )
+    return found
+
+
+def drift_report(lock: Any, collected: Sequence[tuple[Any, WorkflowRef, WorkflowSchema | None]]) -> DriftReport:
+    """Compare the live schemas (from ``Runner.collect_schemas()``) with ``lock``.
+
+    Raises :class:`~opus_runner.lockfile.LockError` (exit 2) when the lock has no entry for a
+    workflow the specs use.
+    """
+    from .lockfile import LockError
+
+    missing: dict[str, tuple[WorkflowRef, list[str]]] = {}
+    drifts: dict[str, WorkflowDrift] = {}
+    for spec, ref, live in collected:
+        where = _display_path(spec.path)
+        locked = lock.schema(ref)
+        if locked is None:
+            missing.setdefault(ref.key, (ref, []))[1].append(where)
+            continue
+        assert live is not None, "collect_schemas(live=True) returns a schema for every ref"
+        drift = drifts.get(ref.key)
+        if drift is None:
+            drift = drifts[ref.key] = WorkflowDrift(ref.key, locked, live, changes=compare_schemas(locked, live))
+        if where not in drift.specs:
+            drift.specs.append(where)
+        drift.breaks.extend(b for b in _spec_breaks(spec, locked, live, drift.changes) if b not in drift.breaks)
+    if missing:
+        named = "; ".join(f"{_describe_ref(ref)} used by {', '.join(specs)}" for ref, specs in missing.values())
+        raise LockError(
+            f"{lock.path.name} has no entry for {named}; run 'opus-run lock <specs>' with every spec of "
+            "the project, commit the file, then run drift again",
+            path=lock.path,
+            entry=next(iter(missing)),
+        )
+    return DriftReport(lock_path=lock.path, workflows=list(drifts.values()))
+
+
+# -- docs/cli.md -------------------------------------------------------------------------------
+
+_COMPLETION = """\
+## Shell completion
+
+`opus-run` completes commands, options and file names in bash, zsh and fish (click's shell
+completion). Generate the script once and source it from your shell's start-up file:
+
+```bash
+# bash (needs bash 4.4 or newer): add to ~/.bashrc
+eval "$(_OPUS_RUN_COMPLETE=bash_source opus-run)"
+# or, faster at start-up, save the script and source the file
+_OPUS_RUN_COMPLETE=bash_source opus-run > ~/.opus-run-complete.bash
+echo '. ~/.opus-run-complete.bash' >> ~/.bashrc
+```
+
+```zsh
+# zsh: add to ~/.zshrc
+eval "$(_OPUS_RUN_COMPLETE=zsh_source opus-run)"
+```
+
+```fish
+# fish: save it where fish loads completions from
+_OPUS_RUN_COMPLETE=fish_source opus-run > ~/.config/fish/completions/opus-run.fish
+```
+"""
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Markdown for a click help text: ``\\b`` blocks stay verbatim, other paragraphs re-flow."""
+    out: list[str] = []
+    for block in re.split(r"\n\s*\n", inspect.cleandoc(text or "")):
+        if block.startswith("\b"):
+            body = block[1:].strip("\n")
+            out.append("```\n" + body + "\n```")
+        elif block.strip():
+            out.append(_one_line(block))
+    return out
+
+
+def _metavar(param: Any) -> str:
+    import click
+
+    if getattr(param, "is_flag", False) and not getattr(param, "metavar", None):
+        return ""
+    if param.metavar:
+        return str(param.metavar)
+    kind = param.type
+    if isinstance(kind, click.Choice):
+        return "|".join(map(str, kind.choices))
+    if isinstance(kind, click.Path):
+        return "DIR" if not kind.file_okay else "FILE" if not kind.dir_okay else "PATH"
+    if isinstance(kind, click.IntRange):
+        low = "" if kind.min is None else str(kind.min)
+        high = "" if kind.max is None else str(kind.max)
+        return f"INTEGER ({low}..{high})"
+    return str(kind.name).upper()
+
+
+def _cell(text: str) -> str:
+    return _one_line(text).replace("|", "\\|")
+
+
+def _option_rows(command: Any) -> list[str]:
+    import click
+
+    rows = []
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.hidden:
+            continue
+        names = ", ".join(f"`{n}`" for n in [*param.opts, *param.secondary_opts])
+        help_text = param.help or ""
+        if param.show_default and param.default not in (None, False, ()):
+            help_text += f" [default: {param.default}]"
+        if param.multiple and "repeatable" not in help_text:
+            help_text += " (repeatable)"
+        rows.append(f"| {names} | {_cell(_metavar(param))} | {_cell(help_text)} |")
+    return rows
+
+
+def cli_reference_markdown() -> str:
+    """The CLI reference (``docs/cli.md``), generated from the click commands.
+
+    Deterministic (no terminal width involved), so a test can compare it with the committed
+    file; regenerate with ``python -m opus_runner.authoring``.
+    """
+    import click
+
+    from .cli import main
+
+    root = click.Context(main, info_name="opus-run")
+    names = [n for n in main.list_commands(root) if not main.get_command(root, n).hidden]  # type: ignore[union-attr]
+    lines = [
+        "# `opus-run` command reference",
+        "",
+        "<!-- Generated from the click commands by `python -m opus_runner.authoring`; do not edit by hand. -->",
+        "",
+        *[p + "\n" for p in _paragraphs(main.help or "")],
+        "Every command takes `-h`/`--help`; `opus-run --version` prints the version. Exit codes: `0` success,",
+        "`1` a job failed, was cancelled or timed out (or, for `drift`, a spec breaks), `2` usage, spec or",
+        "validation error, `3` API, auth or network error, `130` interrupted.",
+        "",
+        "| command | what it does |",
+        "|---|---|",
+    ]
+    commands = []
+    for name in names:
+        command = main.get_command(root, name)
+        assert command is not None
+        commands.append((name, command))
+        summary = command.get_short_help_str(limit=300)
+        lines.append(f"| [`{name}`](#opus-run-{name}) | {_cell(summary)} |")
+    lines.append("")
+    for name, command in commands:
+        ctx = click.Context(command, info_name=name, parent=root)
+        usage = " ".join(["opus-run", name, *command.collect_usage_pieces(ctx)])
+        lines += [f"## opus-run {name}", "", "```", usage, "```", ""]
+        for paragraph in _paragraphs(command.help or ""):
+            lines += [paragraph, ""]
+        rows = _option_rows(command)
+        if rows:
+            lines += ["| option | value | description |", "|---|---|---|", *rows, ""]
+    lines.append(_COMPLETION)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def default_reference_path() -> Path:
+    """``docs/cli.md`` of the source tree this package lives in."""
+    return Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m opus_runner.authoring [PATH | -]``: write the CLI reference (default docs/cli.md)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    text = cli_reference_markdown()
+    if args and args[0] == "-":
+        sys.stdout.write(text)
+        return 0
+    target = Path(args[0]) if args else default_reference_path()
+    if not target.parent.is_dir():
+        sys.stderr.write(f"error: folder {target.parent} does not exist; pass the path of cli.md, or - for stdout\n")
+        return 2
+    target.write_text(text, encoding="utf-8")
+    sys.stderr.write(f"wrote {target}\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through the docs test's instructions
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""Built-in output type ``junit``: a JUnit XML report of the run, for CI test-report viewers.
+
+```yaml
+outputs:
+  - type: junit
+    path: reports/opus.xml     # relative to the spec's folder
+    suite: nightly-invoices    # optional testsuite name (default: opus-runner)
+```
+
+One ``<testcase>`` per job: ``classname`` is the spec's name, ``name`` the job's plan key,
+``time`` the seconds from submission to the terminal status. FAILED, CANCELLED and TIMED_OUT
+jobs carry a ``<failure message="STATUS">`` holding the error.
+
+Outputs are called once per job, but a report describes the whole run: the cases of the run are
+kept in ``ctx.shared`` (one list per report file) and the whole file is rewritten atomically
+after every job, so at any moment it is complete, valid XML. Job durations come from the job
+events this plugin observes (``opus_job_event``): submission and terminal times.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import files
+from ..hookspecs import Register, hookimpl
+from ..models import Context, JobEvent, JobResult
+from ..redact import mask, mask_obj
+from .outputs import resolve_path
+
+DEFAULT_SUITE = "opus-runner"
+#: Statuses reported as a ``<failure>``.
+FAILURE_STATUSES = frozenset({"FAILED", "CANCELLED", "TIMED_OUT"})
+
+JUNIT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "path": {"type": "string", "minLength": 1, "description": "The XML report file; relative to the spec's folder."},
+        "suite": {"type": "string", "minLength": 1, "description": "The testsuite name (default: opus-runner)."},
+    },
+    "required": ["path"],
+    "additionalProperties": False,
+}
+
+_SHARED_PREFIX = "opus_runner.junit:"
+_TIMES = "opus_runner.junit.times"
+_GUARD = threading.Lock()  # creates the per-report state once, whichever worker thread comes first
+# Characters XML 1.0 cannot hold at all, even escaped: a raw control byte in an error message
+# would otherwise make the whole report unreadable.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+@dataclass
+class _Case:
+    suite: str
+    classname: str
+    name: str
+    time: float
+    status: str
+    job_id: str
+    error: str | None
+    output: str
+
+
+@dataclass
+class _Report:
+    lock: threading.Lock
+    cases: list[_Case]
+
+
+def _clean(text: Any) -> str:
+    return _NOT_XML.sub("\ufffd", mask(str(text)))
+
+
+def _parse_time(value: str | None) -> _dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _duration(result: JobResult, ctx: Context) -> float:
+    """Seconds from submission to the terminal status; 0 when neither is known (a resumed run)."""
+    times = ctx.shared.get(_TIMES, {}).get(result.plan_key or result.job_id, {})
+    start = _parse_time(times.get("submitted") or result.started_at)
+    end = _parse_time(times.get("finished") or result.finished_at)
+    if start is None or end is None:
+        return 0.0
+    return max(0.0, (end - start).total_seconds())
+
+
+def _case(result: JobResult, config: dict[str, Any], ctx: Context) -> _Case:
+    outputs = json.dumps(mask_obj(result.outputs), ensure_ascii=False, indent=2, default=str, sort_keys=True)
+    lines = [f"job {result.job_id} {result.status}"]
+    if result.url:
+        lines.append(f"url: {result.url}")
+    if result.outputs:
+        lines.append(f"outputs: {outputs}")
+    return _Case(
+        suite=str(config.get("suite") or DEFAULT_SUITE),
+        classname=result.spec_name or "opus-runner",
+        name=result.plan_key or result.spec_name or result.job_id,
+        time=_duration(result, ctx),
+        status=result.status,
+        job_id=result.job_id,
+        error=result.error,
+        output="\n".join(lines),
+    )
+
+
+def render(cases: list[_Case]) -> str:
+    """The JUnit XML document for ``cases``: one ``<testsuite>`` per suite name, in first-seen order."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuites")
+    suites: dict[str, list[_Case]] = {}
+    for case in cases:
+        suites.setdefault(case.suite, []).append(case)
+    total = failures = 0
+    total_time = 0.0
+    stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0, tzinfo=None).isoformat()
+    for suite_name, members in suites.items():
+        failed = sum(1 for c in members if c.status in FAILURE_STATUSES)
+        seconds = sum(c.time for c in members)
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name=_clean(suite_name),
+            tests=str(len(members)),
+            failures=str(failed),
+            errors="0",
+            skipped="0",
+            time=f"{seconds:.3f}",
+            timestamp=stamp,
+        )
+        for c in members:
+            case = ET.SubElement(suite, "testcase", classname=_clean(c.classname), name=_clean(c.name), time=f"{c.time:.3f}")
+            if c.status in FAILURE_STATUSES:
+                failure = ET.SubElement(case, "failure", message=_clean(c.status), type=_clean(c.status))
+                failure.text = _clean(c.error or f"job {c.job_id} ended {c.status}")
+            out = ET.SubElement(case, "system-out")
+            out.text = _clean(c.output)
+        total += len(members)
+        failures += failed
+        total_time += seconds
+    root.set("tests", str(total))
+    root.set("failures", str(failures))
+    root.set("errors", "0")
+    root.set("time", f"{total_time:.3f}")
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def junit_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path:
+    """Add the job to the run's report at ``config["path"]`` and rewrite the file; return its path."""
+    path = resolve_path(config["path"], ctx).resolve()
+    key = f"{_SHARED_PREFIX}{path}"
+    with _GUARD:
+        report = ctx.shared.get(key)
+        if report is None:
+            report = ctx.shared[key] = _Report(lock=threading.Lock(), cases=[])
+    case = _case(result, config, ctx)
+    # Jobs finish concurrently (plain handlers run in worker threads): one writer at a time, so
+    # a later snapshot can never be overwritten by an earlier one.
+    with report.lock:
+        # A job delivered again (opus-run resume) replaces its case instead of adding a second one.
+        report.cases[:] = [c for c in report.cases if (c.classname, c.name) != (case.classname, case.name)]
+        report.cases.append(case)
+        files.atomic_write_text(path, render(report.cases))
+    return path
+
+
+@hookimpl
+def opus_register_outputs(register: Register) -> None:
+    """Register the ``junit`` output type."""
+    register("junit", junit_output, schema=JUNIT_SCHEMA)
+
+
+@hookimpl
+def opus_job_event(event: JobEvent, ctx: Context) -> None:
+    """Note when each job was submitted and when it ended, for the report's ``time``."""
+    key = event.plan_key or event.job_id
+    if not key or not event.time:
+        return
+    if event.kind == "submitted":
+        ctx.shared.setdefault(_TIMES, {}).setdefault(key, {})["submitted"] = event.time
+    elif event.kind in ("completed", "failed", "cancelled", "timed_out"):
+        ctx.shared.setdefault(_TIMES, {}).setdefault(key, {})["finished"] = event.time

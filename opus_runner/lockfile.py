@@ -1,0 +1,253 @@
+"""``opus-runner.lock``: the workflow input schemas a project's specs were checked against.
+
+``opus-run lock SPEC...`` records, for every workflow and version the specs use, the inputs the
+live API described; ``opus-run validate --locked`` and ``render --locked`` then check specs
+against that file with no service key and no network (pull requests from forks, offline work),
+and ``opus-run drift`` compares it with the live API.
+
+The file is JSON (sorted keys, indent 2, trailing newline, so diffs stay small)::
+
+    {"lockVersion": 1,
+     "workflows": {"<workflow id>@<version | version id | latest>": {
+         "workflowId", "version", "versionId", "name",
+         "jobPayloadSchema": {"<variable_name>": {"variable_name", "display_name", "type",
+                                                  "is_nullable", "allowed_file_types"}},
+         "fingerprint": "<sha256 of the inputs>"}}}
+
+Every entry carries the fingerprint of its inputs; reading recomputes it, so an entry edited by
+hand (or mangled by a merge) is refused instead of silently checking specs against wrong types.
+Cheap to import: only the standard library and opus-runner's own light modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import LockError, ValidationFailed
+from .models import InputField, WorkflowRef, WorkflowSchema
+from .workflow import fields_from_job_payload_schema, schema_fingerprint
+
+__all__ = [
+    "LOCK_FILE",
+    "LOCK_VERSION",
+    "Lock",
+    "LockError",
+    "load_lock",
+    "lock_document",
+    "lock_entry",
+    "lock_path",
+    "lock_text",
+    "write_lock",
+]
+
+LOCK_FILE = "opus-runner.lock"
+LOCK_VERSION = 1
+
+_ENTRY_KEYS = frozenset({"workflowId", "version", "versionId", "name", "jobPayloadSchema", "fingerprint"})
+_INPUT_KEYS = frozenset({"variable_name", "display_name", "type", "is_nullable", "allowed_file_types"})
+
+
+def lock_path(project_root: str | Path) -> Path:
+    """Where the lock file of the project rooted at ``project_root`` lives."""
+    return Path(project_root) / LOCK_FILE
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    except (OSError, ValueError):
+        return str(path)
+
+
+def _describe_ref(ref: WorkflowRef) -> str:
+    if ref.version_id:
+        return f"workflow {ref.id!r} (version id {ref.version_id})"
+    if ref.version is not None:
+        return f"workflow {ref.id!r} (version {ref.version})"
+    return f"workflow {ref.id!r} (latest version)"
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def _input_entry(f: InputField) -> dict[str, Any]:
+    return {
+        "variable_name": f.variable_name,
+        "display_name": f.display_name,
+        "type": f.type,
+        "is_nullable": f.nullable,
+        "allowed_file_types": sorted(f.allowed_file_types),
+    }
+
+
+def lock_entry(schema: WorkflowSchema) -> dict[str, Any]:
+    """The lock file's entry for one workflow schema."""
+    return {
+        "workflowId": schema.workflow_id,
+        "version": schema.version,
+        "versionId": schema.version_id,
+        "name": schema.name,
+        "jobPayloadSchema": {f.variable_name: _input_entry(f) for f in schema.inputs},
+        "fingerprint": schema_fingerprint(schema),
+    }
+
+
+def lock_document(schemas: Mapping[str, WorkflowSchema]) -> dict[str, Any]:
+    """The whole lock document for ``schemas`` (WorkflowRef.key -> schema)."""
+    return {"lockVersion": LOCK_VERSION, "workflows": {key: lock_entry(s) for key, s in schemas.items()}}
+
+
+def lock_text(schemas: Mapping[str, WorkflowSchema]) -> str:
+    """The lock file's text: sorted keys, indent 2, trailing newline (stable, diff-friendly)."""
+    return json.dumps(lock_document(schemas), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_lock(project_root: str | Path, schemas: Mapping[str, WorkflowSchema]) -> Path:
+    """Write ``opus-runner.lock`` atomically in ``project_root``, replacing it whole; return its path.
+
+    The file holds exactly ``schemas``: entries of workflows no longer used are dropped.
+    """
+    from .files import atomic_write_text
+
+    return atomic_write_text(lock_path(project_root), lock_text(schemas))
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A loaded, fingerprint-checked lock file. ``workflows`` maps WorkflowRef.key to its schema."""
+
+    path: Path
+    workflows: Mapping[str, WorkflowSchema] = field(default_factory=dict)
+
+    def schema(self, ref: WorkflowRef) -> WorkflowSchema | None:
+        """The locked schema of ``ref`` (same workflow id and the same pin), or None."""
+        return self.workflows.get(ref.key)
+
+    def require(self, ref: WorkflowRef, *, spec: Any) -> WorkflowSchema:
+        """The locked schema of ``ref``; a spec error pointing at ``workflow.id`` when it is missing."""
+        schema = self.schema(ref)
+        if schema is not None:
+            return schema
+        message = (
+            f"{_describe_ref(ref)} is not in {LOCK_FILE}; run 'opus-run lock <specs>' with every "
+            "spec of the project and commit the file"
+        )
+        if spec is None:
+            raise LockError(message, path=self.path, entry=ref.key)
+        raise ValidationFailed([spec.error(message, ("workflow", "id"))])
+
+
+def _corrupt(path: Path, what: str, entry: str | None = None) -> LockError:
+    where = _display(path)
+    if entry is not None:
+        return LockError(
+            f"{where}: the entry for {entry} was edited by hand or corrupted ({what}); "
+            "run 'opus-run lock' again",
+            path=path,
+            entry=entry,
+        )
+    return LockError(f"{where} is corrupted ({what}); run 'opus-run lock' again", path=path)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_entry(path: Path, key: str, entry: Any) -> WorkflowSchema:
+    if not isinstance(entry, dict):
+        raise _corrupt(path, f"it is a JSON {type(entry).__name__}, not an object", key)
+    missing = sorted(_ENTRY_KEYS - set(entry))
+    if missing:
+        raise _corrupt(path, f"missing {', '.join(missing)}", key)
+    extra = sorted(set(entry) - _ENTRY_KEYS)
+    if extra:
+        raise _corrupt(path, f"unexpected {', '.join(extra)}", key)
+    if not isinstance(entry["workflowId"], str) or not entry["workflowId"]:
+        raise _corrupt(path, "workflowId is not a non-empty string", key)
+    if entry["version"] is not None and not _is_int(entry["version"]):
+        raise _corrupt(path, "version is neither a number nor null", key)
+    if entry["versionId"] is not None and not isinstance(entry["versionId"], str):
+        raise _corrupt(path, "versionId is neither a string nor null", key)
+    if not isinstance(entry["name"], str):
+        raise _corrupt(path, "name is not a string", key)
+    if not isinstance(entry["fingerprint"], str):
+        raise _corrupt(path, "fingerprint is not a string", key)
+    inputs = entry["jobPayloadSchema"]
+    if not isinstance(inputs, dict):
+        raise _corrupt(path, "jobPayloadSchema is not an object", key)
+    for var, item in inputs.items():
+        if not isinstance(item, dict) or set(item) != _INPUT_KEYS:
+            raise _corrupt(path, f"input {var!r} does not have exactly {', '.join(sorted(_INPUT_KEYS))}", key)
+        if item["variable_name"] != var:
+            raise _corrupt(path, f"input {var!r} names variable {item['variable_name']!r}", key)
+        if not isinstance(item["display_name"], str) or not isinstance(item["type"], str):
+            raise _corrupt(path, f"input {var!r} has a display_name or type that is not a string", key)
+        if not isinstance(item["is_nullable"], bool):
+            raise _corrupt(path, f"input {var!r} has an is_nullable that is not true or false", key)
+        allowed = item["allowed_file_types"]
+        if not isinstance(allowed, list) or not all(isinstance(t, str) for t in allowed):
+            raise _corrupt(path, f"input {var!r} has allowed_file_types that are not a list of strings", key)
+    schema = WorkflowSchema(
+        workflow_id=entry["workflowId"],
+        name=entry["name"],
+        inputs=fields_from_job_payload_schema(inputs),
+        version=entry["version"],
+        version_id=entry["versionId"],
+        source="lock",
+    )
+    if schema_fingerprint(schema) != entry["fingerprint"]:
+        raise _corrupt(path, "fingerprint mismatch", key)
+    return schema
+
+
+def load_lock(project_root: str | Path) -> Lock:
+    """Read and check ``opus-runner.lock`` of the project rooted at ``project_root``.
+
+    Raises :class:`LockError` (exit 2) when the file is missing, is not JSON of the lock's shape,
+    was written by a newer opus-runner, or holds an entry whose fingerprint does not match its
+    inputs (edited by hand or corrupted).
+    """
+    path = lock_path(project_root)
+    where = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LockError(
+            f"{where} does not exist; run 'opus-run lock <specs>' with a service key (or --sandbox) "
+            "to write it, and commit it",
+            path=path,
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LockError(f"{where} cannot be read ({exc}); run 'opus-run lock' again", path=path) from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise _corrupt(path, f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or set(data) != {"lockVersion", "workflows"}:
+        raise _corrupt(path, "expected an object with exactly lockVersion and workflows")
+    version = data["lockVersion"]
+    if not _is_int(version):
+        raise _corrupt(path, "lockVersion is not a number")
+    if version > LOCK_VERSION:
+        raise LockError(
+            f"{where} has lockVersion {version}, written by a newer opus-runner; upgrade opus-runner "
+            "or run 'opus-run lock' again",
+            path=path,
+        )
+    if version != LOCK_VERSION:
+        raise _corrupt(path, f"unknown lockVersion {version}")
+    workflows = data["workflows"]
+    if not isinstance(workflows, dict):
+        raise _corrupt(path, "workflows is not an object")
+    schemas = {str(key): _read_entry(path, str(key), entry) for key, entry in workflows.items()}
+    return Lock(path=path, workflows=MappingProxyType(schemas))
+

@@ -17,9 +17,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .__about__ import __version__
-from .hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .hookspecs import hookimpl
     from .errors import (
         ApiError,
         AuthError,
@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .spec import Spec, load_spec
 
 _LAZY = {
+    "hookimpl": "hookspecs",
     "run": "runner",
     "arun": "runner",
     "Runner": "runner",
@@ -77,7 +78,7 @@ _LAZY = {
     "WorkflowNotFound": "errors",
 }
 
-__all__ = ["__version__", "hookimpl", *sorted(_LAZY)]
+__all__ = ["__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,8 +8,6 @@ fully loaded (so importing this module first cannot trip over the import cycle).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +43,7 @@ def fetch_schema(workflow_id: str, version: int | None, version_id: str | None, 
 
     An unknown workflow or version is one sentence (exit 3); both pins at once is a usage error.
     """
+    import asyncio
     from .authoring import not_found
     from .errors import NotFoundError, UsageError
     from .models import WorkflowRef
@@ -87,6 +86,7 @@ def _init(
     quiet: bool,
     options: dict[str, Any],
 ) -> None:
+    import json
     from . import authoring
     from .errors import UsageError
 
@@ -117,6 +117,7 @@ def _init(
 
 
 def _lock(specs: tuple[str, ...], quiet: bool, options: dict[str, Any]) -> None:
+    import asyncio
     from .config import load_project_config
     from .errors import UsageError
     from .lockfile import LOCK_FILE, write_lock
@@ -137,6 +138,8 @@ def _lock(specs: tuple[str, ...], quiet: bool, options: dict[str, Any]) -> None:
 
 
 def _drift(specs: tuple[str, ...], output_format: str, options: dict[str, Any]) -> int:
+    import asyncio
+    import json
     from .authoring import drift_report
     from .lockfile import load_lock
 
@@ -159,6 +162,7 @@ def _drift(specs: tuple[str, ...], output_format: str, options: dict[str, Any]) 
 
 
 def _schema(workflow_id: str, version: int | None, version_id: str | None, output_format: str, options: dict[str, Any]) -> None:
+    import json
     from .authoring import schema_document, schema_table
 
     _ref, schema = fetch_schema(workflow_id, version, version_id, **options)

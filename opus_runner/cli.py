@@ -6,10 +6,6 @@ No logic lives here. Heavy modules are imported inside the commands so ``--help`
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +29,7 @@ class DefaultGroup(click.Group):
 
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+    import logging
     from .redact import MaskingFilter
 
     handler = logging.StreamHandler(sys.stderr)
@@ -52,6 +49,7 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
 
 def _fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
     """Print one clear error (a traceback only with --verbose) and exit with its code."""
+    import json
     from . import redact
 
     if isinstance(exc, OpusRunnerError):
@@ -79,6 +77,7 @@ def _fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn OpusRunnerError (and anything unexpected) into a message and an exit code."""
+    import functools
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -152,6 +151,7 @@ def _run_options(**kwargs: Any) -> Any:
 
 
 def _execute(options: Any, reporter: Any) -> Any:
+    import asyncio
     from .runner import Runner
 
     runner = Runner(options, reporter=reporter)
@@ -260,6 +260,7 @@ def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
 
 
 def _show_payloads(report: Any, output_format: str, header: str | None) -> None:
+    import json
     from . import redact
     from .progress import dumps
 
@@ -286,6 +287,7 @@ def _show_payloads(report: Any, output_format: str, header: str | None) -> None:
 def resume_command(run_id: str | None, output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
     """Finish an interrupted run (default: the latest unfinished one) without resubmitting:
     unsent jobs are sent, running ones followed, undelivered results delivered."""
+    import asyncio
     from .progress import make_reporter
     from .runner import Runner
 
@@ -307,6 +309,7 @@ def resume_command(run_id: str | None, output_format: str, quiet: bool, verbose:
 @main.command("spec-schema", context_settings=CONTEXT_SETTINGS)
 def spec_schema_command() -> None:
     """Print the JSON Schema of the spec format (for editors)."""
+    import json
     from .spec import spec_schema
 
     click.echo(json.dumps(spec_schema(), indent=2))
@@ -334,6 +337,8 @@ def _job_command(name: str, help_text: str) -> Callable[[Callable[..., Any]], An
         @output_options
         @handle_errors
         def command(job_id: str, base_url: str | None, output_format: str, quiet: bool, verbose: bool) -> None:
+            import asyncio
+            import json
             _setup_logging(verbose, quiet)
 
             async def go() -> Any:
@@ -377,6 +382,7 @@ async def _audit(client: Any, job_id: str) -> Any:
 @handle_errors
 def plugins_command(plugins: tuple[str, ...], no_local_plugins: bool, output_format: str, quiet: bool, verbose: bool) -> None:
     """List loaded plugins, where each came from, their hooks and output/notifier types."""
+    import json
     from dataclasses import asdict
 
     from .config import default_plugins_dir, load_project_config

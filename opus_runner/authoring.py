@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import inspect
 import json
-import os
 import re
 import sys
 import unicodedata
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NotFoundError, WorkflowNotFound
+from .paths import display_path
 from .models import InputField, WorkflowRef, WorkflowSchema
 
 __all__ = [
@@ -73,13 +73,6 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], indent: str = 
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
-
-
-def _display_path(path: Path) -> str:
-    try:
-        return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd().resolve()) else str(path)
-    except (OSError, ValueError):
-        return str(path)
 
 
 def _describe_ref(ref: WorkflowRef) -> str:
@@ -633,7 +626,7 @@ class DriftReport:
 def _spec_breaks(spec: Any, locked: WorkflowSchema, live: WorkflowSchema, changes: list[Change]) -> list[Break]:
     from .workflow import resolve_input
 
-    where = _display_path(spec.path)
+    where = display_path(spec.path)
     raw = spec.data.get("inputs") or {}
     keys = [str(k) for k in raw] if isinstance(raw, dict) else []
     by_var: dict[str, list[Change]] = {}
@@ -680,7 +673,7 @@ def drift_report(lock: Any, collected: Sequence[tuple[Any, WorkflowRef, Workflow
     missing: dict[str, tuple[WorkflowRef, list[str]]] = {}
     drifts: dict[str, WorkflowDrift] = {}
     for spec, ref, live in collected:
-        where = _display_path(spec.path)
+        where = display_path(spec.path)
         locked = lock.schema(ref)
         if locked is None:
             missing.setdefault(ref.key, (ref, []))[1].append(where)

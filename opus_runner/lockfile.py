@@ -22,7 +22,6 @@ Cheap to import: only the standard library and opus-runner's own light modules.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import LockError, ValidationFailed
+from .paths import display_path
 from .models import InputField, WorkflowRef, WorkflowSchema
 from .workflow import fields_from_job_payload_schema, schema_fingerprint
 
@@ -56,13 +56,6 @@ _INPUT_KEYS = frozenset({"variable_name", "display_name", "type", "is_nullable",
 def lock_path(project_root: str | Path) -> Path:
     """Where the lock file of the project rooted at ``project_root`` lives."""
     return Path(project_root) / LOCK_FILE
-
-
-def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd().resolve()) else str(path)
-    except (OSError, ValueError):
-        return str(path)
 
 
 def _describe_ref(ref: WorkflowRef) -> str:
@@ -147,7 +140,7 @@ class Lock:
 
 
 def _corrupt(path: Path, what: str, entry: str | None = None) -> LockError:
-    where = _display(path)
+    where = display_path(path)
     if entry is not None:
         return LockError(
             f"{where}: the entry for {entry} was edited by hand or corrupted ({what}); "
@@ -217,7 +210,7 @@ def load_lock(project_root: str | Path) -> Lock:
     inputs (edited by hand or corrupted).
     """
     path = lock_path(project_root)
-    where = _display(path)
+    where = display_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

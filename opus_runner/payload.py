@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError, ValidationFailed
 from .models import Context, InputField, WorkflowSchema
+from .paths import display_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plugins import PluginHost
@@ -142,6 +143,7 @@ async def build_payload(
     ctx: Context,
     *,
     input_lines: Mapping[str, int | None] | None = None,
+    check_schema: bool = True,
 ) -> BuiltPayload:
     """The ``jobPayloadSchemaInstance`` for ``inputs``; raises ValidationFailed listing every problem.
 
@@ -151,7 +153,7 @@ async def build_payload(
 
     errors: list[SpecError] = []
     lines = input_lines or {}
-    spec_file = _display_path(ctx.spec_path)
+    spec_file = display_path(ctx.spec_path)
 
     def problem(key: str | None, message: str) -> None:
         path: tuple[str, ...] = ("inputs", key) if key is not None else ("inputs",)
@@ -264,7 +266,8 @@ async def build_payload(
             }
     if errors:
         raise ValidationFailed(errors)
-    errors.extend(validate_payload(payload, schema, spec_file, chosen, lines))
+    if check_schema:
+        errors.extend(validate_payload(payload, schema, spec_file, chosen, lines))
     if errors:
         raise ValidationFailed(errors)
     return BuiltPayload(payload=payload, files=files)
@@ -312,10 +315,3 @@ def _reason(exc: BaseException) -> str:
 
     text = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
     return redact.mask(text) or type(exc).__name__
-
-
-def _display_path(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)

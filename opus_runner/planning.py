@@ -19,6 +19,7 @@ from typing import Any
 from .durations import parse_duration
 from .errors import SpecError, TemplateError, UsageError
 from .models import WorkflowRef
+from .paths import display_path
 from .spec import Spec
 from .templating import Templater, build_context
 
@@ -387,9 +388,4 @@ def _check_row(spec: Spec, row: Any, number: int, source: str) -> dict[str, Any]
 
 
 def _rel(spec: Spec) -> str:
-    import os
-
-    try:
-        return os.path.relpath(spec.path)
-    except ValueError:
-        return str(spec.path)
+    return display_path(spec.path)

@@ -37,6 +37,7 @@ from .errors import (
     UsageError,
     ValidationFailed,
 )
+from .paths import display_path
 from .models import (
     NOT_STARTED_STATUSES,
     TERMINAL_STATUSES,
@@ -166,6 +167,7 @@ class Runner:
         self._schemas: dict[str, asyncio.Future[WorkflowSchema]] = {}
         self._sandbox: Any = None
         self.lock: Any = None  # a lockfile.Lock with --locked
+        self._batch_size = 0
         self.log = log
 
     # -- set-up ------------------------------------------------------------------------------
@@ -305,6 +307,14 @@ class Runner:
             raise UsageError(f"--concurrency must be 1 or more, found {value}")
         return value
 
+    def _repo_root(self, spec: Spec) -> Path:
+        """The folder file inputs must stay in, computed once per spec folder."""
+        roots: dict[Path, Path] = self.shared.setdefault("opus_runner.roots", {})
+        root = roots.get(spec.dir)
+        if root is None:
+            root = roots[spec.dir] = load_project_config(spec.dir).repo_root.resolve()
+        return root
+
     def _context(self, plan: JobPlan | None, spec: Spec, *, dry_run: bool) -> Context:
         assert self.config is not None
         return Context(
@@ -316,7 +326,7 @@ class Runner:
             http=self.client.http if self.client else None,
             client=self.client,
             plan_key=plan.key if plan else spec.name,
-            root=load_project_config(spec.dir).repo_root,
+            root=self._repo_root(spec),
             allow_outside_root=self.options.allow_outside_root,
             dry_run=dry_run,
             output_format=self.options.output_format,
@@ -358,7 +368,9 @@ class Runner:
             raise
         ctx.workflow = schema
         lines = {str(k): plan.spec.line_of(("inputs", k)) for k in plan.inputs}
-        built = await build_payload(plan.inputs, schema, self.host, ctx, input_lines=lines)
+        # The submit pass builds the payload validated in the check pass again (now with real
+        # file URLs), so the JSON Schema check runs once per job, in the check pass.
+        built = await build_payload(plan.inputs, schema, self.host, ctx, input_lines=lines, check_schema=dry_run)
         return built.payload, ctx
 
     async def collect_schemas(self, *, live: bool = True) -> list[tuple[Spec, WorkflowRef, WorkflowSchema | None]]:
@@ -438,7 +450,7 @@ class Runner:
                 entries = spec.data.get(kind)
                 if entries is None:
                     entries = getattr(self.config, kind) or ([{"type": "stdout"}] if kind == "outputs" else [])
-                for err in self.host.check_config(kind, list(entries), file=os.path.relpath(spec.path), key=kind):
+                for err in self.host.check_config(kind, list(entries), file=display_path(spec.path), key=kind):
                     err.line = err.line or spec.line_of(err.key)
                     errors.append(err)
         if errors:
@@ -539,6 +551,7 @@ class Runner:
                 argv=[str(a) for a in sys.argv], cwd=os.getcwd(), options=_options_record(opts)
             )
             report.run_id = self.run_id
+            self._batch_size = count
             self.reporter.start(count)
             report.outcomes = await self._run_batch(planner, plan_filter, skip, {})
             report.exit_code = worst([o.exit_code for o in report.outcomes] + ([1] if report.skipped else []))
@@ -656,6 +669,7 @@ class Runner:
             self.run_id = run.run_id
             report = RunReport(run_id=run.run_id)
             async with self._connection():
+                self._batch_size = len(records)
                 self.reporter.start(len(records))
                 report.outcomes = await self._run_batch(planner, self._plan_filter(), set(), records)
             report.exit_code = worst(o.exit_code for o in report.outcomes)
@@ -798,7 +812,7 @@ class Runner:
                 last = status
             if status in TERMINAL_STATUSES:
                 return status
-            if self.reporter.wants_progress:
+            if self.reporter.wants_progress and self._batch_size == 1:  # node progress shows for one job only
                 with contextlib.suppress(OpusRunnerError):
                     audit = await self.client.audit(job_id)
                     self.reporter.progress(
@@ -808,7 +822,8 @@ class Runner:
             if remaining <= 0:
                 return None
             await asyncio.sleep(min(remaining, interval * random.uniform(0.8, 1.0)))
-            interval = min(settings.max_interval, interval * 1.6)
+            # Gentle growth: a 10 s job is seen within about 2 s of its end with 6 status calls.
+            interval = min(settings.max_interval, interval * 1.3)
 
     async def _finish(
         self,
@@ -964,7 +979,7 @@ class Runner:
         context = dict(plan.context)
         context["job"] = Namespace("job", job)
         context["result"] = Namespace("result", res)
-        return dict(templater.render(dict(entry), context, file=os.path.relpath(plan.spec.path), key=key))
+        return dict(templater.render(dict(entry), context, file=display_path(plan.spec.path), key=key))
 
     def _templater_for_targets(self) -> Any:
         cached = self.shared.get("opus_runner.target_templater")

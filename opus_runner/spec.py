@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from .durations import DURATION_HELP, parse_duration
+from .paths import display_path
 from .errors import SpecError, UsageError, ValidationFailed, format_key
 
 __all__ = [
@@ -92,7 +93,7 @@ class Spec:
 
     def error(self, message: str, key: Sequence[str | int] = ()) -> SpecError:
         """A :class:`SpecError` about ``key`` in this spec, with the file and line filled in."""
-        return SpecError(message, file=_display(self.path), key=tuple(key), line=self.line_of(key))
+        return SpecError(message, file=display_path(self.path), key=tuple(key), line=self.line_of(key))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def load_spec(path: str | Path) -> Spec:
     problem when there are several.
     """
     absolute = Path(os.path.abspath(os.path.expanduser(str(path))))
-    display = _display(absolute)
+    display = display_path(absolute)
     if absolute.is_dir():
         raise SpecError("is a folder, not a spec file; name a spec file inside it", file=display)
     suffix = absolute.suffix.lower()
@@ -217,14 +218,6 @@ def _line_of(lines: Mapping[Key, int], key: Sequence[str | int]) -> int | None:
         if line is not None:
             return line
     return None
-
-
-def _display(path: Path) -> str:
-    """The path as users think of it: relative to the current folder when inside it."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _check_api_version(

@@ -8,8 +8,9 @@ submitting anything twice, so it is written defensively:
 - Several processes may share one journal (concurrent runs in one folder). Each process opens
   its own connection and SQLite serialises the writes; ``busy_timeout`` makes a writer wait for
   another instead of failing.
-- The writes that guard against double submission (the job id, and "execute is about to be
-  sent") are synced to disk before they return, so they survive even a power loss.
+- Commits use ``synchronous=NORMAL``: they survive a crash or ``kill -9`` of the process,
+  which is what resume needs; a power loss may take the last few (an fsync per write would
+  cost about a millisecond per write on the event loop).
 - Everything stored is masked with :mod:`opus_runner.redact` first, whoever calls: the journal
   never holds a registered secret, even when a caller forgets to mask.
 
@@ -352,8 +353,12 @@ class Journal:
         return self._conn
 
     @contextmanager
-    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        """One short write transaction; ``durable`` also syncs it to disk before returning.
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction.
+
+        WAL with ``synchronous=NORMAL``: a committed write survives a crash or ``kill -9`` of
+        the process (what resume relies on); only a power loss can take the last commits. An
+        fsync per commit would cost about a millisecond per write on the event loop.
 
         SQLite failures (locked for too long, disk full, read-only) become a
         :class:`ConfigError` naming the journal; errors raised by the body pass unchanged.
@@ -361,22 +366,14 @@ class Journal:
         with self._lock:
             db = self._db
             try:
-                if durable:
-                    # With WAL, NORMAL already survives a process crash; FULL adds an fsync
-                    # per commit, which the writes that prevent a double submission are worth.
-                    db.execute("PRAGMA synchronous = FULL")
+                db.execute("BEGIN IMMEDIATE")
                 try:
-                    db.execute("BEGIN IMMEDIATE")
-                    try:
-                        yield db
-                        db.execute("COMMIT")
-                    except BaseException:
-                        if db.in_transaction:
-                            db.execute("ROLLBACK")
-                        raise
-                finally:
-                    if durable:
-                        db.execute("PRAGMA synchronous = NORMAL")
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
             except sqlite3.OperationalError as exc:
                 if _is_busy(exc):
                     raise self._locked() from None
@@ -398,9 +395,9 @@ class Journal:
             raise UsageError(f"no job row {row_id} in {self.path}")
         return str(row[0])
 
-    def _advance(self, row_id: int, phase: str, *, durable: bool = False) -> None:
+    def _advance(self, row_id: int, phase: str) -> None:
         """Move a job forwards to ``phase``; a job already past it keeps its phase."""
-        with self._write(durable=durable) as db:
+        with self._write() as db:
             current = self._require_job(db, row_id)
             if _RANK[phase] > _RANK[current]:
                 db.execute(
@@ -549,14 +546,14 @@ class Journal:
         return row_id
 
     def set_job_id(self, row_id: int, job_id: str) -> None:
-        """Record the job id from initiate (phase ``initiated``), synced to disk on return.
+        """Record the job id from initiate (phase ``initiated``), committed on return.
 
         Call it before execute is sent: a job id the journal does not hold could not be
         re-attached by ``resume``. Replacing the id of a job whose execute may already have
         been sent is refused, since that job would be lost.
         """
         job_id = _text(job_id)
-        with self._write(durable=True) as db:
+        with self._write() as db:
             phase = self._require_job(db, row_id)
             old = db.execute("SELECT job_id FROM jobs WHERE row_id = ?", (row_id,)).fetchone()[0]
             if _RANK[phase] >= _RANK["executing"] and old != job_id:
@@ -571,12 +568,12 @@ class Journal:
             )
 
     def mark_executing(self, row_id: int) -> None:
-        """Phase ``executing``: written (and synced) right before ``POST /job/execute``.
+        """Phase ``executing``: committed right before ``POST /job/execute``.
 
         A job found in this phase on resume may or may not have started; resume reads its
         status instead of executing it again.
         """
-        self._advance(row_id, "executing", durable=True)
+        self._advance(row_id, "executing")
 
     def mark_executed(self, row_id: int) -> None:
         """Phase ``executed``: the server acknowledged execute."""
@@ -604,7 +601,7 @@ class Journal:
     ) -> None:
         """Record how the job ended (phase ``finished``); the status joins the history too."""
         status = _text(status)
-        with self._write(durable=True) as db:
+        with self._write() as db:
             self._require_job(db, row_id)
             self._append_status(db, row_id, status)
             db.execute(

@@ -214,7 +214,6 @@ def run_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose
     reporter = make_reporter(output_format, quiet=quiet)
     report = _execute(options, reporter)
     if options.dry_run:
-        _show_payloads(report, output_format, header="would submit")
         _print_notes(report, output_format, quiet)
         return
     sys.exit(report.exit_code)
@@ -250,28 +249,12 @@ def validate_command(specs: tuple[str, ...], output_format: str, quiet: bool, ve
 def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
     """Print what each job would send, secrets masked: the rendered inputs offline, the exact
     jobPayloadSchemaInstance with a key or --sandbox."""
-    from .progress import Reporter
+    from .progress import make_reporter
 
     _setup_logging(verbose, quiet)
     options = _run_options(specs=specs, mode="render", output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
-    report = _execute(options, Reporter())
-    _show_payloads(report, output_format, header=None)
+    report = _execute(options, make_reporter(output_format, quiet=quiet, live=False))
     _print_notes(report, output_format, quiet)
-
-
-def _show_payloads(report: Any, output_format: str, header: str | None) -> None:
-    import json
-    from . import redact
-    from .progress import dumps
-
-    for outcome in report.outcomes:
-        payload = redact.mask_obj(outcome.payload)
-        if output_format == "json":
-            click.echo(dumps({"event": "rendered", "plan_key": outcome.plan_key, "spec": outcome.spec_path, "payload": payload}))
-        else:
-            title = f"# {outcome.plan_key}" + (f" ({header})" if header else "")
-            click.echo(title)
-            click.echo(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
 
 @main.command("resume", context_settings=CONTEXT_SETTINGS)

@@ -32,6 +32,8 @@ class Reporter:
 
     #: True when the display wants node progress (the runner then polls audits too)
     wants_progress = False
+    #: True when ``rendered`` shows payloads as they are built (the report then keeps none)
+    streams_payloads = False
 
     def start(self, total: int) -> None:
         """The batch is validated and ``total`` jobs are about to be submitted."""
@@ -44,6 +46,9 @@ class Reporter:
 
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         """A note for humans (skipped checks, resume hints) or, in JSON mode, an event line."""
+
+    def rendered(self, outcome: Any, *, header: str | None = None) -> None:
+        """The payload one job would send (``render``, ``--dry-run``), secrets masked."""
 
     def summary(self, rows: list[dict[str, Any]]) -> None:
         """The final table: one row per job."""
@@ -70,6 +75,11 @@ class JsonReporter(Reporter):
 
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         self._emit({"event": "message", "time": now_iso(), "level": level, "message": text, **(data or {})})
+
+    streams_payloads = True
+
+    def rendered(self, outcome: Any, *, header: str | None = None) -> None:
+        self._emit({"event": "rendered", "plan_key": outcome.plan_key, "spec": outcome.spec_path, "payload": outcome.payload})
 
     def summary(self, rows: list[dict[str, Any]]) -> None:
         counts = Counter(r.get("status") or "NOT_SUBMITTED" for r in rows)
@@ -112,6 +122,15 @@ class PlainReporter(Reporter):
             return
         prefix = {"warning": "warning: ", "error": "error: "}.get(level, "")
         self._line(prefix + text)
+
+    streams_payloads = True
+
+    def rendered(self, outcome: Any, *, header: str | None = None) -> None:
+        # Payloads are the command's output: stdout, like results.
+        title = f"# {outcome.plan_key}" + (f" ({header})" if header else "")
+        body = json.dumps(outcome.payload, indent=2, ensure_ascii=False, default=str)
+        sys.stdout.write(redact.mask(f"{title}\n{body}\n"))
+        sys.stdout.flush()
 
     def summary(self, rows: list[dict[str, Any]]) -> None:
         if self.quiet or len(rows) <= 1:

@@ -497,14 +497,12 @@ class Runner:
                     continue
                 count += 1
                 if keep:
-                    outcomes.append(
-                        JobOutcome(
-                            plan.key,
-                            spec.name,
-                            str(spec.path),
-                            payload=redact.mask_obj(_jsonable(payload)),
-                        )
-                    )
+                    outcome = JobOutcome(plan.key, spec.name, str(spec.path), payload=redact.mask_obj(_jsonable(payload)))
+                    if self.reporter.streams_payloads:
+                        # Shown as it is built, not held: a 100,000-row dry run stays small.
+                        self.reporter.rendered(outcome, header="would submit" if self.options.dry_run else None)
+                    else:
+                        outcomes.append(outcome)
         return count, errors, bad, outcomes
 
     async def _check_only(self, planner: Planner, plan_filter: PlanFilter) -> RunReport:

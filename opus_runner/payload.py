@@ -56,6 +56,7 @@ class InputValue:
 class BuiltPayload:
     payload: dict[str, dict[str, Any]]
     files: list[Path] = field(default_factory=list)  # local files it sends (checked)
+    uploads: int = 0  # file sources the uploader hook turned into URLs (placeholders on dry runs)
 
 
 def unwrap(key: str, raw: Any, spec_field: InputField) -> InputValue:
@@ -190,6 +191,7 @@ async def build_payload(
 
     payload: dict[str, dict[str, Any]] = {}
     files: list[Path] = []
+    uploads = 0
     # Check every local file of the job before the first upload starts.
     sources_by_var: dict[str, list[str]] = {}
     for var, (spec_field, item) in chosen.items():
@@ -248,6 +250,7 @@ async def build_payload(
                     problem(item.key, f"no uploader handles {source!r}; install or enable a plugin for it")
                     continue
                 urls.append(str(url))
+                uploads += 1
             value = urls[0] if spec_field.type == "file" and len(urls) == 1 else urls
         try:
             sent = await host.first("opus_coerce_value", field=spec_field, value=value, ctx=ctx)
@@ -270,7 +273,7 @@ async def build_payload(
         errors.extend(validate_payload(payload, schema, spec_file, chosen, lines))
     if errors:
         raise ValidationFailed(errors)
-    return BuiltPayload(payload=payload, files=files)
+    return BuiltPayload(payload=payload, files=files, uploads=uploads)
 
 
 _VALIDATORS: dict[int, Any] = {}

@@ -53,12 +53,15 @@ from .spec import Spec, find_specs, load_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import OpusClient
+    from .payload import BuiltPayload
     from .plugins import PluginHost
     from .state import Journal, JobRecord
 
 log = logging.getLogger("opus_runner")
 
 NOTIFIER_TIMEOUT = 10.0
+#: validated plans kept between the check pass and the submit pass (beyond, plans are re-made)
+MAX_CHECKED_PLANS = 5000
 #: the status a job gets in the journal and outputs when the runner stopped waiting for it
 GAVE_UP = "TIMED_OUT"
 _TERMINAL_EVENT = {"COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "cancelled", "TIMED_OUT": "timed_out"}
@@ -168,6 +171,9 @@ class Runner:
         self._sandbox: Any = None
         self.lock: Any = None  # a lockfile.Lock with --locked
         self._batch_size = 0
+        #: the plans the check pass validated (with their payload when it needs no upload), so the
+        #: submit pass does not plan and build them again; None when the batch was too large
+        self._checked: list[tuple[JobPlan, dict[str, Any] | None]] | None = None
         self.log = log
 
     # -- set-up ------------------------------------------------------------------------------
@@ -290,7 +296,9 @@ class Runner:
             self.client = OpusClient(
                 base_url,
                 key,
-                max_connections=max(10, concurrency * 2),
+                # One request at a time per job in flight; httpcore scans its whole pool on
+                # every request, so a pool larger than needed costs CPU on each call.
+                max_connections=concurrency + 2,
                 trace=opts.verbose,
                 retry=opts.retry,
             )
@@ -353,7 +361,7 @@ class Runner:
             raise ConfigError(f"no plugin could describe workflow {ref.id}")
         return schema
 
-    async def _payload_for(self, plan: JobPlan, *, dry_run: bool) -> tuple[dict[str, Any], Context]:
+    async def _payload_for(self, plan: JobPlan, *, dry_run: bool) -> tuple[BuiltPayload, Context]:
         from .payload import build_payload
 
         assert self.host is not None
@@ -371,7 +379,7 @@ class Runner:
         # The submit pass builds the payload validated in the check pass again (now with real
         # file URLs), so the JSON Schema check runs once per job, in the check pass.
         built = await build_payload(plan.inputs, schema, self.host, ctx, input_lines=lines, check_schema=dry_run)
-        return built.payload, ctx
+        return built, ctx
 
     async def collect_schemas(self, *, live: bool = True) -> list[tuple[Spec, WorkflowRef, WorkflowSchema | None]]:
         """Every (spec, workflow ref) the specs use, with the live schema of each (``opus-run
@@ -457,7 +465,7 @@ class Runner:
             raise ValidationFailed(errors)
 
     async def _validate_plans(
-        self, planner: Planner, plan_filter: PlanFilter, *, keep: bool
+        self, planner: Planner, plan_filter: PlanFilter, *, keep: bool, remember: bool = False
     ) -> tuple[int, list[SpecError], set[str], list[JobOutcome]]:
         """Plan and check every job.
 
@@ -466,6 +474,7 @@ class Runner:
         """
         errors: list[SpecError] = []
         bad: set[str] = set()
+        checked: list[tuple[JobPlan, dict[str, Any] | None]] | None = [] if remember else None
         outcomes: list[JobOutcome] = []
         count = 0
         live = self.client is not None or self.lock is not None
@@ -483,8 +492,12 @@ class Runner:
                     errors.extend(exc.errors)
                     break
                 try:
+                    prepared: dict[str, Any] | None = None
                     if live:
-                        payload, _ctx = await self._payload_for(plan, dry_run=True)
+                        built, _ctx = await self._payload_for(plan, dry_run=True)
+                        payload = built.payload
+                        # Without uploads the payload sent will be this one: no need to build it again.
+                        prepared = None if built.uploads else payload
                     else:
                         payload = plan.inputs
                 except ValidationFailed as exc:
@@ -496,6 +509,11 @@ class Runner:
                     bad.add(plan.key)
                     continue
                 count += 1
+                if checked is not None:
+                    if len(checked) < MAX_CHECKED_PLANS:
+                        checked.append((plan, prepared))
+                    else:
+                        checked = None  # a huge batch is planned again while it runs, not held
                 if keep:
                     outcome = JobOutcome(plan.key, spec.name, str(spec.path), payload=redact.mask_obj(_jsonable(payload)))
                     if self.reporter.streams_payloads:
@@ -503,6 +521,7 @@ class Runner:
                         self.reporter.rendered(outcome, header="would submit" if self.options.dry_run else None)
                     else:
                         outcomes.append(outcome)
+        self._checked = checked
         return count, errors, bad, outcomes
 
     async def _check_only(self, planner: Planner, plan_filter: PlanFilter) -> RunReport:
@@ -533,7 +552,7 @@ class Runner:
 
     async def _submit(self, planner: Planner, plan_filter: PlanFilter) -> RunReport:
         opts = self.options
-        count, errors, skip, _ = await self._validate_plans(planner, plan_filter, keep=False)
+        count, errors, skip, _ = await self._validate_plans(planner, plan_filter, keep=False, remember=True)
         report = RunReport(run_id=None)
         if errors:
             if not opts.keep_going or not skip:
@@ -589,7 +608,11 @@ class Runner:
             if not task.cancelled() and task.exception() is None:
                 outcomes.append(task.result())
 
-        for plan in planner.plans(self.specs, plan_filter):
+        if self._checked is not None and not records:
+            jobs: Iterable[tuple[JobPlan, dict[str, Any] | None]] = self._checked
+        else:
+            jobs = ((plan, None) for plan in planner.plans(self.specs, plan_filter))
+        for plan, prepared in jobs:
             if plan.key in skip:
                 continue
             order[plan.key] = len(order)
@@ -598,7 +621,7 @@ class Runner:
             if record is not None and record.phase == "finished":
                 job = self._redeliver(plan, record)
             else:
-                job = self._run_job(plan, record)
+                job = self._run_job(plan, record, prepared)
             task = asyncio.ensure_future(job)
             tasks.add(task)
             task.add_done_callback(collect)
@@ -706,11 +729,13 @@ class Runner:
 
     # -- one job -----------------------------------------------------------------------------
 
-    async def _run_job(self, plan: JobPlan, record: JobRecord | None = None) -> JobOutcome:
+    async def _run_job(
+        self, plan: JobPlan, record: JobRecord | None = None, prepared: dict[str, Any] | None = None
+    ) -> JobOutcome:
         outcome = JobOutcome(plan.key, plan.spec.name, str(plan.spec.path))
         started = time.monotonic()
         try:
-            await self._drive(plan, outcome, record)
+            await self._drive(plan, outcome, record, prepared)
         except OpusRunnerError as exc:
             outcome.error = redact.mask(str(exc))
             outcome.exit_code = exc.exit_code
@@ -726,8 +751,13 @@ class Runner:
         outcome.duration = time.monotonic() - started
         return outcome
 
-    async def _drive(self, plan: JobPlan, outcome: JobOutcome, record: JobRecord | None) -> None:
-        """Take one job from wherever the journal says it is to its end."""
+    async def _drive(
+        self, plan: JobPlan, outcome: JobOutcome, record: JobRecord | None, prepared: dict[str, Any] | None = None
+    ) -> None:
+        """Take one job from wherever the journal says it is to its end.
+
+        ``prepared`` is the payload the check pass built, when sending it needs no upload.
+        """
         assert self.client is not None and self.journal is not None and self.host is not None
         assert self.run_id is not None
         client, journal = self.client, self.journal
@@ -746,7 +776,13 @@ class Runner:
                 journal.mark_executed(row_id)  # type: ignore[arg-type]
 
         if phase in ("planned", "initiated", "executing"):
-            payload, ctx = await self._payload_for(plan, dry_run=False)
+            if prepared is not None:
+                payload = prepared
+                ctx = self._context(plan, plan.spec, dry_run=False)
+                ctx.workflow = await self.schema_for(plan.workflow, ctx)
+            else:
+                built, ctx = await self._payload_for(plan, dry_run=False)
+                payload = built.payload
             if row_id is None:
                 row_id = journal.add_job(
                     self.run_id,

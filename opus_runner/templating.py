@@ -134,6 +134,7 @@ class Templater:
         if filters:
             self._env.filters.update(filters)
         self._templates: dict[str, Any] = {}
+        self._env_ns: Namespace | None = None
         self._expressions: dict[str, Any] = {}
 
     def _secret(self, name: str) -> str:
@@ -149,7 +150,11 @@ class Templater:
         return value
 
     def env_namespace(self) -> Namespace:
-        return Namespace("env", self.environ, listed=False)
+        # One shared mapping per run: templates cannot change it (immutable sandbox), and
+        # copying the environment for every job of a large foreach is measurable.
+        if self._env_ns is None:
+            self._env_ns = Namespace("env", self.environ, listed=False)
+        return self._env_ns
 
     # -- rendering ---------------------------------------------------------------------------
 

@@ -171,3 +171,27 @@ def test_help_imports_no_heavy_modules() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running the tests", 1)[1]
+    command = section.split("```bash\n", 1)[1].split("\n", 1)[0]
+    assert "pytest" in command
+    assert command in (REPO / ".ci" / "run").read_text().splitlines()
+    quick = readme.split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("\n", 1)[0]
+    assert "--sandbox" in quick and "pip install" in quick
+
+
+def test_no_local_plugins_loads_nothing_from_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "opus-runner.toml").write_text("")
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "boom.py").write_text("raise RuntimeError('this plugin must not be imported')\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.replace("inputs:", "outputs: [{type: stdout}]\ninputs:"))
+    loaded = invoke("plugins", cwd=tmp_path)
+    assert loaded.exit_code == 2 and "boom.py" in loaded.stderr and "this plugin must not be imported" in loaded.stderr
+    skipped = invoke("plugins", "--no-local-plugins", cwd=tmp_path)
+    assert skipped.exit_code == 0 and "boom" not in skipped.stdout
+    assert invoke("validate", str(spec), "--var", "who=x", "--no-local-plugins", cwd=tmp_path).exit_code == 0
+    assert invoke("validate", str(spec), "--var", "who=x", cwd=tmp_path).exit_code == 2

@@ -1,0 +1,200 @@
+"""Batch throughput: N duration-0 jobs at concurrency C, opus-runner against the floor.
+
+(a) opus-runner: one spec with a CSV foreach of N rows, run by
+    ``opus-run run spec.yaml --concurrency C --format json -q --state-dir <tmp>`` (wait
+    poll_interval 50 ms, so a duration-0 job is seen finished at its first status call);
+(b) the floor: bench/floor_client.py, a hand-written httpx script that makes exactly the same
+    API calls per job on the same poll schedule, with one AsyncClient and a semaphore of C;
+(c) opus-aaico's async ``workflows.run`` on the same jobs, when an interpreter that can import
+    it is at hand (``--aaico-python``); otherwise the report says why it was skipped.
+
+Every client is a child process measured with ``os.wait4``: wall seconds, CPU seconds, peak
+RSS. The sandbox runs in its own process and is reset before every run; the requests it
+counted give the requests per job of each client. Targets: wall <= 1.25x, CPU <= 1.5x.
+
+    python bench/batch.py                   # 1000 jobs, concurrency 50, 1 run of each
+    python bench/batch.py --jobs 200 --repeat 3 --json
+    python bench/batch.py --profile /tmp/runner.prof   # plus one opus-runner run under cProfile
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    BENCH_DIR,
+    BENCH_WORKFLOW_ID,
+    PYTHON,
+    BenchError,
+    Measurement,
+    Ratio,
+    Report,
+    Sandbox,
+    Workdir,
+    aaico_python,
+    base_parser,
+    main_guard,
+    median_of,
+    opus_run_command,
+    ratio,
+    require_ok,
+    table,
+    write_fixture,
+    write_rows,
+    write_spec,
+)
+
+WALL_TARGET = 1.25
+CPU_TARGET = 1.5
+MAX_INTERVAL = 1.0
+
+
+def _runner_argv(spec: Path, concurrency: int, state_dir: Path) -> list[str]:
+    return [
+        *opus_run_command(),
+        "run",
+        str(spec),
+        "--concurrency",
+        str(concurrency),
+        "--format",
+        "json",
+        "-q",
+        "--state-dir",
+        str(state_dir),
+    ]
+
+
+def _check_runner(m: Measurement, jobs: int) -> None:
+    require_ok(m, "opus-run run")
+    summary = None
+    for line in reversed(m.stdout.splitlines()):
+        data = json.loads(line)
+        if data.get("event") == "summary":
+            summary = data
+            break
+    if summary is None or summary.get("statuses", {}).get("COMPLETED") != jobs:
+        raise BenchError(f"opus-run did not complete all {jobs} jobs: {summary}")
+
+
+def _check_client(m: Measurement, jobs: int, what: str) -> None:
+    require_ok(m, what)
+    summary = json.loads(m.stdout.strip().splitlines()[-1])
+    if summary.get("completed") != jobs:
+        raise BenchError(f"{what} did not complete all {jobs} jobs: {summary}")
+
+
+def _profile(sandbox: Sandbox, spec: Path, concurrency: int, workdir: Path, out: Path) -> str:
+    """One more opus-runner run under cProfile (not counted in the figures); its top functions."""
+    import io
+    import pstats
+
+    runner_args = _runner_argv(spec, concurrency, workdir / "state-profile")[len(opus_run_command()) :]
+    argv = [PYTHON, "-m", "cProfile", "-o", str(out), "-m", "opus_runner", *runner_args]
+    m = sandbox.measure("opus-runner (cProfile)", argv, cwd=workdir)
+    require_ok(m, "opus-run under cProfile")
+    text = io.StringIO()
+    pstats.Stats(str(out), stream=text).sort_stats("tottime").print_stats(20)
+    return f"cProfile of one more opus-runner run ({m.wall:.1f} s under the profiler), saved to {out}:\n{text.getvalue()}"
+
+
+def run() -> int:
+    parser = base_parser(__doc__ or "", jobs=1000, concurrency=50, repeat=1)
+    parser.add_argument("--poll-interval", type=float, default=0.05, help="first poll interval in seconds [default: 0.05]")
+    parser.add_argument("--aaico-python", metavar="PYTHON", help="an interpreter that can import opus_aaico [env: OPUS_BENCH_AAICO_PYTHON]")
+    parser.add_argument("--no-aaico", action="store_true", help="do not try the opus-aaico SDK")
+    parser.add_argument("--profile", metavar="FILE", type=Path, help="also run opus-runner once under cProfile, saving the stats here")
+    args = parser.parse_args()
+    report = Report("batch", args)
+    report.settings(jobs=args.jobs, concurrency=args.concurrency, repeat=args.repeat, poll_interval=args.poll_interval, duration=0)
+
+    if args.no_aaico:
+        aaico, why = None, "--no-aaico was given"
+    else:
+        aaico, why = aaico_python(args.aaico_python)
+    variants: list[tuple[str, Any]] = [("opus-runner", None), ("floor", None)]
+    if aaico is not None:
+        variants.append((f"opus-aaico {why}", aaico))
+
+    with Workdir(args.keep) as work:
+        write_rows(work / "rows.csv", args.jobs)
+        spec = write_spec(
+            work / "batch.yaml",
+            rows_file="rows.csv",
+            wait={"timeout": "10m", "poll_interval": f"{args.poll_interval}s", "max_interval": f"{MAX_INTERVAL}s"},
+            name="bench-batch",
+        )
+        runs: dict[str, list[Measurement]] = {label: [] for label, _ in variants}
+        with Sandbox(write_fixture(work / "workflows.json", duration=0)) as sandbox:
+            for r in range(args.repeat):
+                # Rotate the order, so drift (caches, a warming server) favours no one.
+                shift = r % len(variants)
+                for label, python in variants[shift:] + variants[:shift]:
+                    report.progress(f"run {r + 1}/{args.repeat}: {label}")
+                    if label == "opus-runner":
+                        m = sandbox.measure(label, _runner_argv(spec, args.concurrency, work / f"state-{r}"), cwd=work)
+                        _check_runner(m, args.jobs)
+                    elif label == "floor":
+                        argv = [
+                            PYTHON,
+                            str(BENCH_DIR / "floor_client.py"),
+                            "--rows", str(work / "rows.csv"),
+                            "--workflow", BENCH_WORKFLOW_ID,
+                            "--concurrency", str(args.concurrency),
+                            "--poll-interval", str(args.poll_interval),
+                            "--max-interval", str(MAX_INTERVAL),
+                        ]  # fmt: skip
+                        m = sandbox.measure(label, argv, cwd=work)
+                        _check_client(m, args.jobs, "the floor client")
+                    else:
+                        argv = [
+                            python,
+                            str(BENCH_DIR / "aaico_client.py"),
+                            "--rows", str(work / "rows.csv"),
+                            "--workflow", BENCH_WORKFLOW_ID,
+                            "--concurrency", str(args.concurrency),
+                            "--poll-interval", str(args.poll_interval),
+                        ]  # fmt: skip
+                        m = sandbox.measure(label, argv, cwd=work)
+                        _check_client(m, args.jobs, "the opus-aaico client")
+                    runs[label].append(m)
+            profile = None
+            if args.profile is not None:
+                report.progress("one more opus-runner run under cProfile")
+                profile = _profile(sandbox, spec, args.concurrency, work, args.profile.resolve())
+
+    medians = {label: median_of(ms) for label, ms in runs.items()}
+    rows = []
+    for label, m in medians.items():
+        total = sum(m.requests.values())
+        rows.append(
+            [label, m.wall, args.jobs / m.wall, m.cpu, m.user, m.sys, m.maxrss_mb, m.server_cpu, total / args.jobs]
+        )
+        report.result(label, {**m.as_dict(), "jobs_per_s": args.jobs / m.wall, "requests_per_job": total / args.jobs})
+    report.say(table(["client", "wall s", "jobs/s", "cpu s", "user s", "sys s", "peak MB", "server cpu s", "req/job"], rows))
+    report.say("")
+    routes = sorted({k for m in medians.values() for k in m.requests})
+    report.say(table(["requests", *medians], [[route, *(m.requests.get(route, 0) for m in medians.values())] for route in routes]))
+    if aaico is None:
+        report.note(f"opus-aaico skipped: {why}")
+    if profile is not None:
+        report.say("")
+        report.say(profile.rstrip())
+
+    runner, floor = medians["opus-runner"], medians["floor"]
+    report.add_ratio(ratio("wall ratio opus-runner/floor", runner.wall, floor.wall, WALL_TARGET))
+    report.add_ratio(ratio("CPU ratio opus-runner/floor", runner.cpu, floor.cpu, CPU_TARGET))
+    report.add_ratio(Ratio("requests/job ratio opus-runner/floor", sum(runner.requests.values()) / max(1, sum(floor.requests.values()))))
+    for label, m in medians.items():
+        if label.startswith("opus-aaico"):
+            report.add_ratio(ratio("wall ratio opus-aaico/floor", m.wall, floor.wall))
+            report.add_ratio(ratio("CPU ratio opus-aaico/floor", m.cpu, floor.cpu))
+    return report.finish()
+
+
+if __name__ == "__main__":
+    main_guard(run)

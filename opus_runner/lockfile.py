@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import LockError, ValidationFailed
 from .paths import display_path
-from .models import InputField, WorkflowRef, WorkflowSchema
+from .models import WorkflowRef, WorkflowSchema
 from .workflow import fields_from_job_payload_schema, schema_fingerprint
 
 __all__ = [
@@ -69,16 +69,6 @@ def _describe_ref(ref: WorkflowRef) -> str:
 # -- writing ---------------------------------------------------------------------------------
 
 
-def _input_entry(f: InputField) -> dict[str, Any]:
-    return {
-        "variable_name": f.variable_name,
-        "display_name": f.display_name,
-        "type": f.type,
-        "is_nullable": f.nullable,
-        "allowed_file_types": sorted(f.allowed_file_types),
-    }
-
-
 def lock_entry(schema: WorkflowSchema) -> dict[str, Any]:
     """The lock file's entry for one workflow schema."""
     return {
@@ -86,7 +76,7 @@ def lock_entry(schema: WorkflowSchema) -> dict[str, Any]:
         "version": schema.version,
         "versionId": schema.version_id,
         "name": schema.name,
-        "jobPayloadSchema": {f.variable_name: _input_entry(f) for f in schema.inputs},
+        "jobPayloadSchema": {f.variable_name: f.as_entry() for f in schema.inputs},
         "fingerprint": schema_fingerprint(schema),
     }
 

@@ -48,6 +48,16 @@ class InputField:
     def required(self) -> bool:
         return not self.nullable
 
+    def as_entry(self) -> dict[str, Any]:
+        """This input normalised as a ``jobPayloadSchema`` entry (lock files, fingerprints)."""
+        return {
+            "variable_name": self.variable_name,
+            "display_name": self.display_name,
+            "type": self.type,
+            "is_nullable": self.nullable,
+            "allowed_file_types": sorted(self.allowed_file_types),
+        }
+
     @property
     def is_file(self) -> bool:
         return self.type in ("file", "array_files")

@@ -30,8 +30,6 @@ from .durations import parse_duration
 from .errors import (
     ApiError,
     ConfigError,
-    ExecuteOutcomeUnknown,
-    NetworkError,
     OpusRunnerError,
     SpecError,
     UsageError,

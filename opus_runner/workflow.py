@@ -337,18 +337,6 @@ def payload_json_schema(schema: WorkflowSchema) -> dict[str, Any]:
 def schema_fingerprint(schema: WorkflowSchema) -> str:
     """A sha256 hex digest of the inputs (names, types, nullability, file types), stable
     across input order and independent of the workflow's name, description and input ids."""
-    inputs = sorted(
-        (
-            {
-                "variable_name": f.variable_name,
-                "display_name": f.display_name,
-                "type": f.type,
-                "nullable": f.nullable,
-                "allowed_file_types": sorted(f.allowed_file_types),
-            }
-            for f in schema.inputs
-        ),
-        key=lambda item: str(item["variable_name"]),
-    )
+    inputs = sorted((f.as_entry() for f in schema.inputs), key=lambda item: str(item["variable_name"]))
     text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

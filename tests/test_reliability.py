@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 import opus_runner
 from opus_runner.client import RetryPolicy

@@ -133,7 +133,11 @@ class PlainReporter(Reporter):
         sys.stdout.flush()
 
     def summary(self, rows: list[dict[str, Any]]) -> None:
-        if self.quiet or len(rows) <= 1:
+        if self.quiet or not rows:
+            return
+        if len(rows) == 1:  # one job: no table, but say where its results went
+            if rows[0].get("delivered"):
+                self._line(f"results: {rows[0]['delivered']}")
             return
         self._line(format_table(rows))
 

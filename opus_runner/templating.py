@@ -197,6 +197,9 @@ class Templater:
             match = _SINGLE_EXPRESSION.match(text)
             if match:
                 expr = match.group("expr")
+                found = _lookup_path(expr, context)
+                if found is not _MISSING:
+                    return _plain(found)
                 compiled = self._expressions.get(expr)
                 if compiled is None:
                     compiled = self._env.compile_expression(expr, undefined_to_none=False)
@@ -233,6 +236,30 @@ class Templater:
                 file=file,
                 key=key,
             ) from None
+
+
+_MISSING = object()
+_DOTTED = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*$")
+
+
+def _lookup_path(expr: str, context: Mapping[str, Any]) -> Any:
+    """``row.customer``-style expressions resolved without Jinja, when every step is a key of a
+    context mapping (the common case in large foreach batches). Anything else, including a
+    missing key, returns _MISSING and goes through Jinja, which gives the same value or the
+    error message.
+    """
+    match = _DOTTED.match(expr)
+    if match is None:
+        return _MISSING
+    names = match.group(1).split(".")
+    current: Any = context.get(names[0], _MISSING)
+    if current is _MISSING or len(names) == 1:
+        return _MISSING  # a bare name may be a Jinja global (now, today...): let Jinja decide
+    for name in names[1:]:
+        if not isinstance(current, Namespace) or name not in current:
+            return _MISSING
+        current = dict.__getitem__(current, name)
+    return current
 
 
 def _short(text: str, limit: int = 80) -> str:

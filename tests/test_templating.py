@@ -142,3 +142,16 @@ def test_a_failing_filter_is_reported_with_location() -> None:
 def test_contains_template() -> None:
     assert contains_template({"a": [1, "{{ x }}"]})
     assert not contains_template({"a": [1, "x"]})
+
+
+def test_dotted_lookups_match_jinja(templater: Templater) -> None:
+    # The fast path for `row.x`-style expressions must give what Jinja gives, and leave every
+    # other case (plain dicts, globals, missing keys) to Jinja.
+    c = ctx(templater, vars={"cfg": {"items": 1, "depth": 2}, "n": 3}, row={"customer": "ACME", "items": [1]})
+    assert templater.render("{{ row.customer }}", c) == "ACME"
+    assert templater.render("{{ row.items }}", c) == [1]
+    assert templater.render("{{ vars.cfg }}", c) == {"items": 1, "depth": 2}
+    assert templater.render("{{ vars.cfg.depth }}", c) == 2
+    assert callable(templater.render("{{ vars.cfg.items }}", c))  # a plain dict: Jinja's rules
+    with pytest.raises(TemplateError, match="row has no key 'custmer'; did you mean 'customer'"):
+        templater.render("{{ row.custmer }}", c)

@@ -219,42 +219,53 @@ def run_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose
     sys.exit(report.exit_code)
 
 
+def schema_source_options(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--offline and --locked: where validate and render take the workflow schema from."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option("--locked", is_flag=True, help=f"{verb} against opus-runner.lock instead of the live API (no key, no network).")(func)
+        func = click.option("--offline", is_flag=True, help="Do not contact the API even if a service key is set.")(func)
+        return func
+
+    return decorate
+
+
+def _check(mode: str, specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
+    """validate and render: the runner in a checking mode, then the notes (skipped checks)."""
+    from .progress import Reporter, make_reporter
+
+    _setup_logging(verbose, quiet)
+    options = _run_options(specs=specs, mode=mode, output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
+    # render prints each payload as it is built (the reporter streams them); validate prints none.
+    reporter = make_reporter(output_format, quiet=quiet, live=False) if mode == "render" else Reporter()
+    report = _execute(options, reporter)
+    _print_notes(report, output_format, quiet)
+
+
 @main.command("validate", context_settings=CONTEXT_SETTINGS)
 @click.argument("specs", nargs=-1, required=True)
 @spec_options
 @connection_options
-@click.option("--offline", is_flag=True, help="Do not contact the API even if a service key is set.")
-@click.option("--locked", is_flag=True, help="Check inputs against opus-runner.lock instead of the live API (no key, no network).")
+@schema_source_options("Check inputs")
 @output_options
 @handle_errors
 def validate_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
     """Check specs without submitting: format and templates offline; with a key or --sandbox,
     also against the live workflow schema (no job is created, no file uploaded)."""
-    from .progress import Reporter
-
-    _setup_logging(verbose, quiet)
-    options = _run_options(specs=specs, mode="validate", output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
-    report = _execute(options, Reporter())
-    _print_notes(report, output_format, quiet)
+    _check("validate", specs, output_format, quiet, verbose, **kwargs)
 
 
 @main.command("render", context_settings=CONTEXT_SETTINGS)
 @click.argument("specs", nargs=-1, required=True)
 @spec_options
 @connection_options
-@click.option("--offline", is_flag=True, help="Do not contact the API even if a service key is set.")
-@click.option("--locked", is_flag=True, help="Render against opus-runner.lock instead of the live API (no key, no network).")
+@schema_source_options("Render")
 @output_options
 @handle_errors
 def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
     """Print what each job would send, secrets masked: the rendered inputs offline, the exact
     jobPayloadSchemaInstance with a key or --sandbox."""
-    from .progress import make_reporter
-
-    _setup_logging(verbose, quiet)
-    options = _run_options(specs=specs, mode="render", output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
-    report = _execute(options, make_reporter(output_format, quiet=quiet, live=False))
-    _print_notes(report, output_format, quiet)
+    _check("render", specs, output_format, quiet, verbose, **kwargs)
 
 
 @main.command("resume", context_settings=CONTEXT_SETTINGS)

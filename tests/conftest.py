@@ -142,6 +142,31 @@ def project(tmp_path: Path, opus_sandbox_factory: Callable[..., Any]) -> Iterato
     yield Project(root=root, sandbox=sandbox, env=env)
 
 
+def make_ctx(tmp_path: Path, *, log_name: str = "t.out", **kw: Any) -> Any:
+    """A Context for calling an output, notifier or hook directly (no run around it)."""
+    import logging
+
+    from opus_runner.models import Context
+
+    return Context(spec=None, spec_path=tmp_path / "spec.yaml", spec_dir=tmp_path, log=logging.getLogger(log_name), **kw)
+
+
+def make_result(**kw: Any) -> Any:
+    """A finished JobResult with plausible defaults; keywords override them."""
+    from opus_runner.models import JobResult
+
+    base: dict[str, Any] = dict(
+        job_id="job-123",
+        status="COMPLETED",
+        outputs={"summary": "All good", "total": 45.8},
+        spec_name="invoice-triage",
+        plan_key="invoice-triage[region=eu]",
+        finished_at="2026-11-30T10:00:00Z",
+    )
+    base.update(kw)
+    return JobResult(**base)
+
+
 def header(name: str, workflow: str, extra: str = "") -> str:
     return textwrap.dedent(
         f"""\

@@ -23,6 +23,7 @@ from opus_runner.builtins.outputs import file_urls, safe_file_name, summary
 from opus_runner.errors import DeliveryFailed
 from opus_runner.models import Context, JobEvent, JobResult
 from opus_runner.plugins import PluginHost, call_handler, make_plugin_host
+from conftest import make_ctx, make_result
 
 KEY = "sk-test-key-0123456789abcdef"
 
@@ -35,21 +36,6 @@ def host(monkeypatch: pytest.MonkeyPatch) -> PluginHost:
     return make_plugin_host(entrypoints=False)
 
 
-def make_ctx(tmp_path: Path, **kw: Any) -> Context:
-    return Context(spec=None, spec_path=tmp_path / "spec.yaml", spec_dir=tmp_path, log=logging.getLogger("t.out"), **kw)
-
-
-def make_result(**kw: Any) -> JobResult:
-    base: dict[str, Any] = dict(
-        job_id="job-123",
-        status="COMPLETED",
-        outputs={"summary": "All good", "total": 45.8},
-        spec_name="invoice-triage",
-        plan_key="invoice-triage[region=eu]",
-        finished_at="2026-11-30T10:00:00Z",
-    )
-    base.update(kw)
-    return JobResult(**base)
 
 
 def run_output(host: PluginHost, name: str, result: JobResult, config: dict[str, Any], ctx: Context) -> Any:

@@ -6,7 +6,6 @@ import asyncio
 import csv
 import datetime as dt
 import json
-import logging
 import sys
 import threading
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from opus_runner import redact
 from opus_runner.errors import DeliveryFailed
 from opus_runner.models import Context, InputField, JobEvent, JobResult
 from opus_runner.plugins import PluginHost, call_handler, make_plugin_host
+from conftest import make_ctx as shared_ctx, make_result as shared_result
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 KEY = "sk-first-party-key-0123456789"
@@ -40,20 +40,11 @@ def module(name: str) -> Any:
 
 
 def make_ctx(tmp_path: Path, **kw: Any) -> Context:
-    return Context(spec=None, spec_path=tmp_path / "spec.yaml", spec_dir=tmp_path, log=logging.getLogger("t.fp"), **kw)
+    return shared_ctx(tmp_path, log_name="t.fp", **kw)
 
 
 def make_result(**kw: Any) -> JobResult:
-    base: dict[str, Any] = dict(
-        job_id="job-1",
-        status="COMPLETED",
-        outputs={"summary": "Fine", "total": 12.5},
-        spec_name="invoice-triage",
-        plan_key="invoice-triage[region=eu]",
-        finished_at="2026-11-30T10:00:00Z",
-    )
-    base.update(kw)
-    return JobResult(**base)
+    return shared_result(**{"job_id": "job-1", "outputs": {"summary": "Fine", "total": 12.5}, **kw})
 
 
 def test_the_folder_loads_as_local_plugins(host: PluginHost) -> None:

@@ -17,7 +17,18 @@ TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 NOT_STARTED_STATUSES = frozenset({"CREATED", "INITIATED", "NOT_STARTED", "DRAFT"})
 
 #: Input types of the Opus API (opus-api.md, "Input types").
-INPUT_TYPES = ("str", "float", "bool", "date", "file", "array", "array_files", "object")
+INPUT_TYPES = (
+    "str",
+    "float",
+    "int",
+    "bool",
+    "date",
+    "file",
+    "array",
+    "array_files",
+    "object",
+    "json_string",
+)
 
 
 def normalise_status(raw: object) -> str:

@@ -94,10 +94,22 @@ def _about(schema: WorkflowSchema) -> str:
 
 def field_summary(f: InputField) -> str:
     """``file, required, allowed: PDF, TXT``: an input's type, need and file types in words."""
-    text = f"{f.type}, {'required' if f.required else 'optional'}"
+    text = f"{type_label(f)}, {'required' if f.required else 'optional'}"
     if f.allowed_file_types:
         text += f", allowed: {', '.join(f.allowed_file_types)}"
     return text
+
+
+def type_label(f: InputField) -> str:
+    """An input's type as shown to people: the wire form a list of files goes as, and a mark on
+    a type this version does not understand."""
+    if not f.type:
+        return "(no type stated; not understood)"
+    if not f.known:
+        return f"{f.type} (not understood)"
+    if f.wire_type and f.wire_type != f.type:
+        return f"{f.type} (sent as {f.wire_type} of files)" if f.is_file else f"{f.type} (sent as {f.wire_type})"
+    return f.type
 
 
 # -- opus-run schema ---------------------------------------------------------------------------
@@ -116,6 +128,8 @@ def schema_document(schema: WorkflowSchema) -> dict[str, Any]:
                 "variable_name": f.variable_name,
                 "display_name": f.display_name,
                 "type": f.type,
+                "sent_type": f.sent_type,
+                "understood": f.known,
                 "required": f.required,
                 "allowed_file_types": list(f.allowed_file_types),
             }
@@ -133,7 +147,7 @@ def schema_table(schema: WorkflowSchema) -> str:
         (
             f.variable_name,
             f.display_name,
-            f.type,
+            type_label(f),
             "yes" if f.required else "no",
             ", ".join(f.allowed_file_types) or "-",
         )
@@ -197,8 +211,10 @@ def placeholder(f: InputField, today: _dt.date) -> str:
     """A YAML placeholder value of the right type for ``f`` (flow style, one line)."""
     if f.type == "str":
         return '"TODO"'
-    if f.type == "float":
+    if f.type in ("float", "int"):
         return "0"
+    if f.type == "json_string":
+        return "{}"
     if f.type == "bool":
         return "false"
     if f.type == "date":
@@ -301,6 +317,8 @@ def _shorthand(input_type: str) -> list[dict[str, Any]]:
     forms: dict[str, list[dict[str, Any]]] = {
         "str": [{"type": ["string", "number"]}],
         "float": [{"type": "number"}, {"type": "string", "pattern": _NUMERIC}],
+        "int": [{"type": "integer"}, {"type": "string", "pattern": r"^\s*[-+]?[0-9][0-9_]*(?:\.0*)?\s*$"}],
+        "json_string": [{"type": "array"}, {"type": "object"}, {"type": "string", "minLength": 1}],
         "bool": [
             {"type": "boolean"},
             {"enum": [0, 1]},
@@ -359,6 +377,8 @@ def _example(f: InputField) -> Any:
     examples: dict[str, Any] = {
         "str": "text",
         "float": 0,
+        "int": 0,
+        "json_string": {},
         "bool": False,
         "date": "2026-01-31",
         "file": {"file": f"path/to/file.{_extension(f, 'pdf')}"},
@@ -378,7 +398,10 @@ def input_value_schema(f: InputField) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "value": value,
-            "type": {"const": f.type, "description": "Optional; when given it must be the workflow's type."},
+            "type": {
+                "enum": sorted({f.type, f.sent_type}),
+                "description": "Optional; when given it must be the workflow's type.",
+            },
         },
         "required": ["value"],
         "additionalProperties": False,

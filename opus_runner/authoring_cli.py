@@ -50,8 +50,11 @@ def fetch_schema(workflow_id: str, version: int | None, version_id: str | None, 
 
     if version is not None and version_id:
         raise UsageError("--version and --version-id both pin the version; give only one of them")
-    if not workflow_id.strip():
-        raise UsageError("the workflow id is empty; pass the id shown in Opus (e.g. CIAwZYFzQJwmADQN)")
+    from .workflow import workflow_id_problem
+
+    problem = workflow_id_problem(workflow_id.strip())
+    if problem:
+        raise UsageError(problem)
     ref = WorkflowRef(workflow_id.strip(), version, version_id)
     runner = _runner(**options)
     try:

@@ -40,13 +40,15 @@ from .errors import (
     AuthError,
     ConfigError,
     ExecuteOutcomeUnknown,
+    ExecuteRefused,
     NetworkError,
     NotFoundError,
     OpusRunnerError,
     UsageError,
 )
-from .models import NOT_STARTED_STATUSES, normalise_status
-from .urls import display_url, is_loopback_host
+from .models import AMBIGUOUS_STATUSES, UploadSettings, normalise_status
+from .results import ResultsData, parse_results
+from .urls import PLACEHOLDER_CALLBACK_URL, display_url, is_loopback_host
 
 __all__ = [
     "AuditProgress",
@@ -55,6 +57,7 @@ __all__ = [
     "ResultsData",
     "RetryPolicy",
     "error_from_response",
+    "job_id_of",
     "parse_results",
     "server_message",
 ]
@@ -82,6 +85,12 @@ _NOT_RETRYABLE: tuple[type[Exception], ...] = (httpx.UnsupportedProtocol, httpx.
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 # Execute answered with one of these was refused before any work began: safe to resend.
 _EXECUTE_RESEND_STATUSES = frozenset({429, 503})
+#: Seconds a download URL from ``/job/file/download`` stays valid (the API takes 60 to 86400).
+DOWNLOAD_URL_EXPIRY = 900
+#: Who may read an uploaded file: opus-aaico's default, seen working live (opus-api.md section 4).
+DEFAULT_ACCESS_SCOPE = UploadSettings.access_scope
+#: The ``accessScope`` values of ``POST /job/file/upload``; ``unlisted`` sends none.
+ACCESS_SCOPES = ("all", "user", "workspace", "organization", "unlisted")
 
 
 @dataclass(frozen=True)
@@ -125,15 +134,6 @@ class ExecuteOutcome:
     confirmed: bool
     status: str | None
     message: str = ""
-
-
-@dataclass
-class ResultsData:
-    """A job's results: ``outputs`` maps output variable to value, whichever shape was served."""
-
-    outputs: dict[str, Any]
-    raw: dict[str, Any]
-    error: str | None = None
 
 
 def _as_int(value: Any, default: int = 0) -> int:
@@ -280,12 +280,13 @@ def error_from_response(
     subject: str | None = None,
     job_id: str | None = None,
     api: bool = True,
+    workspace: str | None = None,
 ) -> ApiError:
     """Map an unsuccessful answer to the matching :class:`~opus_runner.errors.ApiError`.
 
-    ``subject`` ("workflow X", "job X") names what a 404 was about. ``api=False`` is for
-    answers from somewhere other than the Opus API (a presigned storage URL), where a 401/403
-    says nothing about the service key.
+    ``subject`` ("workflow X", "job X") names what a 404 was about; ``workspace`` the workspace
+    a 403 was about. ``api=False`` is for answers from somewhere other than the Opus API (a
+    presigned storage URL), where a 401/403 says nothing about the service key.
     """
     status = response.status_code
     message = server_message(response)
@@ -301,9 +302,18 @@ def error_from_response(
             "only works from a signed-in browser session, so opus-runner cannot call it",
             **common,
         )
-    if api and status in (401, 403):
+    if api and status == 401:
         return AuthError(
-            f"the service key was rejected (HTTP {status}: {message}); check OPUS_SERVICE_KEY",
+            f"the service key was rejected (HTTP 401: {message}); check OPUS_SERVICE_KEY (keys "
+            "expire: generate a new one under My Organization > API Keys)",
+            **common,
+        )
+    if api and status == 403:
+        # 403 is about permission, not the key (opus-api.md section 1).
+        where = f"workspace {workspace}" if workspace else "the workspace this call touches"
+        return AuthError(
+            f"the service key's user lacks permission in {where} (HTTP 403: {message}); ask an "
+            "admin of that workspace to add the user, or use a workspace the user belongs to",
             **common,
         )
     if not api and status in (401, 403):
@@ -570,9 +580,10 @@ class OpusClient:
         log.debug(redact.mask(line))
 
     async def _pause(self, delay: float, label: str, attempt: int, why: str) -> None:
-        log.debug(
+        # A user watching a run sees every retry: silence would look like a hang.
+        log.info(
             redact.mask(
-                f"{label}: {_scrub(why)}; retrying in {delay:.2f} s "
+                f"{label}: {_scrub(why)}; retrying in {delay:.1f} s "
                 f"(attempt {attempt + 1} of {self.retry.attempts})"
             )
         )
@@ -583,7 +594,15 @@ class OpusClient:
             wanted = _parse_retry_after(response.headers.get("retry-after"))
             if wanted is not None:
                 return min(self.retry.cap, wanted)
+        # No Retry-After (Opus documents none for its 429s): back off with full jitter.
         return self.retry.backoff(retry)
+
+    @staticmethod
+    def _why(response: httpx.Response) -> str:
+        if response.status_code == 429:
+            hint = "" if response.headers.get("retry-after") else ", no Retry-After"
+            return f"rate limited (HTTP 429{hint})"
+        return f"HTTP {response.status_code}"
 
     def _network_error(
         self, exc: Exception, label: str, attempts: int, target: str
@@ -618,8 +637,9 @@ class OpusClient:
                 and attempt < policy.attempts
                 and not _is_permanent(response)
             ):
-                why = f"HTTP {response.status_code}"
-                await self._pause(self._delay_for(response, attempt - 1), label, attempt, why)
+                await self._pause(
+                    self._delay_for(response, attempt - 1), label, attempt, self._why(response)
+                )
                 continue
             return response
         raise AssertionError("unreachable: the retry loop always returns or raises")
@@ -636,6 +656,7 @@ class OpusClient:
         json_body: Any = None,
         subject: str | None = None,
         job_id: str | None = None,
+        workspace: str | None = None,
     ) -> Any:
         """An API call with retries; returns the decoded JSON body or raises the mapped error."""
         self._require_key()
@@ -648,7 +669,12 @@ class OpusClient:
         response = await self._with_retries(label, self.base_url, send)
         if not response.is_success:
             raise error_from_response(
-                response, method=method, endpoint=path, subject=subject, job_id=job_id
+                response,
+                method=method,
+                endpoint=path,
+                subject=subject,
+                job_id=job_id,
+                workspace=workspace,
             )
         return _decode_json(response, method=method, endpoint=path, job_id=job_id)
 
@@ -721,12 +747,15 @@ class OpusClient:
         description: str = "",
         version: int | None = None,
         version_id: str | None = None,
+        workspaces: tuple[str, ...] | list[str] = (),
         extra: Mapping[str, Any] | None = None,
     ) -> str:
         """``POST /job/initiate``: create a job; returns its ``jobExecutionId`` as a str.
 
         ``version_id`` is sent as ``workflowVersionId`` and wins over ``version``
-        (``workflowVersionNumber``). ``extra`` adds other documented fields (``workspaces``...).
+        (``workflowVersionNumber``); ``workspaces`` as the comma-separated ``workspaces``.
+        ``extra`` adds other documented fields. Job ids are numeric strings live; a JSON
+        number is accepted and kept as its digits.
         """
         body: dict[str, Any] = {
             "workflowId": workflow_id,
@@ -738,43 +767,65 @@ class OpusClient:
             body["workflowVersionId"] = version_id
         elif version is not None:
             body["workflowVersionNumber"] = version
+        if workspaces:
+            body["workspaces"] = ",".join(workspaces)
         if extra:
             body.update(extra)
         data = await self._call(
-            "POST", "/job/initiate", json_body=body, subject=f"workflow {workflow_id}"
+            "POST",
+            "/job/initiate",
+            json_body=body,
+            subject=f"workflow {workflow_id}",
+            workspace=", ".join(workspaces) or None,
         )
-        job_id = data.get("jobExecutionId") if isinstance(data, Mapping) else None
-        if job_id is None or job_id == "":
+        job_id = job_id_of(data.get("jobExecutionId") if isinstance(data, Mapping) else None)
+        if job_id is None:
             raise ApiError(
                 "the answer has no jobExecutionId, so the job cannot be followed",
                 method="POST",
                 endpoint="/job/initiate",
             )
-        return str(job_id)
+        return job_id
 
     async def file_upload_url(
         self,
         *,
         extension: str,
-        original_name: str,
-        workflow_id: str,
-        access_scope: str = "organization",
+        original_name: str | None,
+        workflow_id: str | None = None,
+        workspace_id: str | None = None,
+        access_scope: str | None = DEFAULT_ACCESS_SCOPE,
     ) -> tuple[str, str]:
         """``POST /job/file/upload``: returns ``(presignedUrl, fileUrl)`` for one file.
 
-        ``extension`` is sent lower-case with its dot (``PDF`` -> ``.pdf``); ``workflowId`` is
-        always sent, as the platform now requires it.
+        ``extension`` is sent lower-case with its dot (``PDF`` -> ``.pdf``). The platform needs
+        a scope: ``workspaceId`` when given (the file then sits in that workspace), else
+        ``workflowId``. ``access_scope`` None (or ``"unlisted"``) sends none, which the
+        platform takes as unlisted.
         """
         ext = extension.strip().lower()
         if not ext.startswith("."):
             ext = "." + ext
-        body = {
-            "fileExtension": ext,
-            "accessScope": access_scope,
-            "originalName": original_name,
-            "workflowId": workflow_id,
-        }
-        data = await self._call("POST", "/job/file/upload", json_body=body)
+        body: dict[str, Any] = {"fileExtension": ext}
+        if access_scope and access_scope != "unlisted":
+            body["accessScope"] = access_scope
+        if original_name:
+            body["originalName"] = original_name
+        if workspace_id:
+            body["workspaceId"] = workspace_id
+        elif workflow_id:
+            body["workflowId"] = workflow_id
+        else:
+            raise UsageError(
+                f"cannot upload {original_name or 'a file'!r}: Opus needs the workflow or the "
+                "workspace the file belongs to"
+            )
+        data = await self._call(
+            "POST",
+            "/job/file/upload",
+            json_body=body,
+            workspace=workspace_id or (f"of workflow {workflow_id}" if workflow_id else None),
+        )
         presigned = data.get("presignedUrl") if isinstance(data, Mapping) else None
         file_url = data.get("fileUrl") if isinstance(data, Mapping) else None
         if not isinstance(presigned, str) or not isinstance(file_url, str) or not presigned:
@@ -811,10 +862,16 @@ class OpusClient:
         data: bytes,
         *,
         original_name: str,
-        workflow_id: str,
+        workflow_id: str | None = None,
+        workspace_id: str | None = None,
+        access_scope: str | None = DEFAULT_ACCESS_SCOPE,
         content_type: str | None = None,
     ) -> str:
-        """Upload one file through the presigned-URL flow; returns the ``fileUrl`` to send."""
+        """Upload one file through the presigned-URL flow; returns the ``fileUrl`` to send.
+
+        No ``Content-Type`` goes with the PUT unless given: presigned URLs signed without one
+        refuse a request that adds it (403).
+        """
         dot = original_name.rfind(".")
         extension = original_name[dot:] if dot > 0 and dot < len(original_name) - 1 else ""
         if not extension:
@@ -823,28 +880,45 @@ class OpusClient:
                 "needs one (.pdf, .csv, ...); rename the file"
             )
         presigned, file_url = await self.file_upload_url(
-            extension=extension, original_name=original_name, workflow_id=workflow_id
+            extension=extension,
+            original_name=original_name,
+            workflow_id=workflow_id,
+            workspace_id=workspace_id,
+            access_scope=access_scope,
         )
         await self.put_presigned(presigned, data, content_type=content_type)
         return file_url
 
     async def execute(
-        self, job_id: str, payload: Mapping[str, Any], *, callback_url: str | None = None
+        self,
+        job_id: str,
+        payload: Mapping[str, Any],
+        *,
+        callback_url: str | None = None,
+        workspaces: tuple[str, ...] | list[str] = (),
     ) -> ExecuteOutcome:
         """``POST /job/execute``, never sent twice once it may have reached the server.
 
+        ``callbackUrl`` is always sent (Opus refuses an execute without one): ``callback_url``,
+        else :data:`~opus_runner.urls.PLACEHOLDER_CALLBACK_URL`, a host that never resolves.
         It is resent only after a connect error, a pool timeout, or a 429/503 answer (the
         request certainly did nothing). After any other failure (read timeout, dropped
-        connection, 500/502/504) the job's status decides: executed -> an unconfirmed
-        :class:`ExecuteOutcome`; still not started -> :class:`ExecuteOutcomeUnknown`.
+        connection, 500/502/504) what the service knows of the job decides (see
+        :meth:`execute_received`): executed -> an unconfirmed :class:`ExecuteOutcome`;
+        otherwise :class:`ExecuteOutcomeUnknown`. A refusal, including one inside a 2xx body,
+        raises :class:`~opus_runner.errors.ExecuteRefused` with the platform's words.
         """
         self._require_key()
         path = "/job/execute"
         label = f"POST {path}"
         url = self._url(path)
-        body: dict[str, Any] = {"jobExecutionId": job_id, "jobPayloadSchemaInstance": payload}
-        if callback_url:
-            body["callbackUrl"] = callback_url
+        body: dict[str, Any] = {
+            "jobExecutionId": job_id,
+            "jobPayloadSchemaInstance": payload,
+            "callbackUrl": callback_url or PLACEHOLDER_CALLBACK_URL,
+        }
+        if workspaces:
+            body["workspaces"] = ",".join(workspaces)
         policy = self.retry
         for attempt in range(1, policy.attempts + 1):
             last = attempt == policy.attempts
@@ -864,7 +938,7 @@ class OpusClient:
                 if last:
                     raise error_from_response(response, method="POST", endpoint=path, job_id=job_id)
                 await self._pause(
-                    self._delay_for(response, attempt - 1), label, attempt, f"HTTP {status}"
+                    self._delay_for(response, attempt - 1), label, attempt, self._why(response)
                 )
                 continue
             if status >= 500:
@@ -872,8 +946,17 @@ class OpusClient:
                     job_id, f"HTTP {status}: {server_message(response)}", None
                 )
             if not response.is_success:
-                raise error_from_response(
+                error = error_from_response(
                     response, method="POST", endpoint=path, subject=f"job {job_id}", job_id=job_id
+                )
+                if isinstance(error, (AuthError, NotFoundError)) or status == 401:
+                    raise error
+                raise ExecuteRefused(
+                    f"Opus refused to execute job {job_id} (HTTP {status}): {error.message}",
+                    status_code=status,
+                    method="POST",
+                    endpoint=path,
+                    job_id=job_id,
                 )
             try:
                 data = _decode_json(response, method="POST", endpoint=path, job_id=job_id)
@@ -881,17 +964,19 @@ class OpusClient:
                 # A 2xx we cannot read still means the server took the request.
                 return await self._resolve_execute(job_id, exc.message, exc)
             data = data if isinstance(data, Mapping) else {}
-            message = data.get("message")
-            message = message if isinstance(message, str) else ""
-            if data.get("success") is False:
-                why = _message_from_json(data) or "no reason given"
-                raise ApiError(
-                    f"the server refused to execute job {job_id}: {redact.mask(why)}",
-                    status_code=status,
+            refusal = _refusal_in(data)
+            if refusal is not None:
+                inner, why = refusal
+                shown = f"HTTP {status}" + (f" carrying status {inner}" if inner else "")
+                raise ExecuteRefused(
+                    f"Opus refused to execute job {job_id} ({shown}): {redact.mask(why)}",
+                    status_code=inner or status,
                     method="POST",
                     endpoint=path,
                     job_id=job_id,
                 )
+            message = data.get("message")
+            message = message if isinstance(message, str) else ""
             return ExecuteOutcome(
                 job_id=job_id, confirmed=True, status=None, message=redact.mask(message)
             )
@@ -900,31 +985,32 @@ class OpusClient:
     async def _resolve_execute(
         self, job_id: str, reason: str, cause: BaseException | None
     ) -> ExecuteOutcome:
-        """The answer to execute was lost: read the job's status instead of sending it again."""
+        """The answer to execute was lost: read what the service knows instead of resending."""
         again = (
             f"Look again with `opus-run status {job_id}`, or finish the run later with "
             "`opus-run resume`"
         )
-        log.debug(redact.mask(f"POST /job/execute: answer lost ({reason}); reading job status"))
+        log.debug(redact.mask(f"POST /job/execute: answer lost ({reason}); reading the job"))
         try:
-            status = await self.status(job_id)
+            received, status = await self.execute_received(job_id)
         except OpusRunnerError as exc:
             raise ExecuteOutcomeUnknown(
                 redact.mask(
-                    f"the answer to execute was lost ({reason}) and the status of job {job_id} "
-                    f"could not be read either ({exc}); the request was not resent, so the job "
-                    f"may or may not be running. {again}."
+                    f"the answer to execute was lost ({reason}) and job {job_id} could not be "
+                    f"read either ({exc}); the request was not resent, so the job may or may "
+                    f"not be running. {again}."
                 ),
                 method="POST",
                 endpoint="/job/execute",
                 job_id=job_id,
             ) from exc
-        if status in NOT_STARTED_STATUSES or status == "UNKNOWN":
+        if not received:
+            shown = "holds no input" if received is False else "does not show whether it got one"
             raise ExecuteOutcomeUnknown(
                 redact.mask(
-                    f"the answer to execute was lost ({reason}) and job {job_id} still shows "
-                    f"status {status}; the request was not resent, so the job cannot run twice. "
-                    f"{again}."
+                    f"the answer to execute was lost ({reason}) and job {job_id} (status "
+                    f"{status}) {shown}; the request was not resent, so the job cannot run "
+                    f"twice. {again}."
                 ),
                 method="POST",
                 endpoint="/job/execute",
@@ -939,6 +1025,30 @@ class OpusClient:
             ),
         )
 
+    async def job(self, job_id: str) -> dict[str, Any]:
+        """``GET /job/{id}``: the job's detail (``status``, ``input``, ``output``, ``audit``...)."""
+        path = f"/job/{_id(job_id)}"
+        body = await self._call("GET", path, subject=f"job {job_id}", job_id=job_id)
+        return _expect_object(body, "GET", path, job_id=job_id)
+
+    async def execute_received(self, job_id: str) -> tuple[bool | None, str]:
+        """Whether Opus received an execute for ``job_id``: ``(True | False | None, status)``.
+
+        A status past PENDING proves it. PENDING is also what an initiated, never-executed job
+        may read (opus-api.md section 6), so then the job's detail decides: an ``input``
+        holding values means the payload arrived, an empty or null one that it did not. None:
+        the detail does not say (no ``input`` field at all).
+        """
+        status = await self.status(job_id)
+        if status not in AMBIGUOUS_STATUSES:
+            return True, status
+        detail = await self.job(job_id)
+        if "input" not in detail and isinstance(detail.get("data"), Mapping):
+            detail = dict(detail["data"])
+        if "input" not in detail:
+            return None, status
+        return bool(detail["input"]), normalise_status(detail.get("status") or status)
+
     async def status(self, job_id: str) -> str:
         """``GET /job/{id}/status``, normalised (``IN PROGRESS`` -> ``IN_PROGRESS``). Never
         raises on an unknown spelling."""
@@ -948,10 +1058,39 @@ class OpusClient:
         return normalise_status(raw)
 
     async def results(self, job_id: str) -> ResultsData:
-        """``GET /job/{id}/results``, with either published shape normalised into ``outputs``."""
+        """``GET /job/{id}/results``, every published shape normalised (:mod:`opus_runner.results`)."""
         path = f"/job/{_id(job_id)}/results"
         body = await self._call("GET", path, subject=f"job {job_id}", job_id=job_id)
-        return parse_results(_expect_object(body, "GET", path, job_id=job_id))
+        if not isinstance(body, (Mapping, list)):
+            raise ApiError(
+                f"expected a JSON object or list, the server answered with a JSON {type(body).__name__}",
+                method="GET",
+                endpoint=path,
+                job_id=job_id,
+            )
+        return parse_results(body)
+
+    async def file_download_url(
+        self, file_url: str, *, expiry: int = DOWNLOAD_URL_EXPIRY
+    ) -> dict[str, Any]:
+        """``POST /job/file/download``: a presigned URL for an output file reference.
+
+        Returns the answer (``presignedUrl``, ``fileUrl``, ``contentType``, ``contentLength``);
+        live clients could not GET ``fileUrl`` references directly (opus-api.md section 4).
+        """
+        path = "/job/file/download"
+        body = await self._call(
+            "POST",
+            path,
+            json_body={"fileUrl": file_url, "customExpiry": expiry},
+            subject=f"file {display_url(file_url)}",
+        )
+        data = _expect_object(body, "POST", path)
+        if not isinstance(data.get("presignedUrl"), str) or not data["presignedUrl"]:
+            raise ApiError(
+                f"the answer for {display_url(file_url)} has no presignedUrl", method="POST", endpoint=path
+            )
+        return data
 
     async def audit(self, job_id: str) -> AuditProgress:
         """``GET /job/{id}/audit``: node-level progress."""
@@ -978,6 +1117,37 @@ class OpusClient:
 
 # --------------------------------------------------------------------------------------------
 # Body decoding
+
+
+def job_id_of(value: Any) -> str | None:
+    """A job id as a string: live ids are numeric strings (``"72964"``); a JSON number is kept
+    as its digits. None for anything that is not an id."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (int, str)):
+        text = str(value).strip()
+        return text or None
+    return None
+
+
+def _refusal_in(data: Mapping[str, Any]) -> tuple[int | None, str] | None:
+    """``(inner status, reason)`` when a 2xx execute body carries a failure, else None.
+
+    Seen: ``{statusCode: 500, message: "Request failed with status code 422"}`` inside a 200;
+    the DTO has an ``error`` field; ``success: false`` (opus-api.md section 5).
+    """
+    inner = data.get("statusCode")
+    inner_code = _as_int(inner, 0) if not isinstance(inner, bool) else 0
+    error = data.get("error")
+    if inner_code >= 400:
+        return inner_code, _message_from_json(data) or f"inner status {inner_code}"
+    if isinstance(error, Mapping) or (isinstance(error, str) and error.strip()):
+        return None, _message_from_json(error) or _message_from_json(data) or "an error was reported"
+    if data.get("success") is False:
+        return None, _message_from_json(data) or "no reason given"
+    return None
 
 
 def _is_permanent(response: httpx.Response) -> bool:
@@ -1018,41 +1188,3 @@ def _expect_object(
             job_id=job_id,
         )
     return dict(body)
-
-
-def _error_text(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value.strip() or None
-    if isinstance(value, Mapping):
-        return _message_from_json(value) or json.dumps(value, default=str)
-    return None
-
-
-def parse_results(body: Mapping[str, Any]) -> ResultsData:
-    """Normalise a results body (opus-api.md section 6) into :class:`ResultsData`.
-
-    Current shape: ``{"jobResultsPayloadSchema": {var: {"value", ...}}}`` -> ``{var: value}``
-    (a bare value is kept as is). Older shape: ``{"results": {"summary", "outputFiles",
-    "data"}}`` -> ``{"summary", "outputFiles", **data}``, each key only when present.
-    """
-    raw = dict(body)
-    outputs: dict[str, Any] = {}
-    error = _error_text(raw.get("error")) or _error_text(raw.get("errorMessage"))
-    current = raw.get("jobResultsPayloadSchema")
-    legacy = raw.get("results")
-    if isinstance(current, Mapping):
-        for name, entry in current.items():
-            if isinstance(entry, Mapping) and "value" in entry:
-                outputs[str(name)] = entry["value"]
-            else:
-                outputs[str(name)] = entry
-    elif isinstance(legacy, Mapping):
-        if "summary" in legacy:
-            outputs["summary"] = legacy["summary"]
-        if "outputFiles" in legacy:
-            outputs["outputFiles"] = legacy["outputFiles"]
-        data = legacy.get("data")
-        if isinstance(data, Mapping):
-            outputs.update({str(k): v for k, v in data.items()})
-        error = error or _error_text(legacy.get("error"))
-    return ResultsData(outputs=outputs, raw=raw, error=redact.mask(error) if error else None)

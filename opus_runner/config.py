@@ -25,6 +25,7 @@ _KNOWN_KEYS = {
     "outputs",
     "notify",
     "sandbox_workflows",
+    "callback_url",
 }
 
 
@@ -42,6 +43,8 @@ class ProjectConfig:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     notify: list[dict[str, Any]] = field(default_factory=list)
     sandbox_workflows: Path | None = None
+    #: the receiver Opus POSTs to when a spec names none (callback.url wins)
+    callback_url: str | None = None
 
     @property
     def repo_root(self) -> Path:
@@ -129,6 +132,12 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
     base_url = table.get("base_url")
     if base_url is not None and not isinstance(base_url, str):
         raise ConfigError(f"{file}: base_url must be a string, found {base_url!r}")
+    callback_url = table.get("callback_url")
+    if callback_url is not None and (not isinstance(callback_url, str) or not callback_url.startswith("https://")):
+        raise ConfigError(
+            f"{file}: callback_url must be an https URL that Opus can reach, found {callback_url!r}; "
+            "remove it to send the never-resolving placeholder"
+        )
     return ProjectConfig(
         root=root,
         start=start,
@@ -140,6 +149,7 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
         outputs=list(table.get("outputs", [])),
         notify=list(table.get("notify", [])),
         sandbox_workflows=path_of("sandbox_workflows"),
+        callback_url=callback_url,
     )
 
 

@@ -12,7 +12,8 @@
     │   ├── AuthError                    3  the service key was rejected
     │   ├── NotFoundError                3  unknown workflow or job
     │   │   └── WorkflowNotFound         3  schema/init named an unknown workflow or version
-    │   └── ExecuteOutcomeUnknown        3  execute may or may not have reached the server
+    │   ├── ExecuteOutcomeUnknown        3  execute may or may not have reached the server
+    │   └── ExecuteRefused               1  the platform refused to execute one job (inside a 2xx too)
     ├── NetworkError                     3  the API could not be reached (after retries)
     ├── JobFailed                        1  a job ended FAILED or CANCELLED
     ├── JobTimedOut                      1  a job did not finish within its timeout
@@ -182,6 +183,20 @@ class ExecuteOutcomeUnknown(ApiError):
 
     It is never resent automatically; ``opus-run resume`` looks again later.
     """
+
+
+class ExecuteRefused(ApiError):
+    """The platform answered execute with a refusal: an error status, or a 2xx whose body says
+    it failed (an inner ``statusCode >= 400``, an ``error`` object, ``success: false``).
+
+    The job was not started; it is that job's failure (exit 1), not the whole run's, and it is
+    never resent blindly. Its text is the one sentence given (it names the job and the status).
+    """
+
+    exit_code = 1
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class NetworkError(OpusRunnerError):

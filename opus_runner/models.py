@@ -10,11 +10,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
 
-#: Statuses after which a job never changes again.
-# TIMED_OUT is a platform status too (the platform's own limit), not only the runner giving up.
-TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
-#: Statuses of a job that was initiated but not executed yet.
-NOT_STARTED_STATUSES = frozenset({"CREATED", "INITIATED", "NOT_STARTED", "DRAFT"})
+#: Statuses after which a job never changes again (opus-api.md section 6). TIMED_OUT is a
+#: platform status too (the platform's own limit), not only the runner giving up; ``stopped``
+#: (one source, any case) ends a job like a cancellation.
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "STOPPED"})
+#: Terminal statuses reported as a cancellation (event ``cancelled``).
+CANCELLED_STATUSES = frozenset({"CANCELLED", "STOPPED"})
+#: Statuses that do not show whether an execute arrived: an initiated job that was never
+#: executed may read PENDING, the same as a queued one, so the job's detail decides.
+AMBIGUOUS_STATUSES = frozenset({"PENDING", "UNKNOWN"})
 
 #: Input types of the Opus API (opus-api.md, "Input types").
 INPUT_TYPES = (
@@ -44,9 +48,21 @@ def normalise_status(raw: object) -> str:
     return text or "UNKNOWN"
 
 
+#: The input types that hold files: one file, or a list of files.
+FILE_TYPES = frozenset({"file", "array_files"})
+
+
 @dataclass(frozen=True)
 class InputField:
-    """One input of a workflow, as ``jobPayloadSchema`` describes it."""
+    """One input of a workflow, as the workflow's schema describes it.
+
+    ``type`` is what opus-runner coerces and validates for (``array_files`` for any list of
+    files); ``wire_type`` the type to send when the schema states another one (a list of files
+    described as ``array`` with file items), and ``type_definition`` the schema's description
+    of a list's items, sent as ``typeDefinition`` beside it. A ``type`` outside
+    :data:`INPUT_TYPES` is kept as the schema stated it (``known`` is then False); an entry that
+    states no type at all has ``type`` ``""``.
+    """
 
     variable_name: str
     display_name: str
@@ -54,24 +70,71 @@ class InputField:
     nullable: bool = False
     allowed_file_types: tuple[str, ...] = ()
     id: str | None = None
+    wire_type: str | None = None
+    type_definition: Any = field(default=None, compare=False, hash=False)
 
     @property
     def required(self) -> bool:
         return not self.nullable
 
+    @property
+    def known(self) -> bool:
+        """False for a type this version of opus-runner does not understand (or none at all)."""
+        return self.type in INPUT_TYPES
+
+    @property
+    def sent_type(self) -> str:
+        """The ``type`` sent in the payload: exactly what the workflow's schema states."""
+        return self.wire_type or self.type
+
     def as_entry(self) -> dict[str, Any]:
-        """This input normalised as a ``jobPayloadSchema`` entry (lock files, fingerprints)."""
-        return {
+        """This input normalised as a ``jobPayloadSchema`` entry (lock files, fingerprints).
+
+        The wire form appears only when it differs from ``type``, so entries of inputs without
+        one read as they always did (and lock files written before it still verify).
+        """
+        entry: dict[str, Any] = {
             "variable_name": self.variable_name,
             "display_name": self.display_name,
             "type": self.type,
             "is_nullable": self.nullable,
             "allowed_file_types": sorted(self.allowed_file_types),
         }
+        if self.wire_type:
+            entry["wire_type"] = self.wire_type
+            entry["type_definition"] = self.type_definition
+        return entry
 
     @property
     def is_file(self) -> bool:
-        return self.type in ("file", "array_files")
+        return self.type in FILE_TYPES
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """Where one job's uploaded files go (the spec's ``uploads``).
+
+    ``workspace_id`` None: the workflow's own workspace when it reports one, else the upload
+    is scoped by the workflow id (opus-api.md section 4).
+    """
+
+    access_scope: str = "organization"
+    workspace_id: str | None = None
+
+
+@dataclass(frozen=True)
+class WireValue:
+    """What an ``opus_coerce_value`` implementation returns to choose the wire form itself.
+
+    ``value`` is sent as the entry's ``value``; ``type`` replaces the ``type`` sent (default:
+    what the schema states) and ``type_definition``, when given, is sent as ``typeDefinition``.
+    The payload's value is still checked against the input's type; its ``type`` is the
+    plugin's choice.
+    """
+
+    value: Any
+    type: str | None = None
+    type_definition: Any = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +162,8 @@ class WorkflowSchema:
     inputs: tuple[InputField, ...] = ()
     version: int | None = None
     version_id: str | None = None
-    source: str = "v1"  # which route described it: "v1" (/workflow) or "v2" (workflow object)
+    source: str = "v1"  # which shape described it: "v1" (jobPayloadSchema) or "v2" (the graph)
+    workspace_id: str | None = None  # the workspace the workflow lives in, when it says
 
     def by_variable_name(self) -> dict[str, InputField]:
         return {f.variable_name: f for f in self.inputs}
@@ -198,3 +262,4 @@ class Context:
     #: state shared by every job of one run: plugins may keep caches here under their own name
     shared: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    uploads: UploadSettings = field(default_factory=UploadSettings)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError, ValidationFailed
-from .models import Context, InputField, WorkflowSchema
+from .models import Context, InputField, WireValue, WorkflowSchema
 from .paths import display_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,11 +172,11 @@ async def build_payload(
             problem(key, f"{key!r} and {other!r} both set input {spec_field.variable_name}; keep one")
             continue
         item = unwrap(str(key), raw, spec_field)
-        if item.declared_type is not None and item.declared_type != spec_field.type:
+        if item.declared_type is not None and item.declared_type not in (spec_field.type, spec_field.sent_type):
             problem(
                 key,
                 f"type {item.declared_type!r} was given, but the workflow's input "
-                f"{spec_field.display_name!r} is of type {spec_field.type!r}",
+                f"{spec_field.display_name!r} is of type {spec_field.sent_type!r}",
             )
             continue
         chosen[spec_field.variable_name] = (spec_field, item)
@@ -190,6 +190,7 @@ async def build_payload(
             )
 
     payload: dict[str, dict[str, Any]] = {}
+    chosen_wire: set[str] = set()  # inputs whose wire form a coercion plugin chose
     files: list[Path] = []
     uploads = 0
     # Check every local file of the job before the first upload starts.
@@ -257,23 +258,45 @@ async def build_payload(
         except (ValueError, TypeError) as exc:
             problem(item.key, f"input {spec_field.display_name!r} ({spec_field.type}): {_reason(exc)}")
             continue
-        payload[var] = {"value": sent, "type": spec_field.type, "displayName": spec_field.display_name}
+        if isinstance(sent, WireValue):
+            payload[var] = wire_entry(spec_field, sent.value, sent.type, sent.type_definition)
+            chosen_wire.add(var)
+        else:
+            payload[var] = wire_entry(spec_field, sent)
 
     # Nullable inputs the spec leaves out are sent as null, so the payload names every input.
     for spec_field in schema.inputs:
         if spec_field.variable_name not in payload and not spec_field.required:
-            payload[spec_field.variable_name] = {
-                "value": None,
-                "type": spec_field.type,
-                "displayName": spec_field.display_name,
-            }
+            payload[spec_field.variable_name] = wire_entry(spec_field, None)
     if errors:
         raise ValidationFailed(errors)
     if check_schema:
-        errors.extend(validate_payload(payload, schema, spec_file, chosen, lines))
+        errors.extend(validate_payload(payload, schema, spec_file, chosen, lines, plugin_wire=chosen_wire))
     if errors:
         raise ValidationFailed(errors)
     return BuiltPayload(payload=payload, files=files, uploads=uploads)
+
+
+def wire_entry(
+    spec_field: InputField, value: Any, wire_type: str | None = None, type_definition: Any = None
+) -> dict[str, Any]:
+    """One ``jobPayloadSchemaInstance`` entry, typed exactly as the workflow's schema states.
+
+    A list of files that the schema describes as ``array`` with file items goes with its
+    ``typeDefinition``: without it the platform hands the workflow the URLs as plain text
+    (opus-api.md section 5). ``displayName`` is always sent: the Opus UI needs it.
+    """
+    entry: dict[str, Any] = {"value": value}
+    sent_type = wire_type or spec_field.sent_type
+    if sent_type:
+        entry["type"] = sent_type
+    definition = type_definition
+    if definition is None and wire_type is None and spec_field.wire_type == "array":
+        definition = spec_field.type_definition or {"allowed_types": [{"type": "file"}]}
+    if definition is not None:
+        entry["typeDefinition"] = definition
+    entry["displayName"] = spec_field.display_name
+    return entry
 
 
 _VALIDATORS: dict[int, Any] = {}
@@ -285,8 +308,14 @@ def validate_payload(
     spec_file: str,
     chosen: Mapping[str, tuple[InputField, InputValue]],
     lines: Mapping[str, int | None],
+    *,
+    plugin_wire: frozenset[str] | set[str] = frozenset(),
 ) -> list[SpecError]:
-    """Check the final payload against the workflow's JSON Schema (catches plugin coercers too)."""
+    """Check the final payload against the workflow's JSON Schema (catches plugin coercers too).
+
+    ``plugin_wire`` names inputs whose wire form a coercion plugin chose (a WireValue): their
+    ``type`` is the plugin's business, their value is still checked.
+    """
     from jsonschema import Draft202012Validator
 
     from .workflow import payload_json_schema
@@ -300,6 +329,8 @@ def validate_payload(
     found: list[SpecError] = []
     for err in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path))):
         var = str(err.path[0]) if err.path else None
+        if var in plugin_wire and len(err.path) > 1 and err.path[1] == "type":
+            continue
         key = chosen[var][1].key if var in chosen else var
         label = key or "inputs"
         found.append(

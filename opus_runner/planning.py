@@ -18,10 +18,11 @@ from typing import Any
 
 from .durations import parse_duration
 from .errors import SpecError, TemplateError, UsageError
-from .models import WorkflowRef
+from .models import UploadSettings, WorkflowRef
 from .paths import display_path
 from .spec import Spec
 from .templating import Templater, build_context
+from .workflow import workflow_id_problem
 
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_POLL = 2.0
@@ -52,10 +53,13 @@ class JobPlan:
     description: str
     inputs: dict[str, Any]
     wait: WaitSettings
-    callback_url: str | None
+    callback_url: str | None  # the spec's callback.url; the runner falls back (see docs/spec.md)
     outputs: list[dict[str, Any]]
     notify: list[dict[str, Any]]
     context: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: ``workspaces`` for initiate and execute; empty: the workflow's own workspace, if known
+    workspaces: tuple[str, ...] = ()
+    uploads: UploadSettings = field(default_factory=lambda: UploadSettings())
 
     def describe(self) -> dict[str, Any]:
         """What the journal keeps to find this plan again on resume."""
@@ -91,6 +95,21 @@ class PlanFilter:
             if shard_of(plan.key, n) != k:
                 return False
         return True
+
+
+def _workspaces(spec: Spec, raw: Any, line: int | None) -> tuple[str, ...]:
+    """``workflow.workspaces`` as ids: a list, or one comma-separated string (as the API takes it)."""
+    if raw in (None, "", []):
+        return ()
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+        raise SpecError(
+            f"workflow.workspaces must be a list of workspace ids (or one comma-separated string), found {raw!r}",
+            file=_rel(spec),
+            key=("workflow", "workspaces"),
+            line=line,
+        )
+    return tuple(i.strip() for i in items)
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -266,6 +285,7 @@ class Planner:
         inputs = render(data.get("inputs") or {}, context, file=file, key=("inputs",))
         wait_raw = render(data.get("wait") or {}, context, file=file, key=("wait",))
         callback = render(data.get("callback") or {}, context, file=file, key=("callback",))
+        uploads_raw = render(data.get("uploads") or {}, context, file=file, key=("uploads",))
 
         wait = self._wait(spec, wait_raw)
         callback_url = callback.get("url") or None
@@ -277,6 +297,9 @@ class Planner:
                     key=("callback", "url"),
                     line=at(("callback", "url")),
                 )
+        problem = workflow_id_problem(workflow.get("id"))
+        if problem:
+            raise SpecError(problem, file=file, key=("workflow", "id"), line=at(("workflow", "id")))
         version = workflow.get("version")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             raise SpecError(
@@ -307,6 +330,11 @@ class Planner:
             outputs=[dict(o) for o in data.get("outputs") or self.default_outputs],
             notify=[dict(n) for n in data.get("notify") or self.default_notify],
             context=context,
+            workspaces=_workspaces(spec, workflow.get("workspaces"), at(("workflow", "workspaces"))),
+            uploads=UploadSettings(
+                access_scope=uploads_raw.get("access_scope") or UploadSettings.access_scope,
+                workspace_id=uploads_raw.get("workspace_id") or None,
+            ),
         )
 
     def _wait(self, spec: Spec, raw: Mapping[str, Any]) -> WaitSettings:

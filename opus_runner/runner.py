@@ -30,6 +30,8 @@ from .durations import parse_duration
 from .errors import (
     ApiError,
     ConfigError,
+    ExecuteOutcomeUnknown,
+    ExecuteRefused,
     OpusRunnerError,
     SpecError,
     UsageError,
@@ -37,9 +39,10 @@ from .errors import (
 )
 from .paths import display_path
 from .models import (
-    NOT_STARTED_STATUSES,
+    CANCELLED_STATUSES,
     TERMINAL_STATUSES,
     Context,
+    UploadSettings,
     JobEvent,
     JobResult,
     WorkflowRef,
@@ -48,6 +51,7 @@ from .models import (
 from .planning import JobPlan, Planner, PlanFilter, parse_assignments, parse_shard
 from .progress import Reporter, now_iso
 from .spec import Spec, find_specs, load_spec
+from .workflow import unknown_type_warning
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import OpusClient
@@ -62,7 +66,14 @@ NOTIFIER_TIMEOUT = 10.0
 MAX_CHECKED_PLANS = 5000
 #: the status a job gets in the journal and outputs when the runner stopped waiting for it
 GAVE_UP = "TIMED_OUT"
-_TERMINAL_EVENT = {"COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "cancelled", "TIMED_OUT": "timed_out"}
+_TERMINAL_EVENT = {
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    **{status: "cancelled" for status in CANCELLED_STATUSES},
+    "TIMED_OUT": "timed_out",
+}
+#: consecutive UNKNOWN statuses after which the user is warned (the job is still followed)
+UNKNOWN_WARN_AFTER = 3
 
 
 @dataclass
@@ -338,6 +349,7 @@ class Runner:
             output_format=self.options.output_format,
             quiet=self.options.quiet,
             shared=self.shared,
+            uploads=plan.uploads if plan else UploadSettings(),
         )
 
     # -- schemas -----------------------------------------------------------------------------
@@ -357,6 +369,9 @@ class Runner:
         schema = await self.host.first("opus_workflow_schema", offload=True, workflow_ref=ref, ctx=ctx)
         if schema is None:
             raise ConfigError(f"no plugin could describe workflow {ref.id}")
+        for f in schema.inputs:
+            if not f.known:
+                self.reporter.message(unknown_type_warning(schema, f), level="warning")
         return schema
 
     async def _payload_for(self, plan: JobPlan, *, dry_run: bool) -> tuple[BuiltPayload, Context]:
@@ -766,12 +781,21 @@ class Runner:
 
         if phase == "executing" and job_id is not None:
             # The run stopped between sending execute and hearing back: the platform knows.
-            status = await client.status(job_id)
-            if status in NOT_STARTED_STATUSES:
-                phase = "initiated"
-            else:
+            # Its status cannot tell (a never-executed job reads PENDING too); the job's detail
+            # shows whether the payload arrived.
+            received, status = await client.execute_received(job_id)
+            if received is None:
+                raise ExecuteOutcomeUnknown(
+                    f"job {job_id} was being executed when the run stopped, and Opus does not "
+                    f"show whether the execute arrived (status {status}, no input in its "
+                    f"detail); it was not sent again. Check it in Opus, then resume again",
+                    job_id=job_id,
+                )
+            if received:
                 phase = "executed"
                 journal.mark_executed(row_id)  # type: ignore[arg-type]
+            else:
+                phase = "initiated"
 
         if phase in ("planned", "initiated", "executing"):
             if prepared is not None:
@@ -793,6 +817,7 @@ class Runner:
                     payload=redact.mask_obj(_jsonable(payload)),
                     plan=plan.describe(),
                 )
+            workspaces = self._workspaces(plan, ctx)
             if job_id is None:
                 job_id = await client.initiate(
                     plan.workflow.id,
@@ -800,12 +825,22 @@ class Runner:
                     description=plan.description,
                     version=plan.workflow.version,
                     version_id=plan.workflow.version_id,
+                    workspaces=workspaces,
                 )
                 journal.set_job_id(row_id, job_id)  # durable before execute is sent
             outcome.job_id = ctx.job_id = job_id
             await self.host.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
             journal.mark_executing(row_id)
-            execution = await client.execute(job_id, payload, callback_url=plan.callback_url)
+            try:
+                execution = await client.execute(
+                    job_id, payload, callback_url=self._callback_url(plan), workspaces=workspaces
+                )
+            except ExecuteRefused as exc:
+                # The job never started: it ends here, FAILED with the platform's words, so
+                # neither this run nor a resume sends it again blindly.
+                result = await self._refused(plan, job_id, row_id, ctx, outcome, exc)
+                await self._deliver(plan, result, row_id, ctx, outcome, only=None)
+                return
             journal.mark_executed(row_id)
             outcome.status = execution.status or "PENDING"
             await self._event(JobEvent("submitted", job_id, plan.spec.name, outcome.status, plan.key), plan, ctx)
@@ -833,8 +868,17 @@ class Runner:
         deadline = time.monotonic() + settings.timeout
         interval = settings.poll_interval
         last: str | None = None
+        unknown = 0  # consecutive UNKNOWN readings
         while True:
             status = await self.client.status(job_id)
+            unknown = unknown + 1 if status == "UNKNOWN" else 0
+            if unknown == UNKNOWN_WARN_AFTER:
+                self.reporter.message(
+                    f"{plan.key}: job {job_id} has reported status UNKNOWN {unknown} times in a row; "
+                    f"still checking until wait.timeout ({settings.timeout:g}s). Look at it with "
+                    f"'opus-run status {job_id}' or in Opus",
+                    level="warning",
+                )
             if status != last:
                 self.journal.add_status(row_id, status)
                 outcome.status = status
@@ -855,7 +899,8 @@ class Runner:
                 return None
             await asyncio.sleep(min(remaining, interval * random.uniform(0.8, 1.0)))
             # Gentle growth: a 10 s job is seen within about 2 s of its end with 6 status calls.
-            interval = min(settings.max_interval, interval * 1.3)
+            # UNKNOWN is re-checked at the first interval: it is a reading to confirm, not progress.
+            interval = settings.poll_interval if unknown else min(settings.max_interval, interval * 1.3)
 
     async def _finish(
         self,
@@ -881,6 +926,14 @@ class Runner:
             data = await self.client.results(job_id)
             result.outputs = redact.mask_obj(data.outputs)
             result.raw = redact.mask_obj(data.raw)
+            if not data.recognised:
+                shown = ", ".join(sorted(map(str, data.raw))) if isinstance(data.raw, Mapping) else type(data.raw).__name__
+                self.reporter.message(
+                    f"{plan.key}: job {job_id} completed, but its results hold no outputs opus-runner "
+                    f"recognises (keys: {shown or 'none'}); its outputs are left empty. Look at the "
+                    f"answer with 'opus-run results {job_id}'",
+                    level="warning",
+                )
         elif status == GAVE_UP and gave_up:
             result.error = (
                 f"job {job_id} did not finish within {plan.wait.timeout:g}s; it may still be running: "
@@ -917,6 +970,41 @@ class Runner:
             if data.error:
                 parts.append(data.error)
         return redact.mask("; ".join(parts))
+
+    def _workspaces(self, plan: JobPlan, ctx: Context) -> tuple[str, ...]:
+        """``workflow.workspaces``, else the workflow's own workspace when it reports one."""
+        if plan.workspaces:
+            return plan.workspaces
+        own = ctx.workflow.workspace_id if ctx.workflow else None
+        return (own,) if own else ()
+
+    def _callback_url(self, plan: JobPlan) -> str:
+        """The spec's ``callback.url``, else the project's ``callback_url``, else the
+        never-resolving placeholder (Opus requires one on every execute)."""
+        from .urls import PLACEHOLDER_CALLBACK_URL
+
+        configured = self.config.callback_url if self.config else None
+        return plan.callback_url or configured or PLACEHOLDER_CALLBACK_URL
+
+    async def _refused(
+        self, plan: JobPlan, job_id: str, row_id: int, ctx: Context, outcome: JobOutcome, exc: ExecuteRefused
+    ) -> JobResult:
+        assert self.journal is not None
+        error = redact.mask(str(exc.message))
+        result = JobResult(
+            job_id=job_id,
+            status="FAILED",
+            spec_name=plan.spec.name,
+            plan_key=plan.key,
+            title=plan.title,
+            finished_at=now_iso(),
+            error=error,
+        )
+        self.journal.set_result(row_id, status="FAILED", result={**result.as_dict(), "raw": {}}, error=error)
+        outcome.status, outcome.result, outcome.error, outcome.exit_code = "FAILED", result, error, exc.exit_code
+        self.reporter.message(f"{plan.key}: {error}", level="error")
+        await self._event(JobEvent("failed", job_id, plan.spec.name, "FAILED", plan.key, result=result, error=error), plan, ctx)
+        return result
 
     # -- events, outputs, notifiers ----------------------------------------------------------
 

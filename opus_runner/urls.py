@@ -7,6 +7,11 @@ from urllib.parse import urlsplit
 
 from .redact import mask
 
+#: The ``callbackUrl`` sent when nobody configured a receiver. Opus requires one on every execute
+#: (``""`` is refused) and POSTs the job's result to it, so it must be a host nobody can own:
+#: ``.invalid`` never resolves (RFC 6761), so no third party ever receives a result.
+PLACEHOLDER_CALLBACK_URL = "https://no-callback-receiver.opus-runner.invalid/callback"
+
 
 def is_loopback_host(host: str | None) -> bool:
     """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``)."""

@@ -7,28 +7,34 @@ to one field, and describe a valid ``jobPayloadSchemaInstance`` as a JSON Schema
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from .errors import ApiError
-from .models import InputField, WorkflowSchema
+from .models import FILE_TYPES, INPUT_TYPES, InputField, WorkflowSchema
 
 __all__ = [
+    "VALUE_SCHEMAS",
     "fields_from_job_payload_schema",
+    "is_workflow_graph",
+    "is_workflow_uuid",
     "payload_json_schema",
     "resolve_input",
     "schema_fingerprint",
     "schema_from_workflow",
     "schema_from_workflow_object",
+    "unknown_type_warning",
+    "workflow_id_problem",
 ]
 
 JSON_SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
 # A calendar date as the API takes it; month and day ranges are checked, leap years are not.
 DATE_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
-_FILE_TYPES = ("file", "array_files")
 _TRUE = {"true", "yes", "1", "y", "on"}
 
 
@@ -39,11 +45,64 @@ def _as_bool(value: Any) -> bool:
 
 
 def _type_name(raw: Any) -> str:
+    """A stated type, lower case; ``""`` when none is stated (never a guess such as ``str``)."""
     # v2 sometimes nests the type: {"type": "float", "type_definition": null}.
     if isinstance(raw, Mapping):
         raw = raw.get("type")
-    text = str(raw).strip().lower() if raw not in (None, "") else ""
-    return text or "str"
+    return str(raw).strip().lower() if raw not in (None, "") else ""
+
+
+def _describes_files(definition: Any) -> bool:
+    """Whether a list's ``type_definition`` says its items are files.
+
+    Seen as ``{"id": "file", "variable_name": "file", "allowed_types": [{"type": "file"}]}``,
+    as ``{"type": "file"}`` and as the bare string ``"file"``.
+    """
+    if isinstance(definition, str):
+        return _type_name(definition) == "file"
+    if not isinstance(definition, Mapping):
+        return False
+    if _type_name(definition.get("type")) == "file":
+        return True
+    allowed = definition.get("allowed_types")
+    if isinstance(allowed, list) and allowed:
+        return _type_name(allowed[0]) == "file"
+    return False
+
+
+def _allows_files(entry: Mapping[str, Any]) -> bool:
+    allowed = entry.get("allowed_types")
+    return isinstance(allowed, list) and any(_type_name(a) == "file" for a in allowed)
+
+
+def _entry_type(entry: Mapping[str, Any]) -> tuple[str, str | None, Any]:
+    """``(type, wire_type, type_definition)`` of one schema entry (see InputField).
+
+    A bare ``type`` is read first (the documented ``jobPayloadSchema``, and lock files, which
+    add ``wire_type``); a live v2 entry has none and states its type in ``allowed_types[0]``,
+    with ``type_definition`` describing a list's items. A list whose items are files becomes
+    ``array_files``, sent as the schema states it.
+    """
+    stated = _type_name(entry.get("type"))
+    if stated:
+        wire = entry.get("wire_type")
+        if isinstance(wire, str) and wire:
+            return stated, wire, entry.get("type_definition")
+        if stated not in FILE_TYPES and _allows_files(entry):
+            # The older v2 shape: a bare type plus allowed_types naming files.
+            if stated == "array":
+                return "array_files", "array", {"allowed_types": [{"type": "file"}]}
+            return "file", None, None
+        return stated, None, None
+    allowed = entry.get("allowed_types")
+    first = allowed[0] if isinstance(allowed, list) and allowed else None
+    if not isinstance(first, Mapping):
+        return "", None, None
+    kind = _type_name(first.get("type"))
+    definition = first.get("type_definition")
+    if kind == "array" and _describes_files(definition):
+        return "array_files", "array", definition
+    return kind, None, definition if kind == "array" else None
 
 
 def _file_type(value: Any) -> str:
@@ -63,6 +122,10 @@ def _allowed_file_types(entry: Mapping[str, Any]) -> tuple[str, ...]:
     direct = entry.get("allowed_file_types")
     if isinstance(direct, list):
         found.extend(direct)
+    definition = entry.get("type_definition")
+    if not found and isinstance(definition, Mapping) and definition is not entry:
+        # A list of files may carry the allowed types on its item definition.
+        return _allowed_file_types(definition)
     out: list[str] = []
     for item in found:
         name = _file_type(item) if item is not None else ""
@@ -76,8 +139,10 @@ def fields_from_job_payload_schema(mapping: Mapping[str, Any] | None) -> tuple[I
 
     Each entry is ``{id, variable_name, display_name, type, is_nullable, tags?}``. A missing
     ``variable_name`` falls back to the mapping key, a missing ``display_name`` to the variable
-    name, a missing ``type`` to ``str``. ``tags`` entries named ``allowed_file_types`` become
-    upper-case extensions without dots (``.pdf`` -> ``PDF``).
+    name. The type is the bare ``type``, else ``allowed_types[0].type`` (live v2 entries); an
+    unknown type is kept as stated, a missing one is ``""`` (see :func:`_entry_type`). ``tags``
+    entries named ``allowed_file_types`` become upper-case extensions without dots
+    (``.pdf`` -> ``PDF``).
     """
     if mapping is None:
         return ()
@@ -97,14 +162,17 @@ def fields_from_job_payload_schema(mapping: Mapping[str, Any] | None) -> tuple[I
         display_name = str(entry.get("display_name") or entry.get("displayName") or variable_name)
         nullable = entry.get("is_nullable", entry.get("nullable", False))
         raw_id = entry.get("id")
+        kind, wire_type, definition = _entry_type(entry)
         fields.append(
             InputField(
                 variable_name=variable_name,
                 display_name=display_name,
-                type=_type_name(entry.get("type")),
+                type=kind,
                 nullable=_as_bool(nullable),
                 allowed_file_types=_allowed_file_types(entry),
                 id=str(raw_id) if raw_id not in (None, "") else None,
+                wire_type=wire_type,
+                type_definition=definition,
             )
         )
     return tuple(fields)
@@ -139,8 +207,10 @@ def schema_from_workflow(
     version_id: str | None = None,
     workflow_id: str | None = None,
 ) -> WorkflowSchema:
-    """A WorkflowSchema from a v1 ``GET /workflow/{id}`` body (``jobPayloadSchema`` inside).
+    """A WorkflowSchema from a ``GET /workflow/{id}`` body, whichever shape it has.
 
+    The reference documents ``{jobPayloadSchema: {VAR: entry}}``; live, for a UUID id, the same
+    route answers the v2 graph instead (opus-api.md section 2), which is read as such.
     ``version``/``version_id`` record the pin the body was fetched with (else the body's own
     version fields); ``workflow_id`` is the id asked for, used when the body does not name it.
     """
@@ -150,6 +220,15 @@ def schema_from_workflow(
         )
     if "jobPayloadSchema" not in body and isinstance(body.get("data"), Mapping):
         body = body["data"]
+    if "jobPayloadSchema" not in body and is_workflow_graph(body):
+        schema = schema_from_workflow_object(
+            body, str(workflow_id or body.get("workflow_id") or body.get("id") or "")
+        )
+        return dataclasses.replace(
+            schema,
+            version=version if version is not None else schema.version,
+            version_id=version_id or schema.version_id,
+        )
     if "jobPayloadSchema" not in body:
         keys = ", ".join(sorted(map(str, body))) or "none"
         raise ApiError(
@@ -169,27 +248,36 @@ def schema_from_workflow(
         version_id=version_id
         or (str(body["workflowVersionId"]) if body.get("workflowVersionId") else None),
         source="v1",
+        workspace_id=_workspace_of(body),
     )
 
 
-def _mark_file_input(entry: Mapping[str, Any]) -> Mapping[str, Any]:
-    allowed = entry.get("allowed_types")
-    if not isinstance(allowed, list):
-        return entry
-    is_file = any(isinstance(a, Mapping) and _type_name(a.get("type")) == "file" for a in allowed)
-    current = _type_name(entry.get("type"))
-    if not is_file or current in _FILE_TYPES:
-        return entry
-    # A list whose items are files is a multi-file input; anything else holds one file.
-    return {**entry, "type": "array_files" if current == "array" else "file"}
+def is_workflow_graph(body: Mapping[str, Any]) -> bool:
+    """Whether ``body`` is a v2 workflow graph (an input node id and nodes)."""
+    return "workflow_input_node_id" in body or (
+        "nodes" in body and ("workflow_id" in body or "edges" in body)
+    )
+
+
+def _workspace_of(body: Mapping[str, Any]) -> str | None:
+    for key in ("workspace_id", "workspaceId"):
+        value = body.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    workspace = body.get("workspace")
+    if isinstance(workspace, Mapping):
+        value = workspace.get("id")
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def schema_from_workflow_object(body: Mapping[str, Any], workflow_id: str) -> WorkflowSchema:
     """A WorkflowSchema from a v2 workflow object (``/reference-workflow/v2/workflow-object``).
 
     The inputs are on the node named by ``workflow_input_node_id``, under
-    ``output_schema.schema`` else ``input_schema.schema``. An entry with
-    ``allowed_types: [{"type": "file"}]`` is a file input (``array`` becomes ``array_files``).
+    ``input_schema.schema`` else ``output_schema.schema`` (clients have read either). ``nodes``
+    is a mapping keyed by node id (live), or a list of nodes (seen in older answers).
     """
     if not isinstance(body, Mapping):
         raise ApiError(
@@ -215,7 +303,7 @@ def schema_from_workflow_object(body: Mapping[str, Any], workflow_id: str) -> Wo
             )
         input_node = node
         mapping = None
-        for key in ("output_schema", "input_schema"):
+        for key in ("input_schema", "output_schema"):
             holder = node.get(key)
             candidate = holder.get("schema") if isinstance(holder, Mapping) else None
             candidate = (
@@ -226,10 +314,6 @@ def schema_from_workflow_object(body: Mapping[str, Any], workflow_id: str) -> Wo
                 break
         if mapping is None:
             mapping = {}
-    if isinstance(mapping, Mapping):
-        mapping = {
-            k: _mark_file_input(v) if isinstance(v, Mapping) else v for k, v in mapping.items()
-        }
     raw_version_id = (
         body.get("workflow_version_id")
         or body.get("version_id")
@@ -243,6 +327,7 @@ def schema_from_workflow_object(body: Mapping[str, Any], workflow_id: str) -> Wo
         version=_optional_int(body.get("version")),
         version_id=str(raw_version_id) if raw_version_id else None,
         source="v2",
+        workspace_id=_workspace_of(body),
     )
 
 
@@ -277,34 +362,34 @@ def resolve_input(schema: WorkflowSchema, key: str) -> InputField:
     raise LookupError(message)
 
 
+#: The JSON Schema of a value of each input type, as sent (after coercion).
+VALUE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "str": {"type": "string"},
+    "float": {"type": "number"},
+    "int": {"type": "integer"},
+    "bool": {"type": "boolean"},
+    "date": {"type": "string", "pattern": DATE_PATTERN},
+    "file": {"type": "string", "minLength": 1},
+    "array": {"type": "array"},
+    "array_files": {"type": "array", "items": {"type": "string", "minLength": 1}},
+    "object": {"type": "object"},
+    # JSON text; coercion has parsed or produced it, so only its kind is checked here.
+    "json_string": {"type": "string", "minLength": 1},
+}
+
+
 def _value_schema(input_type: str) -> dict[str, Any]:
-    if input_type == "str":
-        return {"type": "string"}
-    if input_type == "float":
-        return {"type": "number"}
-    if input_type == "bool":
-        return {"type": "boolean"}
-    if input_type == "date":
-        return {"type": "string", "pattern": DATE_PATTERN}
-    if input_type == "file":
-        return {"type": "string", "minLength": 1}
-    if input_type == "array":
-        return {"type": "array"}
-    if input_type == "array_files":
-        return {"type": "array", "items": {"type": "string", "minLength": 1}}
-    if input_type == "object":
-        return {"type": "object"}
     # A type this version does not know: let the server judge the value.
-    return {}
+    return dict(VALUE_SCHEMAS.get(input_type, {}))
 
 
 def payload_json_schema(schema: WorkflowSchema) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a valid ``jobPayloadSchemaInstance`` for ``schema``.
 
     One property per input variable, ``{value, type, displayName}`` with ``type`` fixed to the
-    workflow's type and ``value`` typed accordingly; non-nullable inputs are required and may
-    not be null; variables the workflow does not have are refused. Entries may carry extra keys
-    (``typeDefinition``), which the API accepts.
+    type the workflow states (:attr:`InputField.sent_type`) and ``value`` typed accordingly;
+    non-nullable inputs are required and may not be null; variables the workflow does not have
+    are refused. Entries may carry extra keys (``typeDefinition``), which the API accepts.
     """
     properties: dict[str, Any] = {}
     required: list[str] = []
@@ -317,10 +402,10 @@ def payload_json_schema(schema: WorkflowSchema) -> dict[str, Any]:
             "title": f.display_name,
             "properties": {
                 "value": value,
-                "type": {"const": f.type},
+                "type": {"const": f.sent_type},
                 "displayName": {"type": "string"},
             },
-            "required": ["value", "type"],
+            "required": ["value", "type"] if f.sent_type else ["value"],
         }
         if not f.nullable:
             required.append(f.variable_name)
@@ -340,3 +425,34 @@ def schema_fingerprint(schema: WorkflowSchema) -> str:
     inputs = sorted((f.as_entry() for f in schema.inputs), key=lambda item: str(item["variable_name"]))
     text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+#: What to tell someone whose workflow id is not a UUID (opus-api.md section 1).
+WORKFLOW_ID_HINT = (
+    "Opus identifies workflows by UUID (like 3f69dcbf-2d6e-4b8a-9c1e-5a7b0c4d2e11): open the "
+    "workflow from the Workflows tab of the Opus app and copy the UUID at the end of the "
+    "address (.../app/workflow/<uuid>); the 16-character short ids of older links are refused"
+)
+
+
+def is_workflow_uuid(value: Any) -> bool:
+    """Whether ``value`` is a workflow id of the form Opus uses (a UUID)."""
+    return isinstance(value, str) and _UUID.match(value.strip()) is not None
+
+
+def workflow_id_problem(value: Any) -> str | None:
+    """The sentence to say about a workflow id that is not a UUID, or None when it is one."""
+    if is_workflow_uuid(value):
+        return None
+    return f"the workflow id {value!r} is not a UUID; {WORKFLOW_ID_HINT}"
+
+
+def unknown_type_warning(schema: WorkflowSchema, f: InputField) -> str:
+    """The one sentence said (once per workflow and run) about an input type not understood."""
+    stated = f"type {f.type!r}" if f.type else "no type"
+    return (
+        f"workflow {schema.workflow_id}: input {f.display_name!r} ({f.variable_name}) has "
+        f"{stated}, which this opus-runner does not understand; its value is sent as written "
+        f"with that type, and only its presence is checked (known types: {', '.join(INPUT_TYPES)})"
+    )

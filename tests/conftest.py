@@ -17,10 +17,21 @@ from opus_runner.cli import main
 
 FAST_WAIT = "wait: {timeout: 20s, poll_interval: 50ms, max_interval: 200ms}\n"
 
+#: The test workflows' UUIDs (Opus identifies workflows by UUID), by a name tests can read.
+WF: dict[str, str] = {
+    "all-types": "00000000-0000-4000-8000-000000000001",
+    "quick": "00000000-0000-4000-8000-000000000002",
+    "medium": "00000000-0000-4000-8000-000000000003",
+    "slow": "00000000-0000-4000-8000-000000000004",
+    "broken": "00000000-0000-4000-8000-000000000005",
+    "dup-names": "00000000-0000-4000-8000-000000000006",
+    "newer": "00000000-0000-4000-8000-000000000007",
+}
+
 #: Small, fast workflows for end-to-end tests (durations in tenths of a second).
 WORKFLOWS: dict[str, Any] = {
     "workflows": {
-        "all-types": {
+        WF["all-types"]: {
             "name": "Every input type",
             "duration": "0.1s",
             "version": 2,
@@ -43,7 +54,7 @@ WORKFLOWS: dict[str, Any] = {
                 }
             },
         },
-        "quick": {
+        WF["quick"]: {
             "name": "Quick",
             "duration": "0.1s",
             "inputs": [
@@ -52,19 +63,19 @@ WORKFLOWS: dict[str, Any] = {
             ],
             "outputs": {"answer": "Answer to {{ inputs.Question }}"},
         },
-        "medium": {
+        WF["medium"]: {
             "name": "Medium",
             "duration": "1s",
             "inputs": [{"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"}],
             "outputs": {"answer": "Answer to {{ inputs.Question }}"},
         },
-        "slow": {
+        WF["slow"]: {
             "name": "Slow",
             "duration": "30s",
             "inputs": [{"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"}],
             "outputs": {"answer": "late"},
         },
-        "broken": {
+        WF["broken"]: {
             "name": "Broken",
             "duration": "0.1s",
             "fail": "Node 'Score' raised: model quota exceeded",
@@ -73,7 +84,7 @@ WORKFLOWS: dict[str, Any] = {
             "inputs": [{"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"}],
             "outputs": {"answer": "never"},
         },
-        "dup-names": {
+        WF["dup-names"]: {
             "name": "Duplicate display names",
             "duration": "0.1s",
             "inputs": [
@@ -82,7 +93,7 @@ WORKFLOWS: dict[str, Any] = {
             ],
             "outputs": {"answer": "x"},
         },
-        "newer": {
+        WF["newer"]: {
             "name": "Only on the v2 route",
             "api": "v2-only",
             "duration": "0.1s",
@@ -168,6 +179,8 @@ def make_result(**kw: Any) -> Any:
 
 
 def header(name: str, workflow: str, extra: str = "") -> str:
+    """A spec's first lines; ``workflow`` is a name from :data:`WF` or a workflow id."""
+    workflow = WF.get(workflow, workflow)
     return textwrap.dedent(
         f"""\
         apiVersion: opus-runner/v1

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from conftest import WORKFLOWS, Project, header
+from conftest import WF, WORKFLOWS, Project, header
 from opus_runner.authoring import (
     compare_schemas,
     editor_schema,
@@ -43,10 +43,10 @@ ALL_VARS = [
 
 
 def test_schema_table(project: Project) -> None:
-    result = project.run("schema", "all-types")
+    result = project.run("schema", WF["all-types"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == 'workflow "Every input type" (all-types, version 2)'
+    assert lines[0] == f'workflow "Every input type" ({WF["all-types"]}, version 2)'
     assert lines[1].split() == ["variable", "name", "display", "name", "type", "required", "allowed", "files"]
     rows = {line.split()[0]: line for line in lines[2:]}
     assert list(rows) == ALL_VARS
@@ -56,47 +56,60 @@ def test_schema_table(project: Project) -> None:
 
 
 def test_schema_json_and_version_pin(project: Project) -> None:
-    result = project.run("schema", "all-types", "--format", "json")
+    result = project.run("schema", WF["all-types"], "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert (data["workflowId"], data["name"], data["version"]) == ("all-types", "Every input type", 2)
+    assert (data["workflowId"], data["name"], data["version"]) == (WF["all-types"], "Every input type", 2)
     assert [i["variable_name"] for i in data["inputs"]] == ALL_VARS
     assert data["inputs"][5] == {
         "variable_name": "workflow_input_more",
         "display_name": "Attachments",
         "type": "array_files",
+        "sent_type": "array_files",
+        "understood": True,
         "required": False,
         "allowed_file_types": ["CSV", "TXT"],
     }
-    old = json.loads(project.run("schema", "all-types", "--version", "1", "--format", "json").stdout)
+    old = json.loads(project.run("schema", WF["all-types"], "--version", "1", "--format", "json").stdout)
     assert [(i["display_name"], i["type"]) for i in old["inputs"]] == [("Old title", "str")]
 
 
 def test_schema_of_a_v2_only_workflow(project: Project) -> None:
-    result = project.run("schema", "newer")
+    result = project.run("schema", WF["newer"])
     assert result.exit_code == 0, result.output
     assert "workflow_input_q" in result.stdout and "Question" in result.stdout
 
 
+MISSING = "00000000-0000-4000-8000-00000000dead"  # a well-formed id no workflow has
+
+
 def test_schema_unknown_workflow_is_one_sentence_exit_3(project: Project) -> None:
-    result = project.run("schema", "nope")
+    result = project.run("schema", MISSING)
     assert result.exit_code == 3
     assert result.stderr == (
-        f"error: workflow 'nope' not found at {project.sandbox.base_url}; check the workflow id "
+        f"error: workflow {MISSING!r} not found at {project.sandbox.base_url}; check the workflow id "
         "(and --base-url or OPUS_BASE_URL)\n"
     )
-    result = project.run("schema", "all-types", "--version", "9")
+    result = project.run("schema", WF["all-types"], "--version", "9")
     assert result.exit_code == 3
-    assert "workflow 'all-types' (version 9) was not found" in result.stderr
+    assert f"workflow {WF['all-types']!r} (version 9) was not found" in result.stderr
     assert "its versions: 1, 2" in result.stderr
-    result = project.run("schema", "nope", "--format", "json")
+    result = project.run("schema", MISSING, "--format", "json")
     assert json.loads(result.stdout)["event"] == "error"
 
 
+@pytest.mark.parametrize("command", ["schema", "init"])
+def test_a_workflow_id_that_is_not_a_uuid_is_refused_before_any_request(project: Project, command: str) -> None:
+    result = project.run(command, "CIAwZYFzQJwmADQN")
+    assert result.exit_code == 2
+    assert "the workflow id 'CIAwZYFzQJwmADQN' is not a UUID; Opus identifies workflows by UUID" in result.stderr
+    assert sum(project.sandbox.state.requests.values()) == 0
+
+
 def test_schema_usage_errors(project: Project) -> None:
-    result = project.run("schema", "all-types", "--version", "1", "--version-id", "x")
+    result = project.run("schema", WF["all-types"], "--version", "1", "--version-id", "x")
     assert result.exit_code == 2 and "give only one of them" in result.stderr
-    result = project.run("schema", "all-types", env={"OPUS_SERVICE_KEY": None})
+    result = project.run("schema", WF["all-types"], env={"OPUS_SERVICE_KEY": None})
     assert result.exit_code == 3 and "OPUS_SERVICE_KEY" in result.stderr
 
 
@@ -104,12 +117,12 @@ def test_schema_usage_errors(project: Project) -> None:
 
 
 def test_init_writes_a_spec_that_loads_and_validates_once_files_exist(project: Project) -> None:
-    result = project.run("init", "all-types", "-o", "specs/all.yaml")
+    result = project.run("init", WF["all-types"], "-o", "specs/all.yaml")
     assert result.exit_code == 0, result.output
     path = project.root / "specs" / "all.yaml"
     spec = load_spec(path)  # as written, no edits
     assert spec.name == "every-input-type"
-    assert spec.data["workflow"] == {"id": "all-types"}
+    assert spec.data["workflow"] == {"id": WF["all-types"]}
     inputs = spec.data["inputs"]
     assert list(inputs) == ["Title", "Budget", "Approved", "Due date", "Contract", "Attachments", "Tags", "Settings"]
     assert inputs == {
@@ -142,19 +155,19 @@ def test_init_writes_a_spec_that_loads_and_validates_once_files_exist(project: P
 
 
 def test_init_prints_to_stdout_and_pins_a_version(project: Project) -> None:
-    result = project.run("init", "all-types", "--version", "1", "--name", "old-one")
+    result = project.run("init", WF["all-types"], "--version", "1", "--name", "old-one")
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     path = project.file("old.yaml", result.stdout)
     spec = load_spec(path)
     assert spec.name == "old-one"
-    assert spec.data["workflow"] == {"id": "all-types", "version": 1}
+    assert spec.data["workflow"] == {"id": WF["all-types"], "version": 1}
     assert spec.data["inputs"] == {"Old title": "TODO"}
     assert project.run("validate", "old.yaml").exit_code == 0
 
 
 def test_init_keys_shared_display_names_by_variable_name(project: Project) -> None:
-    result = project.run("init", "dup-names", "-o", "dup.yaml")
+    result = project.run("init", WF["dup-names"], "-o", "dup.yaml")
     assert result.exit_code == 0, result.output
     spec = load_spec(project.root / "dup.yaml")
     assert spec.data["inputs"] == {"workflow_input_a": "TODO", "workflow_input_b": "TODO"}
@@ -163,23 +176,23 @@ def test_init_keys_shared_display_names_by_variable_name(project: Project) -> No
 
 def test_init_refuses_to_overwrite_without_force(project: Project) -> None:
     target = project.file("mine.yaml", "keep me\n")
-    result = project.run("init", "quick", "-o", "mine.yaml")
+    result = project.run("init", WF["quick"], "-o", "mine.yaml")
     assert result.exit_code == 2
     assert "mine.yaml already exists; pass --force" in result.stderr
     assert target.read_text() == "keep me\n"
     assert project.sandbox.state.count("GET", "workflow") == 0  # refused before asking the API
-    result = project.run("init", "quick", "-o", "mine.yaml", "--force")
+    result = project.run("init", WF["quick"], "-o", "mine.yaml", "--force")
     assert result.exit_code == 0, result.output
     assert load_spec(target).data["inputs"] == {"Question": "TODO", "Count": 0}
 
 
 def test_init_usage_errors(project: Project) -> None:
-    result = project.run("init", "quick", "--name", "Not Valid")
+    result = project.run("init", WF["quick"], "--name", "Not Valid")
     assert result.exit_code == 2 and "--name 'Not Valid' must be lower-case" in result.stderr
-    result = project.run("init", "quick", "-o", "spec.json")
+    result = project.run("init", WF["quick"], "-o", "spec.json")
     assert result.exit_code == 2 and "name the file *.yaml or *.yml" in result.stderr
-    result = project.run("init", "nope")
-    assert result.exit_code == 3 and "workflow 'nope' not found" in result.stderr
+    result = project.run("init", MISSING)
+    assert result.exit_code == 3 and f"workflow {MISSING!r} not found" in result.stderr
 
 
 def _field(var: str, display: str, type_: str = "str", **kw: Any) -> InputField:
@@ -256,7 +269,7 @@ inputs:
 
 @pytest.fixture
 def editor_validator(project: Project) -> Draft202012Validator:
-    result = project.run("init", "all-types", "--editor-schema", "-o", "all.schema.json")
+    result = project.run("init", WF["all-types"], "--editor-schema", "-o", "all.schema.json")
     assert result.exit_code == 0, result.output
     schema = json.loads((project.root / "all.schema.json").read_text())
     Draft202012Validator.check_schema(schema)
@@ -353,7 +366,7 @@ def test_drift_reports_exactly_the_breaking_changes(project: Project, opus_sandb
     _drift_project(project)
 
     def change(w: dict[str, Any]) -> None:
-        inputs = w["all-types"]["inputs"]
+        inputs = w[WF["all-types"]]["inputs"]
         inputs[1] = {**inputs[1], "type": "str"}  # Budget: float -> str
         inputs.append({"variable_name": "workflow_input_region", "display_name": "Region", "type": "str"})
 
@@ -363,9 +376,9 @@ def test_drift_reports_exactly_the_breaking_changes(project: Project, opus_sandb
     assert result.exit_code == 1, result.output
     report = json.loads(result.stdout)
     by_key = {w["key"]: w for w in report["workflows"]}
-    assert set(by_key) == {"all-types@latest", "quick@latest"}
-    assert by_key["quick@latest"]["changes"] == [] and by_key["quick@latest"]["breaks"] == []
-    drift = by_key["all-types@latest"]
+    assert set(by_key) == {f"{WF['all-types']}@latest", f"{WF['quick']}@latest"}
+    assert by_key[f"{WF['quick']}@latest"]["changes"] == [] and by_key[f"{WF['quick']}@latest"]["breaks"] == []
+    drift = by_key[f"{WF['all-types']}@latest"]
     assert [(c["change"], c["variable_name"], c["old"], c["new"], c["required"]) for c in drift["changes"]] == [
         ("retyped", "workflow_input_budget", "float", "str", True),
         ("added", "workflow_input_region", None, "str", True),
@@ -381,8 +394,8 @@ def test_drift_reports_exactly_the_breaking_changes(project: Project, opus_sandb
 
     text = project.run("drift", ".", env=env)
     assert text.exit_code == 1
-    assert "all-types@latest (Every input type): 2 changes" in text.stdout
-    assert "quick@latest (Quick): no input changes" in text.stdout
+    assert f"{WF['all-types']}@latest (Every input type): 2 changes" in text.stdout
+    assert f"{WF['quick']}@latest (Quick): no input changes" in text.stdout
     row = next(line for line in text.stdout.splitlines() if line.strip().startswith("retyped"))
     assert row.split() == ["retyped", "Budget", "(workflow_input_budget)", "float", "str"]
     assert "2 specs break (a.yaml, b.yaml)" in text.stdout
@@ -394,11 +407,11 @@ def test_drift_non_breaking_change_exits_0(project: Project, opus_sandbox_factor
     _drift_project(project)
 
     def change(w: dict[str, Any]) -> None:
-        w["quick"]["inputs"].append(
+        w[WF["quick"]]["inputs"].append(
             {"variable_name": "workflow_input_lang", "display_name": "Language", "type": "str", "is_nullable": True}
         )
-        w["all-types"]["inputs"][6] = {**w["all-types"]["inputs"][6], "type": "object"}  # Tags: only b.yaml sets it
-        w["all-types"]["inputs"][4] = {**w["all-types"]["inputs"][4], "allowed_file_types": ["PDF"]}
+        w[WF["all-types"]]["inputs"][6] = {**w[WF["all-types"]]["inputs"][6], "type": "object"}  # Tags: only b.yaml sets it
+        w[WF["all-types"]]["inputs"][4] = {**w[WF["all-types"]]["inputs"][4], "allowed_file_types": ["PDF"]}
 
     live = opus_sandbox_factory(_changed_workflows(change))
     env = {"OPUS_BASE_URL": live.base_url, "OPUS_SERVICE_KEY": live.key}
@@ -407,8 +420,8 @@ def test_drift_non_breaking_change_exits_0(project: Project, opus_sandbox_factor
     report = json.loads(result.stdout)
     changes = {w["key"]: [(c["change"], c["variable_name"]) for c in w["changes"]] for w in report["workflows"]}
     assert changes == {
-        "all-types@latest": [("file_types_changed", "workflow_input_doc"), ("retyped", "workflow_input_tags")],
-        "quick@latest": [("added", "workflow_input_lang")],
+        f"{WF['all-types']}@latest": [("file_types_changed", "workflow_input_doc"), ("retyped", "workflow_input_tags")],
+        f"{WF['quick']}@latest": [("added", "workflow_input_lang")],
     }
     assert report["breaking"] is False
     # b.yaml sets Tags, which was retyped: with it, the same drift breaks a spec.
@@ -423,7 +436,7 @@ def test_drift_without_the_workflow_in_the_lock_exits_2(project: Project) -> Non
     project.spec("n.yaml", header("n", "newer") + "inputs:\n  Question: why\n")
     result = project.run("drift", ".")
     assert result.exit_code == 2
-    assert "opus-runner.lock has no entry for workflow 'newer' (latest version) used by n.yaml" in result.stderr
+    assert f"opus-runner.lock has no entry for workflow {WF['newer']!r} (latest version) used by n.yaml" in result.stderr
     assert "run 'opus-run lock <specs>'" in result.stderr
     (project.root / LOCK_FILE).unlink()
     before = sum(project.sandbox.state.requests.values())

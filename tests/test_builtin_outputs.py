@@ -350,7 +350,9 @@ def test_download_failure_leaves_no_partial_file_and_hides_the_query(
 
     with pytest.raises(RuntimeError) as info:
         asyncio.run(go())
-    assert str(info.value) == f"downloading {receiver.url}/gone.pdf failed with HTTP 404"
+    assert str(info.value) == (
+        f"could not download output 'outputFiles' (gone.pdf) of job job-123: {receiver.url}/gone.pdf answered HTTP 404"
+    )
     assert not (tmp_path / "dl").exists()
 
 
@@ -360,7 +362,7 @@ def test_a_download_cut_short_leaves_no_file(host: PluginHost, tmp_path: Path, r
     (tmp_path / "dl").mkdir()
     (tmp_path / "dl" / "big.pdf").write_bytes(b"previous run")
     result = make_result(raw={"results": {"outputFiles": [f"{receiver.url}/big.pdf"]}})
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(RuntimeError, match=r"could not download output 'outputFiles' \(big.pdf\) of job job-123: RemoteProtocolError"):
         run_output(host, "download", result, {"dir": "dl"}, make_ctx(tmp_path))
     assert [p.name for p in (tmp_path / "dl").iterdir()] == ["big.pdf"]
     assert (tmp_path / "dl" / "big.pdf").read_bytes() == b"previous run"

@@ -21,7 +21,7 @@ metadata:
   name: demo
   title: "Demo {{ vars.month }}"
 workflow:
-  id: demo-summarize
+  id: 3f69dcbf-2d6e-4b8a-9c1e-5a7b0c4d2e11
 vars:
   month: "2026-11"
 inputs:

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from urllib.parse import urlsplit
+
 from opus_runner import redact
 from opus_runner.client import (
     AuditProgress,
@@ -26,10 +28,12 @@ from opus_runner.errors import (
     AuthError,
     ConfigError,
     ExecuteOutcomeUnknown,
+    ExecuteRefused,
     NetworkError,
     NotFoundError,
     UsageError,
 )
+from opus_runner.urls import PLACEHOLDER_CALLBACK_URL
 
 pytestmark = pytest.mark.anyio
 
@@ -274,7 +278,9 @@ async def test_execute_body_and_confirmation() -> None:
         "jobPayloadSchemaInstance": payload,
         "callbackUrl": "https://cb.example/x",
     }
-    assert "callbackUrl" not in without_cb
+    # Opus refuses an execute without callbackUrl: with no receiver, a never-resolving host.
+    assert without_cb["callbackUrl"] == PLACEHOLDER_CALLBACK_URL
+    assert urlsplit(PLACEHOLDER_CALLBACK_URL).hostname.endswith(".invalid")
 
 
 async def test_status_results_audit_search_paths() -> None:
@@ -572,10 +578,12 @@ async def test_execute_is_resent_when_it_certainly_did_nothing(refusal: Answer) 
 
 
 async def test_execute_outcome_unknown_when_the_job_never_started() -> None:
+    # PENDING is what a never-executed job reads too: the job's detail (no input) decides.
     server = (
         Server()
         .on("POST", "/job/execute", httpx.ReadTimeout("timed out"))
-        .on("GET", "/job/j1/status", ok({"status": "CREATED"}))
+        .on("GET", "/job/j1/status", ok({"status": "PENDING"}))
+        .on("GET", "/job/j1", ok({"jobExecutionId": "j1", "status": "PENDING", "input": None}))
     )
     client, _ = make(server)
     with pytest.raises(ExecuteOutcomeUnknown) as info:
@@ -585,8 +593,59 @@ async def test_execute_outcome_unknown_when_the_job_never_started() -> None:
     assert error.job_id == "j1"
     assert error.exit_code == 3
     text = str(error)
-    assert "not resent" in text and "CREATED" in text
+    assert "not resent" in text and "PENDING" in text and "holds no input" in text
     assert "opus-run status j1" in text and "opus-run resume" in text
+
+
+@pytest.mark.parametrize(
+    ("detail", "expected"),
+    [
+        ({"status": "PENDING", "input": {"v": {"value": 1, "type": "float"}}}, True),
+        ({"status": "PENDING", "input": None}, False),
+        ({"status": "PENDING", "input": {}}, False),
+        ({"status": "PENDING"}, None),  # the detail does not say
+        ({"data": {"status": "PENDING", "input": {"v": {"value": 1}}}}, True),
+    ],
+)
+async def test_execute_received_reads_the_jobs_input_when_the_status_cannot_tell(
+    detail: dict[str, Any], expected: bool | None
+) -> None:
+    server = Server().on("GET", "/job/j1/status", ok({"status": "PENDING"})).on("GET", "/job/j1", ok(detail))
+    client, _ = make(server)
+    assert (await client.execute_received("j1"))[0] is expected
+
+
+@pytest.mark.parametrize("status", ["IN PROGRESS", "WAITING", "COMPLETED", "stopped"])
+async def test_execute_received_trusts_a_status_past_pending(status: str) -> None:
+    server = Server().on("GET", "/job/j1/status", ok({"status": status}))
+    client, _ = make(server)
+    assert (await client.execute_received("j1"))[0] is True
+    assert server.count("GET", "/job/j1") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "inner", "words"),
+    [
+        ({"statusCode": 500, "message": "Request failed with status code 422"}, 500, "Request failed with status code 422"),
+        ({"success": True, "error": {"message": "workflow inactive"}}, None, "workflow inactive"),
+        ({"success": False, "message": "Job already running"}, None, "Job already running"),
+        ({"statusCode": "403", "message": ["not allowed"]}, 403, "not allowed"),
+    ],
+)
+@pytest.mark.parametrize("code", [200, 201])
+async def test_a_2xx_execute_that_carries_a_failure_is_a_refusal(
+    body: dict[str, Any], inner: int | None, words: str, code: int
+) -> None:
+    server = Server().on("POST", "/job/execute", httpx.Response(code, json=body))
+    client, sleep = make(server)
+    with pytest.raises(ExecuteRefused) as info:
+        await client.execute("j1", {})
+    error = info.value
+    assert error.exit_code == 1 and error.job_id == "j1"
+    assert str(error).startswith(f"Opus refused to execute job j1 (HTTP {code}")
+    assert words in str(error)
+    assert error.status_code == (inner or code)
+    assert server.count("POST", "/job/execute") == 1 and sleep.waits == []
 
 
 async def test_execute_outcome_unknown_when_status_cannot_be_read() -> None:
@@ -610,12 +669,11 @@ async def test_execute_validation_error_quotes_the_server() -> None:
     }
     server = Server().on("POST", "/job/execute", httpx.Response(400, json=nest))
     client, sleep = make(server)
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ExecuteRefused) as info:
         await client.execute("j1", {})
-    assert not isinstance(info.value, ExecuteOutcomeUnknown)
-    assert info.value.status_code == 400
+    assert info.value.status_code == 400 and info.value.exit_code == 1
     assert str(info.value) == (
-        "POST /job/execute failed with HTTP 400: title must be a string; value is required"
+        "Opus refused to execute job j1 (HTTP 400): title must be a string; value is required"
     )
     assert len(server.requests) == 1 and sleep.waits == []
 
@@ -639,7 +697,7 @@ async def test_execute_refused_with_success_false() -> None:
         "POST", "/job/execute", ok({"success": False, "message": "workflow inactive"})
     )
     client, _ = make(server)
-    with pytest.raises(ApiError, match="refused to execute job j1: workflow inactive"):
+    with pytest.raises(ExecuteRefused, match=r"refused to execute job j1 \(HTTP 200\): workflow inactive"):
         await client.execute("j1", {})
 
 
@@ -652,6 +710,7 @@ async def test_execute_unreadable_success_is_resolved_through_status() -> None:
             httpx.Response(200, text="<html>ok</html>", headers={"content-type": "text/html"}),
         )
         .on("GET", "/job/j1/status", ok({"status": "PENDING"}))
+        .on("GET", "/job/j1", ok({"status": "PENDING", "input": {"v1": {"value": "x"}}}))
     )
     client, _ = make(server)
     outcome = await client.execute("j1", {})
@@ -695,15 +754,29 @@ def test_error_messages(kwargs: dict[str, Any], expected: str) -> None:
     assert str(error) == f"POST /job/initiate failed with HTTP 422: {expected}"
 
 
-@pytest.mark.parametrize("status", [401, 403])
-def test_rejected_key_is_an_auth_error(status: int) -> None:
+def test_rejected_key_is_an_auth_error() -> None:
     error = error_from_response(
-        _response(status, json={"message": "Unauthorized"}), method="GET", endpoint="/job/j1/status"
+        _response(401, json={"message": "Invalid or expired API key"}), method="GET", endpoint="/job/j1/status"
     )
     assert isinstance(error, AuthError)
-    assert error.message == (
-        f"the service key was rejected (HTTP {status}: Unauthorized); check OPUS_SERVICE_KEY"
+    assert error.message.startswith(
+        "the service key was rejected (HTTP 401: Invalid or expired API key); check OPUS_SERVICE_KEY"
     )
+
+
+def test_403_says_the_user_lacks_permission_in_the_workspace() -> None:
+    # 403 is about the key's user's permission in a workspace, not about the key (opus-api.md 1).
+    error = error_from_response(
+        _response(403, json={"statusCode": 403, "message": "Forbidden resource", "error": "Forbidden"}),
+        method="POST",
+        endpoint="/job/file/upload",
+        workspace="ws-9",
+    )
+    assert isinstance(error, AuthError)
+    assert error.message.startswith(
+        "the service key's user lacks permission in workspace ws-9 (HTTP 403: Forbidden resource)"
+    )
+    assert "OPUS_SERVICE_KEY" not in error.message
 
 
 def test_no_auth_cookie_is_said_plainly() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Project, header
+from conftest import WF, Project, header
 from opus_runner.errors import ValidationFailed
 from opus_runner.lockfile import LOCK_FILE, Lock, LockError, load_lock, lock_text, write_lock
 from opus_runner.models import InputField, WorkflowRef, WorkflowSchema
@@ -89,9 +89,9 @@ def test_lock_writes_every_workflow_and_version_the_specs_use(project: Project) 
     data = json.loads(text)
     assert text == json.dumps(data, sort_keys=True, indent=2) + "\n"
     assert data["lockVersion"] == 1
-    assert sorted(data["workflows"]) == ["all-types@1", "all-types@latest", "quick@latest"]
-    entry = data["workflows"]["all-types@latest"]
-    assert (entry["workflowId"], entry["version"], entry["name"]) == ("all-types", 2, "Every input type")
+    assert sorted(data["workflows"]) == sorted([f"{WF['all-types']}@1", f"{WF['all-types']}@latest", f"{WF['quick']}@latest"])
+    entry = data["workflows"][f"{WF['all-types']}@latest"]
+    assert (entry["workflowId"], entry["version"], entry["name"]) == (WF["all-types"], 2, "Every input type")
     assert entry["versionId"]
     assert entry["jobPayloadSchema"]["workflow_input_doc"] == {
         "variable_name": "workflow_input_doc",
@@ -100,10 +100,10 @@ def test_lock_writes_every_workflow_and_version_the_specs_use(project: Project) 
         "is_nullable": False,
         "allowed_file_types": ["PDF", "TXT"],
     }
-    assert set(data["workflows"]["all-types@1"]["jobPayloadSchema"]) == {"workflow_input_old"}
+    assert set(data["workflows"][f"{WF['all-types']}@1"]["jobPayloadSchema"]) == {"workflow_input_old"}
     # The fingerprint is the one the runner computes for the live schema.
     lock = load_lock(project.root)
-    live = lock.workflows["all-types@latest"]
+    live = lock.workflows[f"{WF['all-types']}@latest"]
     assert entry["fingerprint"] == schema_fingerprint(live)
     # Schemas were fetched once per workflow and version, not once per spec.
     assert project.sandbox.state.count("GET", "workflow") == 3
@@ -113,10 +113,10 @@ def test_lock_reflects_exactly_the_given_specs(project: Project) -> None:
     a = all_types_spec(project)
     q = quick_spec(project)
     assert project.run("lock", a, q).exit_code == 0
-    assert sorted(read_lock(project)["workflows"]) == ["all-types@latest", "quick@latest"]
+    assert sorted(read_lock(project)["workflows"]) == sorted([f"{WF['all-types']}@latest", f"{WF['quick']}@latest"])
     result = project.run("lock", q)
     assert result.exit_code == 0, result.output
-    assert sorted(read_lock(project)["workflows"]) == ["quick@latest"]
+    assert sorted(read_lock(project)["workflows"]) == [f"{WF['quick']}@latest"]
 
 
 def test_lock_needs_a_key(project: Project) -> None:
@@ -128,10 +128,11 @@ def test_lock_needs_a_key(project: Project) -> None:
 
 
 def test_lock_of_an_unknown_workflow_fails_without_writing(project: Project) -> None:
-    project.spec("x.yaml", header("x", "nope") + "inputs: {}\n")
+    missing = "00000000-0000-4000-8000-00000000dead"
+    project.spec("x.yaml", header("x", missing) + "inputs: {}\n")
     result = project.run("lock", "x.yaml")
     assert result.exit_code == 3
-    assert "nope" in result.stderr and "not found" in result.stderr
+    assert missing in result.stderr and "not found" in result.stderr
     assert not (project.root / LOCK_FILE).exists()
 
 
@@ -179,13 +180,13 @@ def test_locked_spec_whose_workflow_is_not_locked_says_run_lock(project: Project
     all_types_spec(project)
     result = project.run("validate", "--locked", "a.yaml", env=offline_env())
     assert result.exit_code == 2
-    assert "a.yaml:6: workflow.id: workflow 'all-types' (latest version) is not in opus-runner.lock" in result.stderr
+    assert f"a.yaml:6: workflow.id: workflow {WF['all-types']!r} (latest version) is not in opus-runner.lock" in result.stderr
     assert "run 'opus-run lock" in result.stderr
     # A pinned version is a different entry from the latest one.
     quick_spec(project, "q1", version="  version: 1\n")
     result = project.run("validate", "--locked", "q1.yaml", env=offline_env())
     assert result.exit_code == 2
-    assert "workflow 'quick' (version 1) is not in opus-runner.lock" in result.stderr
+    assert f"workflow {WF['quick']!r} (version 1) is not in opus-runner.lock" in result.stderr
     assert no_network == []
 
 
@@ -231,18 +232,18 @@ def test_corrupted_lock_is_a_clear_usage_error(
 
 def test_hand_edited_lock_is_refused_by_fingerprint(project: Project, no_network: list[Any]) -> None:
     data = _locked_project(project)
-    entry = data["workflows"]["quick@latest"]
+    entry = data["workflows"][f"{WF['quick']}@latest"]
     entry["jobPayloadSchema"]["workflow_input_n"]["type"] = "str"  # "make the spec pass"
     (project.root / LOCK_FILE).write_text(json.dumps(data, indent=2))
     result = project.run("validate", "--locked", "q.yaml", env=offline_env())
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: opus-runner.lock: the entry for quick@latest was edited by hand or corrupted "
+        f"error: opus-runner.lock: the entry for {WF['quick']}@latest was edited by hand or corrupted "
         "(fingerprint mismatch); run 'opus-run lock' again"
     )
     # Name and version are not part of the fingerprint: editing them is harmless.
     data = _locked_project(project)
-    data["workflows"]["quick@latest"]["name"] = "Renamed"
+    data["workflows"][f"{WF['quick']}@latest"]["name"] = "Renamed"
     (project.root / LOCK_FILE).write_text(json.dumps(data))
     assert project.run("validate", "--locked", "q.yaml", env=offline_env()).exit_code == 0
     assert no_network == []

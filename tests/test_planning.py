@@ -24,7 +24,7 @@ def write_spec(tmp_path: Path, body: str, name: str = "job.yaml") -> Path:
               name: report
               title: "Report {{ vars.month }}"
             workflow:
-              id: region-report
+              id: 5a0d7e3c-8b21-4c6f-9e4a-2f7b1d0c8e93
             vars:
               month: "2026-11"
             """

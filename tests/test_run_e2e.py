@@ -242,10 +242,22 @@ def test_every_problem_is_listed_at_once(project: Project) -> None:
 
 
 def test_unknown_workflow(project: Project) -> None:
-    spec = project.spec("u.yaml", header("u", "no-such-workflow") + "inputs: {}\n")
+    missing = "00000000-0000-4000-8000-00000000dead"
+    spec = project.spec("u.yaml", header("u", missing) + "inputs: {}\n")
     result = project.run("run", spec)
     assert result.exit_code == 2
-    assert "workflow.id" in result.stderr and "'no-such-workflow' was not found" in result.stderr
+    assert "workflow.id" in result.stderr and f"{missing!r} was not found" in result.stderr
+    assert project.sandbox.state.count("POST", "initiate") == 0
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_workflow_id_that_is_not_a_uuid_is_refused_at_validation(project: Project, command: str) -> None:
+    spec = project.spec("s.yaml", header("s", "CIAwZYFzQJwmADQN") + "inputs:\n  Question: q\n")
+    result = project.run(command, spec)
+    assert result.exit_code == 2
+    assert "s.yaml:6: workflow.id: the workflow id 'CIAwZYFzQJwmADQN' is not a UUID; Opus identifies workflows by UUID" in result.stderr
+    assert "/app/workflow/" in result.stderr
+    assert sum(project.sandbox.state.requests.values()) == 0  # nothing asked, nothing submitted
 
 
 def test_missing_key_and_wrong_key(project: Project) -> None:

@@ -36,7 +36,7 @@ metadata:
   name: invoice-triage
   title: "Invoice triage {{ vars.month }}"
 workflow:
-  id: invoice-triage
+  id: 7c1e2a9b-5d34-4f8e-a6b2-0e9d3c5f1a72
   version: 3
 vars:
   month: "2026-11"
@@ -276,7 +276,7 @@ def test_unknown_api_version_lists_the_supported_ones() -> None:
 
 
 def test_missing_workflow_id() -> None:
-    err = spec_error("noid.yaml", replace("  id: invoice-triage\n", ""))
+    err = spec_error("noid.yaml", replace("  id: 7c1e2a9b-5d34-4f8e-a6b2-0e9d3c5f1a72\n", ""))
     assert err.key == ("workflow",) and err.line == 6
     assert err.message.startswith("missing required key 'workflow.id'")
     assert str(err).startswith("noid.yaml:6: workflow: missing required key 'workflow.id'")
@@ -434,7 +434,7 @@ def test_a_value_yaml_cannot_build_is_located() -> None:
 def test_several_problems_are_reported_at_once_in_file_order() -> None:
     text = replace("name: invoice-triage", "name: Invoice Triage")
     text = replace("inputs:", "inptus:", text)
-    text = replace("  id: invoice-triage\n", "", text)
+    text = replace("  id: 7c1e2a9b-5d34-4f8e-a6b2-0e9d3c5f1a72\n", "", text)
     text = replace("timeout: 30m", "timeout: 5 minutes", text)
     write("many.yaml", text)
     with pytest.raises(ValidationFailed) as info:
@@ -461,7 +461,7 @@ def test_several_problems_are_reported_at_once_in_file_order() -> None:
         ("metadata:\n  name: invoice-triage\n  title: \"Invoice triage {{ vars.month }}\"\n", "metadata: [a]\n", ("metadata",), "expected a mapping, found a list"),
         ("  version: 3", "  version: 0", ("workflow", "version"), "must be 1 or more (found 0)"),
         ("  version: 3", "  version: three", ("workflow", "version"), "expected a whole number, found the string 'three'"),
-        ("  id: invoice-triage", "  id: ''", ("workflow", "id"), "must not be empty"),
+        ("  id: 7c1e2a9b-5d34-4f8e-a6b2-0e9d3c5f1a72", "  id: ''", ("workflow", "id"), "must not be empty"),
         ("  title: \"Invoice triage {{ vars.month }}\"", "  title: 2026-11-01", ("metadata", "title"), "expected a string, found the date 2026-11-01; quote it to keep it as text"),
         ("  timeout: 30m", "  enabled: yes", ("wait", "enabled"), "expected true or false, found the string 'yes'; only true and false are booleans in a spec"),
         ("  - type: stdout", "  - path: out.json", ("outputs", 0), "missing required key 'outputs[0].type'; set it to an output type such as stdout, json or ndjson"),
@@ -561,7 +561,7 @@ def test_every_example_matches_its_sandbox_workflow(path: Path) -> None:
 
 def test_invoice_triage_example_covers_every_input_type() -> None:
     spec = load_spec(SPECS / "invoice-triage.yaml")
-    fields = _fixture_workflows()["invoice-triage"]["inputs"]
+    fields = _fixture_workflows()["7c1e2a9b-5d34-4f8e-a6b2-0e9d3c5f1a72"]["inputs"]
     inputs = spec.data["inputs"]
     by_type = {
         f["type"]: inputs.get(f["display_name"], inputs.get(f["variable_name"])) for f in fields

@@ -60,7 +60,7 @@ def test_fields_from_job_payload_schema() -> None:
     assert budget.display_name == "workflow_input_budget"  # no display name: the variable name
     assert budget.nullable and not budget.required
     assert notes.variable_name == "workflow_input_notes"  # no variable name: the mapping key
-    assert notes.type == "str"  # no type: str
+    assert notes.type == "" and not notes.known  # no type stated: never guessed as str
     assert notes.id is None
 
 
@@ -173,19 +173,20 @@ def test_schema_from_workflow_object_reads_the_input_node() -> None:
             "allowed_types": [{"type": "float"}],
         },
     }
+    # The older v2 shape: a bare type next to allowed_types naming files.
     body = _object(
         {
             "workflow_version_id": "ver-3",
-            "output_schema": {"schema": out_schema},
-            "input_schema": {"schema": {"ignored": {"type": "str"}}},
+            "input_schema": {"schema": out_schema},
+            "output_schema": {"schema": {"ignored": {"type": "str"}}},
         }
     )
     schema = schema_from_workflow_object(body, UUID)
-    assert [(f.variable_name, f.type) for f in schema.inputs] == [
-        ("a", "file"),
-        ("b", "array_files"),
-        ("c", "file"),
-        ("d", "float"),
+    assert [(f.variable_name, f.type, f.sent_type) for f in schema.inputs] == [
+        ("a", "file", "file"),
+        ("b", "array_files", "array"),
+        ("c", "file", "file"),
+        ("d", "float", "float"),
     ]
     assert (schema.source, schema.workflow_id, schema.name, schema.version, schema.version_id) == (
         "v2",
@@ -196,10 +197,12 @@ def test_schema_from_workflow_object_reads_the_input_node() -> None:
     )
 
 
-def test_schema_from_workflow_object_falls_back_to_input_schema() -> None:
+def test_schema_from_workflow_object_falls_back_to_output_schema() -> None:
+    # Inputs live under input_schema; some clients read output_schema, so an empty
+    # input_schema falls back to it.
     node = {
-        "output_schema": {"schema": {}},
-        "input_schema": {"schema": {"x": {"display_name": "X", "type": "bool"}}},
+        "input_schema": {"schema": {}},
+        "output_schema": {"schema": {"x": {"display_name": "X", "type": "bool"}}},
     }
     schema = schema_from_workflow_object(_object(node), UUID)
     assert [(f.variable_name, f.display_name, f.type) for f in schema.inputs] == [

@@ -68,6 +68,28 @@ def to_float(value: Any) -> int | float:
     raise ValueError(f"expected a number, found {describe(value)}")
 
 
+def to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, found {describe(value)} (booleans are not numbers)")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+        if number is not None and number.is_integer() and abs(number) < 2**53:
+            return int(number)
+    raise ValueError(f"expected a whole number, found {describe(value)}")
+
+
 def to_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -123,6 +145,28 @@ def to_object(value: Any) -> dict[str, Any]:
     raise ValueError(f"expected a mapping (object), found {describe(value)}")
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (_dt.date, _dt.datetime)):
+        return value.isoformat()  # YAML dates inside a mapping
+    raise TypeError(f"{describe(value)} cannot be written as JSON")
+
+
+def to_json_string(value: Any) -> str:
+    """A mapping or list encoded as JSON text, or a string that already holds JSON."""
+    if isinstance(value, (Mapping, list, tuple)):
+        try:
+            return json.dumps(value, ensure_ascii=False, default=_json_default)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"expected JSON-able data, {exc}") from None
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            raise ValueError(f"expected JSON text (or a mapping or list), found a string that is not JSON: {describe(value)}") from None
+        return value
+    raise ValueError(f"expected a mapping, a list or a string holding JSON, found {describe(value)}")
+
+
 def to_file_url(value: Any) -> str:
     if isinstance(value, str) and value:
         return value
@@ -141,12 +185,14 @@ def to_file_urls(value: Any) -> list[str]:
 COERCERS: dict[str, Callable[[Any], Any]] = {
     "str": to_str,
     "float": to_float,
+    "int": to_int,
     "bool": to_bool,
     "date": to_date,
     "file": to_file_url,
     "array": to_array,
     "array_files": to_file_urls,
     "object": to_object,
+    "json_string": to_json_string,
 }
 
 

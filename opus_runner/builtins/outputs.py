@@ -19,7 +19,9 @@ from urllib.parse import unquote, urlsplit
 from .. import files
 from ..hookspecs import Register, hookimpl
 from ..models import Context, JobResult
+from ..errors import ApiError, NotFoundError
 from ..redact import mask_obj
+from ..results import parse_results
 from . import display_url, http_client, request_without_key
 
 #: Longest value the stdout summary shows before cutting (``full: true`` shows everything).
@@ -146,31 +148,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 150
 
 
-def _http_urls(values: list[Any]) -> list[str]:
-    return [v for v in values if isinstance(v, str) and v.startswith(("https://", "http://"))]
-
-
 def _file_outputs(result: JobResult) -> list[tuple[str, str | None, list[str]]]:
-    """``(variable name, display name, urls)`` of each file-typed output, in both result shapes.
-
-    Current results mark files in ``jobResultsPayloadSchema`` (type ``file`` or
-    ``array_files``); older ones list them under ``results.outputFiles``.
-    """
-    found: list[tuple[str, str | None, list[str]]] = []
-    raw = result.raw or {}
-    schema = raw.get("jobResultsPayloadSchema")
-    if isinstance(schema, dict):
-        for name, entry in schema.items():
-            if isinstance(entry, dict) and entry.get("type") in ("file", "array_files"):
-                value = entry.get("value")
-                urls = _http_urls(value if isinstance(value, list) else [value])
-                display = entry.get("displayName")
-                found.append((str(name), display if isinstance(display, str) else None, urls))
-    legacy = raw.get("results") if isinstance(raw.get("results"), dict) else raw
-    listed = legacy.get("outputFiles") if isinstance(legacy, dict) else None
-    if isinstance(listed, list):
-        found.append(("outputFiles", None, _http_urls(listed)))
-    return found
+    """``(variable name, display name, urls)`` of each file-typed output, in every results shape
+    (:mod:`opus_runner.results`): typed ``file``/``array_files`` entries and the older
+    ``outputFiles`` list."""
+    return [(f.name, f.display_name, list(f.urls)) for f in parse_results(result.raw or {}).files]
 
 
 def file_urls(result: JobResult, only: list[str] | None = None) -> list[tuple[str, str]]:
@@ -235,12 +217,33 @@ def _check_names(result: JobResult, names: list[str]) -> None:
         )
 
 
-async def _download(client: Any, url: str, target: Path) -> None:
-    request = request_without_key(client, "GET", url)
-    response = await client.send(request, stream=True, follow_redirects=True, auth=None)
+async def _presigned_for(ctx: Context, url: str) -> str:
+    """Where to GET the bytes of output file ``url``.
+
+    Output files are references that live clients could not fetch directly (opus-api.md section
+    4): ``POST /job/file/download`` turns one into a presigned URL. Only a URL the API does not
+    know as a file (404, 400), or a run without a client, is fetched as it is.
+    """
+    client = getattr(ctx, "client", None)
+    if client is None:
+        return url
+    try:
+        answer = await client.file_download_url(url)
+    except NotFoundError:
+        return url
+    except ApiError as exc:
+        if exc.status_code == 400:
+            return url
+        raise
+    return str(answer["presignedUrl"])
+
+
+async def _download(http: Any, url: str, target: Path) -> None:
+    request = request_without_key(http, "GET", url)
+    response = await http.send(request, stream=True, follow_redirects=True, auth=None)
     try:
         if not response.is_success:
-            raise RuntimeError(f"downloading {display_url(url)} failed with HTTP {response.status_code}")
+            raise RuntimeError(f"{display_url(url)} answered HTTP {response.status_code}")
         writer = await asyncio.to_thread(files.AtomicFile, target)
         try:
             async for chunk in response.aiter_bytes(1 << 16):
@@ -256,18 +259,28 @@ async def _download(client: Any, url: str, target: Path) -> None:
 async def download_output(result: JobResult, config: dict[str, Any], ctx: Context) -> list[Path]:
     """Download every file-typed output into ``config["dir"]``; return the written paths.
 
-    Uses the run's HTTP client without the service key. Each file is streamed to a temporary
-    file and renamed into place, so a failed download leaves nothing half-written.
+    Each file reference is exchanged for a presigned URL (``POST /job/file/download``, with the
+    key), then fetched without the key. Each file is streamed to a temporary file and renamed
+    into place, so a failed download leaves nothing half-written; a failure names the output
+    and the file.
     """
     only = config.get("outputs")
     if only is not None and result.ok:
         _check_names(result, list(only))
     folder = resolve_path(config["dir"], ctx)
+    names = {url: name for name, url in file_urls(result, only)}
     planned = list(plan_downloads(file_urls(result, only), folder))
     written: list[Path] = []
-    async with http_client(ctx) as client:
+    async with http_client(ctx) as http:
         for url, target in planned:
-            await _download(client, url, target)
+            try:
+                await _download(http, await _presigned_for(ctx, url), target)
+            except Exception as exc:  # noqa: BLE001 - named with the file, then raised as one sentence
+                reason = str(exc) if isinstance(exc, (ApiError, RuntimeError)) else f"{type(exc).__name__}: {exc}"
+                raise RuntimeError(
+                    f"could not download output {names.get(url, '?')!r} ({target.name}) of job "
+                    f"{result.job_id}: {reason}"
+                ) from None
             written.append(target)
     if written:
         ctx.log.info("downloaded %d file(s) of job %s into %s", len(written), result.job_id, folder)

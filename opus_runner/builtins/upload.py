@@ -4,6 +4,10 @@ The same bytes are uploaded once per run: the file URL is cached by content hash
 ``ctx.shared`` and reused by every job of the batch (concurrent jobs wait for the one upload in
 flight instead of starting their own). Local files reach this hook already checked by the core
 (existence, size, type, repo-root confinement; see ``payload.check_local_file``).
+
+Files go into the spec's ``uploads.workspace_id``, else the workflow's own workspace when it
+reports one, else they are scoped by the workflow id: a workflow's agents cannot read a file
+that sits in another workspace (opus-api.md section 4).
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ async def opus_upload_file(field: InputField, source: str, ctx: Context) -> str 
         # Validation and --dry-run: nothing is uploaded; the placeholder keeps the payload's shape.
         return f"upload://{source}"
     workflow_id = ctx.workflow.workflow_id if ctx.workflow else ctx.spec.data["workflow"]["id"]
+    settings = ctx.uploads
+    workspace_id = settings.workspace_id or (ctx.workflow.workspace_id if ctx.workflow else None)
     data, digest = await asyncio.to_thread(_read, path)
     cache: dict[str, Any] = ctx.shared.setdefault(_CACHE, {})
-    key = f"{workflow_id}:{digest}:{path.suffix.lower()}"
+    key = f"{workspace_id or workflow_id}:{settings.access_scope}:{digest}:{path.suffix.lower()}"
     pending = cache.get(key)
     if pending is None:
         pending = asyncio.ensure_future(
@@ -47,6 +53,8 @@ async def opus_upload_file(field: InputField, source: str, ctx: Context) -> str 
                 original_name=path.name,
                 # No Content-Type on the PUT: presigned URLs signed without one refuse it (403).
                 workflow_id=workflow_id,
+                workspace_id=workspace_id,
+                access_scope=settings.access_scope,
             )
         )
         cache[key] = pending

@@ -27,6 +27,8 @@ from typing import Any
 import httpx
 from opus_aaico import AsyncOpusClient
 
+from _wire import workflow_inputs
+
 _COERCE = {"str": str, "float": float}
 
 
@@ -38,7 +40,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=base_url, headers={"x-service-key": key}) as http:
         response = await http.get(f"/workflow/{args.workflow}")
         response.raise_for_status()
-        inputs = response.json()["jobPayloadSchema"]
+        inputs = workflow_inputs(response.json())
     semaphore = asyncio.Semaphore(args.concurrency)
     async with AsyncOpusClient(api_key=key, base_url=base_url) as client:
 

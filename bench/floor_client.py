@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from _wire import CALLBACK_URL, workflow_inputs
+
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 # The floor sends what the workflow's schema says, coerced the simplest way.
 _COERCE = {"str": str, "float": float}
@@ -52,7 +54,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=base_url, headers={"x-service-key": key}, limits=limits, timeout=30.0) as http:
         response = await http.get(f"/workflow/{args.workflow}")
         response.raise_for_status()
-        inputs = response.json()["jobPayloadSchema"]
+        inputs = workflow_inputs(response.json())
 
         async def job(row: dict[str, str]) -> str:
             async with semaphore:
@@ -64,7 +66,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 job_id = response.json()["jobExecutionId"]
                 response = await http.post(
                     "/job/execute",
-                    json={"jobExecutionId": job_id, "jobPayloadSchemaInstance": build_payload(row, inputs)},
+                    json={
+                        "jobExecutionId": job_id,
+                        "jobPayloadSchemaInstance": build_payload(row, inputs),
+                        "callbackUrl": CALLBACK_URL,
+                    },
                 )
                 response.raise_for_status()
                 deadline = time.monotonic() + args.timeout

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
         AuthError,
         ConfigError,
         DeliveryFailed,
+        ExecuteRefused,
         Interrupted,
         JobFailed,
         JobTimedOut,
@@ -39,7 +40,16 @@ if TYPE_CHECKING:  # pragma: no cover
         ValidationFailed,
         WorkflowNotFound,
     )
-    from .models import Context, InputField, JobEvent, JobResult, WorkflowRef, WorkflowSchema
+    from .models import (
+        Context,
+        InputField,
+        JobEvent,
+        JobResult,
+        UploadSettings,
+        WireValue,
+        WorkflowRef,
+        WorkflowSchema,
+    )
     from .runner import JobOutcome, RunOptions, RunReport, Runner, arun, run
     from .spec import Spec, load_spec
 
@@ -59,6 +69,9 @@ _LAZY = {
     "JobResult": "models",
     "WorkflowRef": "models",
     "WorkflowSchema": "models",
+    "WireValue": "models",
+    "UploadSettings": "models",
+    "ExecuteRefused": "errors",
     "OpusRunnerError": "errors",
     "UsageError": "errors",
     "SpecError": "errors",

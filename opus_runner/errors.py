@@ -15,7 +15,7 @@
     │   ├── ExecuteOutcomeUnknown        3  execute may or may not have reached the server
     │   └── ExecuteRefused               1  the platform refused to execute one job (inside a 2xx too)
     ├── NetworkError                     3  the API could not be reached (after retries)
-    ├── JobFailed                        1  a job ended FAILED or CANCELLED
+    ├── JobFailed                        1  a job ended FAILED, CANCELLED or STOPPED
     ├── JobTimedOut                      1  a job did not finish within its timeout
     ├── DeliveryFailed                   1  an output or notifier plugin failed (result kept)
     └── Interrupted                      130  Ctrl-C; state is saved

@@ -68,6 +68,11 @@ def opus_coerce_value(field: InputField, value: Any, ctx: Context) -> Any:
     what was expected to reject the value; the runner adds the file and key. File fields
     (``file``, ``array_files``) reach this hook with their sources already turned into file URLs.
 
+    The entry is sent with the ``type`` the workflow's schema states (``field.sent_type``) and,
+    for a list of files described as ``array``, its ``typeDefinition``. To choose the wire form
+    yourself, return a :class:`~opus_runner.WireValue` (``value``, ``type``,
+    ``type_definition``); the value is still checked against the input's type.
+
     **Stops at the first non-None result** (firstresult). Example, a coercer for one field::
 
         @hookimpl

@@ -8,7 +8,7 @@ outputs:
 ```
 
 One ``<testcase>`` per job: ``classname`` is the spec's name, ``name`` the job's plan key,
-``time`` the seconds from submission to the terminal status. FAILED, CANCELLED and TIMED_OUT
+``time`` the seconds from submission to the terminal status. FAILED, CANCELLED, STOPPED and TIMED_OUT
 jobs carry a ``<failure message="STATUS">`` holding the error.
 
 Outputs are called once per job, but a report describes the whole run: the cases of the run are
@@ -29,13 +29,13 @@ from typing import Any
 
 from .. import files
 from ..hookspecs import Register, hookimpl
-from ..models import Context, JobEvent, JobResult
+from ..models import TERMINAL_STATUSES, Context, JobEvent, JobResult
 from ..redact import mask, mask_obj
 from .outputs import resolve_path
 
 DEFAULT_SUITE = "opus-runner"
 #: Statuses reported as a ``<failure>``.
-FAILURE_STATUSES = frozenset({"FAILED", "CANCELLED", "TIMED_OUT"})
+FAILURE_STATUSES = TERMINAL_STATUSES - {"COMPLETED"}
 
 JUNIT_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -8,11 +8,17 @@ Two fixtures start the local Opus sandbox over real loopback HTTP:
   servers; all are stopped after the test.
 
 ```python
+from opus_runner.sandbox import DEMO_IDS
+
 def test_my_output_plugin(opus_sandbox):
     env = {"OPUS_BASE_URL": opus_sandbox.base_url, "OPUS_SERVICE_KEY": opus_sandbox.key}
+    workflow = DEMO_IDS["demo-summarize"]  # workflow ids are UUIDs
     ...
     assert opus_sandbox.state.count("POST", "execute") == 1
 ```
+
+The sandbox speaks the live service's shapes (opus-api.md section 8) unless a workflow's
+fixture says ``dialect: documented``.
 
 The sandbox itself is imported inside the fixtures, so loading this plugin costs nothing.
 """
@@ -30,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @pytest.fixture
 def opus_sandbox() -> Iterator[SandboxServer]:
-    """A running sandbox serving the packaged demo workflows (``demo-summarize``, ...)."""
+    """A running sandbox serving the packaged demo workflows (ids in ``sandbox.DEMO_IDS``)."""
     from opus_runner.sandbox import SandboxServer
 
     with SandboxServer() as server:

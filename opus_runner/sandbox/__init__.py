@@ -9,6 +9,10 @@ from opus_runner.sandbox import SandboxServer
 with SandboxServer() as sandbox:          # the packaged demo workflows, a random free port
     print(sandbox.base_url, sandbox.state.requests)
 ```
+
+It speaks the live service's shapes by default (opus-api.md section 8); a workflow whose fixture
+says ``dialect: documented`` speaks the older documented ones. Workflow ids are UUIDs;
+``DEMO_IDS`` maps the demo workflows' old names (``demo-summarize``, ...) to theirs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .app import Job, SandboxApp, SandboxState
     from .faults import FaultRule, FaultRuleError, FaultSet, load_faults_file
-    from .fixture import DEFAULT_WORKFLOWS, Fixture, FixtureError, WorkflowDef, load_fixture
+    from .fixture import DEFAULT_WORKFLOWS, DEMO_IDS, Fixture, FixtureError, WorkflowDef, load_fixture
     from .server import SandboxServer, serve
 
 _LAZY = {
@@ -33,6 +37,7 @@ _LAZY = {
     "FaultSet": ".faults",
     "load_faults_file": ".faults",
     "DEFAULT_WORKFLOWS": ".fixture",
+    "DEMO_IDS": ".fixture",
     "Fixture": ".fixture",
     "FixtureError": ".fixture",
     "WorkflowDef": ".fixture",
@@ -41,6 +46,7 @@ _LAZY = {
 
 __all__ = [
     "DEFAULT_WORKFLOWS",
+    "DEMO_IDS",
     "FaultRule",
     "FaultRuleError",
     "FaultSet",

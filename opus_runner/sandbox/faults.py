@@ -2,20 +2,31 @@
 
 A rule names the route it applies to (or ``*``), the kind of fault, and how often it fires:
 
-- ``status``: answer ``status`` (default 503) with a JSON, HTML or empty body.
-- ``rate_limit``: answer 429 with a ``Retry-After`` header (seconds, or an HTTP date).
+- ``status``: answer ``status`` (default 503) with a JSON (NestJS), HTML or empty body.
+- ``rate_limit``: answer 429, with no ``Retry-After`` header (as documented) unless the rule
+  gives ``retry_after`` (seconds, or an HTTP date).
 - ``delay``: wait ``seconds`` and then process the request normally.
 - ``drop``: close the connection without a complete response; the request is not processed.
 - ``lose_response``: process the request, then close the connection before the answer arrives,
   so the client cannot know the outcome (the case ``POST /job/execute`` must survive).
+- ``inner_error``: answer a 2xx (``status``, default 200) whose JSON body carries a failure
+  (opus-api.md section 5), by ``variant``:
+
+  - ``status_code`` (default): ``{statusCode: inner_status, message}``;
+  - ``success_false``: ``{success: false, message}``;
+  - ``error_object``: ``{error: {statusCode: inner_status, message}}``.
+
+  ``inner_status`` defaults to 500 and ``message`` to ``"Request failed with status code 422"``.
+  The request is not processed, unless ``process: true``: then it is processed for real and the
+  answer still says it failed (the worst case for an execute).
 
 How often: ``times: N`` fires on the first N matching calls; ``every: N`` fires on every N-th
 matching call; ``probability: p`` (with ``seed`` for a repeatable sequence) fires at random.
 ``times`` also caps ``every`` and ``probability``. With none of them a rule fires on every call.
 
 Rules are checked in order and the first that fires wins; a rule only counts the calls that
-reached it. Except for ``delay`` and ``lose_response``, a faulted request is never processed: an
-injected 503 on execute does not start the job.
+reached it. Except for ``delay``, ``lose_response`` and ``inner_error`` with ``process: true``, a
+faulted request is never processed: an injected 503 on execute does not start the job.
 
 This module has no third-party imports: it is shared by the server, the fixture loader and the CLI.
 """
@@ -40,10 +51,15 @@ ROUTE_NAMES = (
     "workflow_object",
     "versions",
     "initiate",
+    "initiate_v2",
     "upload",
     "put",
+    "download",
+    "presigned_get",
     "file",
+    "media",
     "execute",
+    "job",
     "status",
     "results",
     "audit",
@@ -51,7 +67,9 @@ ROUTE_NAMES = (
     "archive",
     "delete",
 )
-FAULT_KINDS = ("status", "rate_limit", "delay", "drop", "lose_response")
+FAULT_KINDS = ("status", "rate_limit", "delay", "drop", "lose_response", "inner_error")
+INNER_VARIANTS = ("status_code", "success_false", "error_object")
+DEFAULT_INNER_MESSAGE = "Request failed with status code 422"
 BODY_KINDS = ("json", "html", "empty")
 _FIELDS = (
     "route",
@@ -61,6 +79,10 @@ _FIELDS = (
     "body",
     "retry_after",
     "seconds",
+    "variant",
+    "inner_status",
+    "message",
+    "process",
     "times",
     "every",
     "probability",
@@ -86,8 +108,12 @@ class FaultRule:
     method: str | None = None
     status: int = 503
     body: str = "json"
-    retry_after: str | None = "1"
+    retry_after: str | None = None
     seconds: float = 0.0
+    variant: str = "status_code"
+    inner_status: int = 500
+    message: str = DEFAULT_INNER_MESSAGE
+    process: bool = False
     times: int | None = None
     every: int | None = None
     probability: float | None = None
@@ -136,6 +162,14 @@ class FaultRule:
             data.update(retry_after=self.retry_after, body=self.body)
         elif self.kind == "delay":
             data["seconds"] = self.seconds
+        elif self.kind == "inner_error":
+            data.update(
+                status=self.status,
+                variant=self.variant,
+                inner_status=self.inner_status,
+                message=self.message,
+                process=self.process,
+            )
         for name in ("times", "every", "probability", "seed"):
             value = getattr(self, name)
             if value is not None:
@@ -216,20 +250,49 @@ def parse_rule(data: Mapping[str, Any] | FaultRule) -> FaultRule:
             )
         method = method.upper()
 
-    status = data.get("status", 503)
+    status = data.get("status", 200 if kind == "inner_error" else 503)
     if kind == "status":
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
             raise FaultRuleError(
                 f"'status' must be an HTTP error status from 400 to 599, found {status!r}", field="status"
             )
+    elif kind == "inner_error":
+        if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 299:
+            raise FaultRuleError(
+                f"an 'inner_error' answers a success: 'status' must be from 200 to 299, found {status!r}",
+                field="status",
+            )
     elif "status" in data:
-        raise FaultRuleError(f"'status' only applies to kind 'status', not {kind!r}", field="status")
+        raise FaultRuleError(
+            f"'status' only applies to kinds 'status' and 'inner_error', not {kind!r}", field="status"
+        )
+
+    for name in ("variant", "inner_status", "message", "process"):
+        if name in data and kind != "inner_error":
+            raise FaultRuleError(f"'{name}' only applies to kind 'inner_error', not {kind!r}", field=name)
+    variant = data.get("variant", "status_code")
+    if variant not in INNER_VARIANTS:
+        raise FaultRuleError(
+            f"'variant' must be one of {', '.join(INNER_VARIANTS)}, found {variant!r}", field="variant"
+        )
+    inner_status = data.get("inner_status", 500)
+    if isinstance(inner_status, bool) or not isinstance(inner_status, int) or not 400 <= inner_status <= 599:
+        raise FaultRuleError(
+            f"'inner_status' must be an HTTP error status from 400 to 599, found {inner_status!r}",
+            field="inner_status",
+        )
+    message = data.get("message", DEFAULT_INNER_MESSAGE)
+    if not isinstance(message, str) or not message:
+        raise FaultRuleError(f"'message' must be a non-empty string, found {message!r}", field="message")
+    process = data.get("process", False)
+    if not isinstance(process, bool):
+        raise FaultRuleError(f"'process' must be true or false, found {process!r}", field="process")
 
     body = data.get("body", "json")
     if body not in BODY_KINDS:
         raise FaultRuleError(f"'body' must be one of {', '.join(BODY_KINDS)}, found {body!r}", field="body")
 
-    retry_after = _retry_after(data.get("retry_after", "1"))
+    retry_after = _retry_after(data.get("retry_after"))
 
     seconds = 0.0
     if kind == "delay":
@@ -259,10 +322,14 @@ def parse_rule(data: Mapping[str, Any] | FaultRule) -> FaultRule:
         kind=kind,
         route=route,
         method=method,
-        status=status if kind == "status" else 503,
+        status=status if kind in ("status", "inner_error") else 503,
         body=body,
         retry_after=retry_after,
         seconds=seconds,
+        variant=variant,
+        inner_status=inner_status,
+        message=message,
+        process=process,
         times=_positive_int(data, "times"),
         every=_positive_int(data, "every"),
         probability=probability,

@@ -2,21 +2,30 @@
 
 ```yaml
 workflows:
-  <workflow id>:
+  <workflow id, a UUID>:
     name: Summarize a document
+    dialect: live                 # live (opus-api.md, the default) | documented (the older notes)
+    workspace_id: <uuid>          # the workflow's workspace (default: one shared sandbox workspace)
     duration: 1s                  # time from execute to the terminal status
-    api: v1                       # v1 | v2-only | v1-404
-    status_spelling: space        # space | underscore | lower
-    results_shape: current        # current | legacy
+    api: v1                       # v1 | v2-only | v1-404 (what GET /workflow/{id} does)
+    status_spelling: underscore   # space | underscore | lower (default: live underscore, documented space)
+    results_shape: current        # current | legacy | nested | flat | list | none
     fail: false                   # or a message: the job ends FAILED with it
     fail_node: null               # the node it fails at (default: the last)
+    stop: false                   # true: the job ends with status "stopped"
+    hold: {status: WAITING, duration: 2s}   # after PENDING, report WAITING (or UNKNOWN) this long,
+                                            # on top of duration, before IN_PROGRESS
     nodes: [Input, Process, Output]
     version: 1                    # the latest version number
-    inputs: [{variable_name, display_name, type, is_nullable, allowed_file_types}]
+    inputs: [{variable_name, display_name, type, is_nullable, allowed_file_types, description, wire}]
     outputs: {name: template | {value: template, type, displayName}}
     versions: {1: {inputs: [...], outputs: {...}}}   # older versions
 faults: []                        # fault rules applied when the server starts (faults.py)
 ```
+
+``wire`` (``array_files`` inputs only): ``array`` (default) describes the input live as an
+``array`` of file items, which the client must send as ``type: "array"`` with a ``typeDefinition``;
+``array_files`` describes it as ``array_files``, sent as ``type: "array_files"`` and a plain list.
 
 Output templates are compiled once, here; rendering a job's outputs costs no parsing.
 Every problem is a :class:`FixtureError` naming the file and the key path.
@@ -61,29 +70,56 @@ UPLOAD_EXTENSIONS = (
 )
 #: Names usable in ``allowed_file_types`` (the extensions, upper case, without the dot).
 FILE_TYPES = tuple(ext[1:].upper() for ext in UPLOAD_EXTENSIONS)
-OUTPUT_TYPES = ("str", "float", "bool", "date", "object", "array", "file")
+OUTPUT_TYPES = ("str", "float", "int", "bool", "date", "object", "array", "file", "json_string")
+DIALECTS = ("live", "documented")
 API_MODES = ("v1", "v2-only", "v1-404")
 STATUS_SPELLINGS = ("space", "underscore", "lower")
-RESULTS_SHAPES = ("current", "legacy")
+RESULTS_SHAPES = ("current", "legacy", "nested", "flat", "list", "none")
+HOLD_STATUSES = ("WAITING", "UNKNOWN")
+WIRE_FORMS = ("array", "array_files")
 DEFAULT_NODES = ("Input", "Process", "Output")
 DEFAULT_FAIL_MESSAGE = "The workflow failed"
+#: The workspace of every workflow that names none.
+DEFAULT_WORKSPACE_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "opus-sandbox:workspace"))
+#: The packaged demo workflows' ids, by the names they had before Opus ids became UUIDs.
+DEMO_IDS: Mapping[str, str] = {
+    "demo-summarize": "3f69dcbf-2d6e-4b8a-9c1e-5a7b0c4d2e11",
+    "invoice-triage": "7c1e2a9b-5d34-4f8e-a6b2-0e9d3c5f1a72",
+    "region-report": "5a0d7e3c-8b21-4c6f-9e4a-2f7b1d0c8e93",
+    "always-fails": "e2b4c6d8-1a3f-4e5b-8c7d-9f0a1b2c3d44",
+    "v2-workflow": "9d8c7b6a-5e4f-4a3b-b2c1-d0e9f8a7b655",
+}
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 
 _WORKFLOW_KEYS = (
     "name",
     "description",
+    "dialect",
+    "workspace_id",
     "duration",
     "api",
     "status_spelling",
     "results_shape",
     "fail",
     "fail_node",
+    "stop",
+    "hold",
     "nodes",
     "version",
     "inputs",
     "outputs",
     "versions",
 )
-_INPUT_KEYS = ("variable_name", "display_name", "type", "is_nullable", "allowed_file_types", "id")
+_INPUT_KEYS = (
+    "variable_name",
+    "display_name",
+    "type",
+    "is_nullable",
+    "allowed_file_types",
+    "description",
+    "wire",
+    "id",
+)
 _OUTPUT_KEYS = ("value", "type", "displayName")
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
 
@@ -96,6 +132,11 @@ class FixtureError(SpecError):
 
 class OutputRenderError(Exception):
     """A workflow's output template failed for one job; the job ends FAILED with this message."""
+
+
+def is_uuid(value: Any) -> bool:
+    """True for a canonical 36-character UUID (any case), the only workflow id Opus accepts."""
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
 
 
 def version_uuid(workflow_id: str, number: int) -> str:
@@ -174,6 +215,14 @@ def _render(compiled: Any, context: Mapping[str, Any]) -> Any:
     return compiled
 
 
+#: The ``type_definition`` of a live ``array`` input whose items are files (opus-api.md section 2).
+FILE_ITEMS_DEFINITION: Mapping[str, Any] = {
+    "id": "file",
+    "variable_name": "file",
+    "allowed_types": [{"type": "file"}],
+}
+
+
 @dataclass(frozen=True)
 class InputDef:
     """One input of one workflow version, as the sandbox declares it."""
@@ -184,9 +233,23 @@ class InputDef:
     nullable: bool = False
     allowed_file_types: tuple[str, ...] = ()
     id: str = ""
+    description: str = ""
+    wire: str | None = None  # array_files inputs: "array" (default) or "array_files"
+
+    @property
+    def wire_type(self) -> str:
+        """The ``type`` a live client must send for this input (and the graph states)."""
+        if self.type == "array_files":
+            return self.wire or "array"
+        return self.type
+
+    @property
+    def file_items(self) -> bool:
+        """True for a list of files sent as ``type: "array"`` with a ``typeDefinition``."""
+        return self.type == "array_files" and self.wire_type == "array"
 
     def schema_entry(self, *, v2: bool = False) -> dict[str, Any]:
-        """This input as a ``jobPayloadSchema`` entry (or a v2 ``output_schema.schema`` entry)."""
+        """This input as a documented ``jobPayloadSchema`` entry (or a documented v2 entry)."""
         entry: dict[str, Any] = {
             "variable_name": self.variable_name,
             "display_name": self.display_name,
@@ -200,6 +263,26 @@ class InputDef:
         if v2 and self.type in ("file", "array_files"):
             entry["allowed_types"] = [{"type": "file"}]
         return entry
+
+    def live_entry(self) -> dict[str, Any]:
+        """This input as the live v2 graph's ``input_schema.schema`` entry: no bare ``type``."""
+        if self.file_items:
+            allowed = [{"type": "array", "type_definition": dict(FILE_ITEMS_DEFINITION)}]
+        else:
+            allowed = [{"type": self.wire_type, "type_definition": None}]
+        tags = []
+        if self.allowed_file_types:
+            tags.append({"variable_name": "allowed_file_types", "value": list(self.allowed_file_types)})
+        return {
+            "id": self.id,
+            "variable_name": self.variable_name,
+            "display_name": self.display_name,
+            "description": self.description,
+            "is_nullable": self.nullable,
+            "default": None,
+            "allowed_types": allowed,
+            "tags": tags,
+        }
 
 
 @dataclass(frozen=True)
@@ -263,6 +346,19 @@ def _coerce_output(out: OutputDef, value: Any) -> Any:
                 return value
             number = float(str(value).strip())
             return int(number) if number.is_integer() and "." not in str(value) else number
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            return int(str(value).strip())
+        if kind == "json_string":
+            if isinstance(value, str):
+                json.loads(value)  # JSON text already: it must parse
+                return value
+            return json.dumps(value)
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -288,22 +384,38 @@ def _coerce_output(out: OutputDef, value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """A status (WAITING or UNKNOWN) a job reports for ``seconds`` after PENDING."""
+
+    status: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class WorkflowDef:
     """One sandbox workflow with all its versions."""
 
     id: str
     name: str
     description: str = ""
+    dialect: str = "live"
+    workspace_id: str = DEFAULT_WORKSPACE_ID
     duration: float = 0.0
     api: str = "v1"
-    status_spelling: str = "space"
+    status_spelling: str = "underscore"
     results_shape: str = "current"
     fail: str | None = None
     fail_node: str | None = None
+    stop: bool = False
+    hold: Hold | None = None
     nodes: tuple[str, ...] = DEFAULT_NODES
     latest: int = 1
     versions: Mapping[int, VersionDef] = field(default_factory=dict)
     versions_by_id: Mapping[str, VersionDef] = field(default_factory=dict, compare=False)
+
+    @property
+    def live(self) -> bool:
+        return self.dialect == "live"
 
     @property
     def latest_version(self) -> VersionDef:
@@ -405,7 +517,22 @@ def _build(data: Any, file: str | None) -> Fixture:
             raise FixtureError(
                 f"workflow ids must be non-empty strings, found {wid!r}", file=file, key=("workflows",)
             )
-        workflows[str(wid)] = _workflow(str(wid), wdata, file, ("workflows", str(wid)))
+        if not is_uuid(str(wid)):
+            suggestion = uuid.uuid5(uuid.NAMESPACE_URL, f"opus-sandbox:{wid}")
+            raise FixtureError(
+                f"Opus identifies workflows by UUID; {wid!r} is not one. Use a UUID as the workflow's "
+                f"key (for example {suggestion}) and keep the old name in a comment",
+                file=file,
+                key=("workflows", str(wid)),
+            )
+        canonical = str(wid).lower()
+        if canonical in workflows:
+            raise FixtureError(
+                f"the workflow id {wid!r} is used twice (UUIDs are compared without case)",
+                file=file,
+                key=("workflows", str(wid)),
+            )
+        workflows[canonical] = _workflow(canonical, wdata, file, ("workflows", str(wid)))
 
     faults_data = data.get("faults") or []
     if not isinstance(faults_data, list):
@@ -478,6 +605,27 @@ def _workflow(wid: str, data: Any, file: str | None, key: Key) -> WorkflowDef:
             key=(*key, "fail_node"),
         )
 
+    dialect = _choice(data, "dialect", DIALECTS, file, key)
+    workspace_id = data.get("workspace_id", DEFAULT_WORKSPACE_ID)
+    if not is_uuid(workspace_id):
+        raise FixtureError(
+            f"a workspace id is a UUID, found {workspace_id!r}", file=file, key=(*key, "workspace_id")
+        )
+    stop = data.get("stop", False)
+    if not isinstance(stop, bool):
+        raise FixtureError(f"must be true or false, found {stop!r}", file=file, key=(*key, "stop"))
+    if stop and fail is not None:
+        raise FixtureError(
+            "a job either fails ('fail') or is stopped ('stop'), not both; remove one",
+            file=file,
+            key=(*key, "stop"),
+        )
+    hold = _hold(data.get("hold"), file, (*key, "hold"))
+    if "status_spelling" in data:
+        spelling = _choice(data, "status_spelling", STATUS_SPELLINGS, file, key)
+    else:
+        spelling = "underscore" if dialect == "live" else "space"
+
     latest = data.get("version", 1)
     if isinstance(latest, bool) or not isinstance(latest, int) or latest < 1:
         raise FixtureError(
@@ -539,16 +687,53 @@ def _workflow(wid: str, data: Any, file: str | None, key: Key) -> WorkflowDef:
         name=name,
         description=description,
         duration=duration,
+        dialect=dialect,
+        workspace_id=workspace_id.lower(),
         api=_choice(data, "api", API_MODES, file, key),
-        status_spelling=_choice(data, "status_spelling", STATUS_SPELLINGS, file, key),
+        status_spelling=spelling,
         results_shape=_choice(data, "results_shape", RESULTS_SHAPES, file, key),
         fail=fail,
         fail_node=fail_node,
+        stop=stop,
+        hold=hold,
         nodes=tuple(nodes_data),
         latest=latest,
         versions=versions,
         versions_by_id={v.version_id: v for v in versions.values()},
     )
+
+
+def _hold(data: Any, file: str | None, key: Key) -> Hold | None:
+    if data is None or data is False:
+        return None
+    if not isinstance(data, Mapping):
+        raise FixtureError("must be a mapping such as {status: WAITING, duration: 2s}", file=file, key=key)
+    unknown = [k for k in data if k not in ("status", "duration")]
+    if unknown:
+        raise FixtureError(
+            f"unknown key {unknown[0]!r}; a hold has 'status' and 'duration'",
+            file=file,
+            key=(*key, str(unknown[0])),
+        )
+    status = data.get("status")
+    if status not in HOLD_STATUSES:
+        raise FixtureError(
+            f"must be one of {', '.join(HOLD_STATUSES)} (the status a job reports while held), "
+            f"found {status!r}",
+            file=file,
+            key=(*key, "status"),
+        )
+    if "duration" not in data:
+        raise FixtureError("a hold needs a 'duration', e.g. duration: 2s", file=file, key=(*key, "duration"))
+    try:
+        seconds = parse_duration(data["duration"])
+    except ValueError as exc:
+        raise FixtureError(str(exc), file=file, key=(*key, "duration")) from None
+    if seconds <= 0:
+        raise FixtureError(
+            "must be longer than 0 (omit 'hold' for no hold)", file=file, key=(*key, "duration")
+        )
+    return Hold(status=str(status), seconds=seconds)
 
 
 def _version(wid: str, number: int, data: Mapping[str, Any], file: str | None, key: Key) -> VersionDef:
@@ -636,6 +821,19 @@ def _input(wid: str, data: Any, file: str | None, key: Key) -> InputDef:
                 key=(*key, "allowed_file_types"),
             )
         allowed.append(name)
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise FixtureError(f"must be a string, found {description!r}", file=file, key=(*key, "description"))
+    wire = data.get("wire")
+    if wire is not None:
+        if kind != "array_files":
+            raise FixtureError(
+                f"only array_files inputs take 'wire', this input is {kind}", file=file, key=(*key, "wire")
+            )
+        if wire not in WIRE_FORMS:
+            raise FixtureError(
+                f"must be one of {', '.join(WIRE_FORMS)}, found {wire!r}", file=file, key=(*key, "wire")
+            )
     input_id = data.get("id") or str(
         uuid.uuid5(uuid.NAMESPACE_URL, f"opus-sandbox:{wid}:input:{variable_name}")
     )
@@ -646,6 +844,8 @@ def _input(wid: str, data: Any, file: str | None, key: Key) -> InputDef:
         nullable=nullable,
         allowed_file_types=tuple(allowed),
         id=str(input_id),
+        description=description,
+        wire=wire,
     )
 
 

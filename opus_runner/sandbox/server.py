@@ -68,8 +68,11 @@ class SandboxServer:
     file of them, added after the fixture's own ``faults:``. ``port=0`` picks a free port.
 
     ```python
+    from opus_runner.sandbox import DEMO_IDS
+
     with SandboxServer() as sandbox:
-        httpx.get(f"{sandbox.base_url}/workflow/demo-summarize", headers={"x-service-key": sandbox.key})
+        workflow = DEMO_IDS["demo-summarize"]  # Opus workflow ids are UUIDs
+        httpx.get(f"{sandbox.base_url}/workflow/{workflow}", headers={"x-service-key": sandbox.key})
     ```
     """
 

@@ -49,6 +49,7 @@ __all__ = [
 LOCK_FILE = "opus-runner.lock"
 LOCK_VERSION = 1
 
+_WIRE_KEYS = frozenset({"wire_type", "type_definition"})
 _ENTRY_KEYS = frozenset({"workflowId", "version", "versionId", "name", "jobPayloadSchema", "fingerprint"})
 _INPUT_KEYS = frozenset({"variable_name", "display_name", "type", "is_nullable", "allowed_file_types"})
 
@@ -168,7 +169,8 @@ def _read_entry(path: Path, key: str, entry: Any) -> WorkflowSchema:
     if not isinstance(inputs, dict):
         raise _corrupt(path, "jobPayloadSchema is not an object", key)
     for var, item in inputs.items():
-        if not isinstance(item, dict) or set(item) != _INPUT_KEYS:
+        # The wire form (wire_type, type_definition) is there only for inputs that have one.
+        if not isinstance(item, dict) or not _INPUT_KEYS <= set(item) <= _INPUT_KEYS | _WIRE_KEYS:
             raise _corrupt(path, f"input {var!r} does not have exactly {', '.join(sorted(_INPUT_KEYS))}", key)
         if item["variable_name"] != var:
             raise _corrupt(path, f"input {var!r} names variable {item['variable_name']!r}", key)

@@ -65,7 +65,7 @@ def test_schema_json_and_version_pin(project: Project) -> None:
         "variable_name": "workflow_input_more",
         "display_name": "Attachments",
         "type": "array_files",
-        "sent_type": "array_files",
+        "sent_type": "array",  # described live as an array of files
         "understood": True,
         "required": False,
         "allowed_file_types": ["CSV", "TXT"],
@@ -93,7 +93,7 @@ def test_schema_unknown_workflow_is_one_sentence_exit_3(project: Project) -> Non
     result = project.run("schema", WF["all-types"], "--version", "9")
     assert result.exit_code == 3
     assert f"workflow {WF['all-types']!r} (version 9) was not found" in result.stderr
-    assert "its versions: 1, 2" in result.stderr
+    assert "has no version 9 (its versions: 1, 2)" in result.stderr
     result = project.run("schema", MISSING, "--format", "json")
     assert json.loads(result.stdout)["event"] == "error"
 
@@ -139,7 +139,7 @@ def test_init_writes_a_spec_that_loads_and_validates_once_files_exist(project: P
     assert "Contract: {file: path/to/file.pdf}" in text
     comments = {line.split(":")[0].strip(): line.split("#", 1)[1].strip() for line in text.splitlines() if line.startswith("  ") and "#" in line and not line.lstrip().startswith("#")}
     assert comments["Contract"] == "file, required, allowed: PDF, TXT (workflow_input_doc)"
-    assert comments["Attachments"] == "array_files, optional, allowed: CSV, TXT (workflow_input_more)"
+    assert comments["Attachments"] == "array_files (sent as array of files), optional, allowed: CSV, TXT (workflow_input_more)"
     assert comments["Budget"] == "float, required (workflow_input_budget)"
 
     # The placeholders point at files that do not exist yet: live validation says so...

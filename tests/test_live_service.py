@@ -29,6 +29,7 @@ UNSURE = "11111111-0000-4000-8000-000000000005"
 REPORT = "11111111-0000-4000-8000-000000000006"
 OLD = "11111111-0000-4000-8000-000000000007"
 ELSEWHERE = "11111111-0000-4000-8000-000000000008"
+NOVEL = "11111111-0000-4000-8000-000000000009"
 WORKSPACE = "22222222-0000-4000-8000-000000000001"
 OTHER_WORKSPACE = "22222222-0000-4000-8000-000000000002"
 
@@ -92,6 +93,15 @@ WORKFLOWS: dict[str, Any] = {
             "inputs": QUESTION,
             "outputs": {"answer": "old {{ inputs.Question }}"},
         },
+        NOVEL: {
+            "name": "A type nobody knows yet",
+            "duration": "0.1s",
+            "inputs": [
+                *QUESTION,
+                {"variable_name": "workflow_input_geo", "display_name": "Location", "type": "geo_point"},
+            ],
+            "outputs": {"answer": "near {{ inputs.Location.lat }}"},
+        },
         ELSEWHERE: {
             "name": "Another workspace",
             "duration": "0.1s",
@@ -151,8 +161,29 @@ def test_bad_int_and_json_string_values_are_refused_before_anything_is_sent(live
     path = spec(live, "t", TYPES, "inputs:\n  Count: 2.5\n  Rules: '{not json'\n")
     result = live.run("run", path)
     assert result.exit_code == 2
-    assert "t.yaml:7: inputs.Count: input 'Count' (int): expected a whole number, found a number 2.5" in result.stderr
+    assert "t.yaml:8: inputs.Count: input 'Count' (int): expected a whole number, found a number 2.5" in result.stderr
     assert "inputs.Rules: input 'Rules' (json_string): expected JSON text" in result.stderr
+    assert live.sandbox.state.count("POST", "initiate") == 0
+
+
+def test_an_unknown_input_type_is_kept_sent_as_stated_and_warned_about(live: Project) -> None:
+    path = spec(live, "g", NOVEL, "inputs:\n  Question: q\n  Location: {lat: 52.1, lon: 4.3}\n")
+    result = live.run("run", path)
+    assert result.exit_code == 0, result.output
+    sent = payload_of(live)["jobPayloadSchemaInstance"]["workflow_input_geo"]
+    assert sent == {"value": {"lat": 52.1, "lon": 4.3}, "type": "geo_point", "displayName": "Location"}
+    warning = (
+        f"warning: workflow {NOVEL}: input 'Location' (workflow_input_geo) has type 'geo_point', "
+        "which this opus-runner does not understand"
+    )
+    assert result.stderr.count(warning) == 1
+    assert "geo_point (not understood)" in live.run("schema", NOVEL).stdout
+    # Only its presence is checked: leaving it out is still an error, before anything is sent.
+    live.sandbox.state.reset()
+    missing = spec(live, "m", NOVEL, "inputs:\n  Question: q\n")
+    result = live.run("run", missing)
+    assert result.exit_code == 2
+    assert "required input 'Location' (workflow_input_geo, type geo_point) is missing" in result.stderr
     assert live.sandbox.state.count("POST", "initiate") == 0
 
 
@@ -223,7 +254,8 @@ def test_a_project_callback_url_that_is_not_https_is_refused(live: Project) -> N
     "fault",
     [
         {"route": "execute", "kind": "inner_error", "times": 1},
-        {"route": "execute", "kind": "inner_error", "success": False, "message": "Workflow is not active", "times": 1},
+        {"route": "execute", "kind": "inner_error", "variant": "success_false", "message": "Workflow is not active", "times": 1},
+        {"route": "execute", "kind": "inner_error", "variant": "error_object", "message": "Workflow is not active", "times": 1},
     ],
 )
 def test_an_execute_refused_inside_a_2xx_fails_that_job_with_the_platforms_words(live: Project, fault: dict[str, Any]) -> None:

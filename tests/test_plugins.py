@@ -770,7 +770,7 @@ def test_the_guides_hook_examples_load_and_work(
     plugins_dir: Path, tmp_path: Path, own_builtins: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     examples = guide_examples()
-    assert len(examples) == 10  # the first plugin and one per hook
+    assert len(examples) == 11  # the first plugin, one per hook, and the WireValue form of coercion
     for n, (_, code) in enumerate(examples):
         (plugins_dir / f"example_{n:02d}.py").write_text(code)
     host = make_plugin_host(plugins_dir=plugins_dir, entrypoints=False)
@@ -786,6 +786,11 @@ def test_the_guides_hook_examples_load_and_work(
     ctx = ctx_for(tmp_path)
     tags = InputField(variable_name="workflow_input_tags", display_name="Tags", type="array")
     assert asyncio.run(host.first("opus_coerce_value", field=tags, value="a, b,", ctx=ctx)) == ["a", "b"]
+    from opus_runner import WireValue
+
+    attachments = InputField(variable_name="workflow_input_attachments", display_name="A", type="array_files")
+    chosen = asyncio.run(host.first("opus_coerce_value", field=attachments, value=["u"], ctx=ctx))
+    assert chosen == WireValue(["u"], type="array_files")
     assert host.template_filters(None)["cents"]("12.34") == 1234
     from opus_runner.models import JobResult
 

@@ -16,6 +16,7 @@ from opus_runner.client import RetryPolicy
 from conftest import Project, header
 
 FAST_RETRY = RetryPolicy(attempts=8, base=0.01, cap=0.05)
+ECHO = "00000000-0000-4000-8000-0000000ec404"  # a workflow that echoes its inputs back
 
 
 def batch_spec(project: Project, rows: int, workflow: str = "quick", name: str = "batch", extra: str = "") -> Path:
@@ -195,7 +196,7 @@ def test_key_and_secrets_appear_nowhere(project: Project, opus_sandbox_factory) 
     echo = opus_sandbox_factory(
         {
             "workflows": {
-                "echo": {
+                ECHO: {
                     "duration": "0.1s",
                     "inputs": [
                         {"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"},
@@ -210,7 +211,7 @@ def test_key_and_secrets_appear_nowhere(project: Project, opus_sandbox_factory) 
         "s.yaml",
         header(
             "s",
-            "echo",
+            ECHO,
             """\
             inputs:
               Question: "uses {{ secret('MY_TOKEN') }}"

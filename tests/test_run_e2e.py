@@ -51,7 +51,7 @@ def test_every_input_type_reaches_the_sandbox_as_typed(project: Project) -> None
     assert payload["workflow_input_cfg"] == {"value": {"depth": 2}, "type": "object", "displayName": "Settings"}
     # The file went through the presigned flow and its bytes arrived intact.
     doc_url = payload["workflow_input_doc"]["value"]
-    assert doc_url.startswith(project.sandbox.base_url + "/files/")
+    assert doc_url.startswith(project.sandbox.base_url + "/media/")
     stored = {url: data for url, data in _stored_files(project).items()}
     assert stored[doc_url] == PDF
     attachments = payload["workflow_input_more"]["value"]
@@ -71,7 +71,13 @@ def _stored_files(project: Project) -> dict[str, bytes]:
             values = entry["value"] if isinstance(entry["value"], list) else [entry["value"]]
             for v in values:
                 if isinstance(v, str) and v.startswith(project.sandbox.base_url):
-                    out[v] = httpx.get(v).content
+                    # File URLs are references: read them the way the service lets clients.
+                    link = httpx.post(
+                        f"{project.sandbox.base_url}/job/file/download",
+                        json={"fileUrl": v, "customExpiry": 60},
+                        headers={"x-service-key": project.sandbox.key},
+                    ).json()["presignedUrl"]
+                    out[v] = httpx.get(link).content
     return out
 
 

@@ -1814,9 +1814,10 @@ def _wf(**fields: Any) -> dict[str, Any]:
         ),
         (_wf(inputs=[{"type": "str"}]), f"workflows.{WF}.inputs[0].variable_name", "needs a variable_name"),
         (
-            _wf(inputs=[{"variable_name": "a", "type": "text"}]),
+            _wf(inputs=[{"variable_name": "a", "type": "Text Field"}]),
             f"workflows.{WF}.inputs[0].type",
-            "must be one of str, float, int, bool, date, file, array, array_files, object, json_string",
+            "must be one of str, float, int, bool, date, file, array, array_files, object, json_string "
+            "(or another lower-case type name",
         ),
         (
             _wf(inputs=[{"variable_name": "a", "type": "str"}, {"variable_name": "a", "type": "str"}]),
@@ -1913,7 +1914,7 @@ def test_fixture_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
         and "not valid YAML" in str(info.value)
     )
     bad_key = tmp_path / "key.yaml"
-    bad_key.write_text(f"workflows:\n  {WF}:\n    inputs:\n      - {{variable_name: a, type: strr}}\n")
+    bad_key.write_text(f"workflows:\n  {WF}:\n    inputs:\n      - {{variable_name: a, type: 'Str!'}}\n")
     with pytest.raises(FixtureError) as info:
         load_fixture(bad_key)
     assert str(info.value).startswith(f"{bad_key}: workflows.{WF}.inputs[0].type: must be one of str")

@@ -59,9 +59,9 @@ async def _from_workflow_object(client: Any, ref: WorkflowRef) -> WorkflowSchema
     entry = _pick_version(versions, ref)
     pin = f"version id {ref.version_id}" if ref.version_id else f"version {ref.version}"
     if entry is None:
-        listed = ", ".join(
-            str(_number(v)) if _number(v) is not None else (_ids(v) or ["?"])[0] for v in versions
-        )
+        numbers = sorted(n for n in map(_number, versions) if n is not None)
+        unnumbered = [(_ids(v) or ["?"])[0] for v in versions if _number(v) is None]
+        listed = ", ".join([*map(str, numbers), *unnumbered])
         raise NotFoundError(
             f"workflow {ref.id} has no {pin} (its versions: {listed or 'none listed'}); fix "
             "workflow.version or workflow.versionId in the spec",

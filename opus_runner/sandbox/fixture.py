@@ -50,6 +50,7 @@ from .faults import FaultRule, FaultRuleError, parse_rule
 if TYPE_CHECKING:  # pragma: no cover
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+_TYPE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 #: The packaged demo workflows, used when no fixture is given.
 DEFAULT_WORKFLOWS = Path(__file__).with_name("default_workflows.yaml")
 
@@ -795,9 +796,14 @@ def _input(wid: str, data: Any, file: str | None, key: Key) -> InputDef:
             f"must be a non-empty string, found {display_name!r}", file=file, key=(*key, "display_name")
         )
     kind = data.get("type")
-    if kind not in INPUT_TYPES:
+    # Any other lower-case name models a type the platform added that clients do not know yet:
+    # the sandbox takes any value for it, as long as the entry's `type` says it.
+    if kind not in INPUT_TYPES and not (isinstance(kind, str) and _TYPE_NAME.fullmatch(kind)):
         raise FixtureError(
-            f"must be one of {', '.join(INPUT_TYPES)}, found {kind!r}", file=file, key=(*key, "type")
+            f"must be one of {', '.join(INPUT_TYPES)} (or another lower-case type name, to model a "
+            f"type clients do not know), found {kind!r}",
+            file=file,
+            key=(*key, "type"),
         )
     nullable = data.get("is_nullable", False)
     if not isinstance(nullable, bool):

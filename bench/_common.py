@@ -35,6 +35,9 @@ REPO_ROOT = BENCH_DIR.parent
 PYTHON = sys.executable
 #: A workflow id shaped like the platform's current ones: opus-aaico refuses anything but a UUID.
 BENCH_WORKFLOW_ID = "6f1c2d3e-0000-4000-8000-00000000be0c"
+#: The same workflow in the sandbox's documented dialect, for clients that cannot meet the live
+#: one: opus-aaico 0.6.0's workflows.run sends no callbackUrl, which the live service refuses.
+BENCH_DOCUMENTED_ID = "6f1c2d3e-0000-4000-8000-00000000d0c0"
 SANDBOX_START_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = 900.0
 PYCACHE_DIR = Path(tempfile.gettempdir()) / "opus-runner-bench-pycache"
@@ -316,15 +319,17 @@ BENCH_INPUTS = [
 
 def write_fixture(path: Path, *, duration: str | float = 0) -> Path:
     """A sandbox fixture with the one bench workflow (JSON: the sandbox reads .json fixtures)."""
+    workflow = {
+        "name": "Bench report",
+        "duration": duration,
+        "nodes": ["Input", "Report", "Output"],
+        "inputs": BENCH_INPUTS,
+        "outputs": {"summary": "Report for {{ inputs.Customer }} in {{ inputs.Region }}"},
+    }
     fixture = {
         "workflows": {
-            BENCH_WORKFLOW_ID: {
-                "name": "Bench report",
-                "duration": duration,
-                "nodes": ["Input", "Report", "Output"],
-                "inputs": BENCH_INPUTS,
-                "outputs": {"summary": "Report for {{ inputs.Customer }} in {{ inputs.Region }}"},
-            }
+            BENCH_WORKFLOW_ID: workflow,
+            BENCH_DOCUMENTED_ID: {**workflow, "dialect": "documented"},
         }
     }
     path.write_text(json.dumps(fixture, indent=2), encoding="utf-8")

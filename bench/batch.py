@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     BENCH_DIR,
+    BENCH_DOCUMENTED_ID,
     BENCH_WORKFLOW_ID,
     PYTHON,
     BenchError,
@@ -155,7 +156,7 @@ def run() -> int:
                             python,
                             str(BENCH_DIR / "aaico_client.py"),
                             "--rows", str(work / "rows.csv"),
-                            "--workflow", BENCH_WORKFLOW_ID,
+                            "--workflow", BENCH_DOCUMENTED_ID,
                             "--concurrency", str(args.concurrency),
                             "--poll-interval", str(args.poll_interval),
                         ]  # fmt: skip
@@ -181,6 +182,11 @@ def run() -> int:
     report.say(table(["requests", *medians], [[route, *(m.requests.get(route, 0) for m in medians.values())] for route in routes]))
     if aaico is None:
         report.note(f"opus-aaico skipped: {why}")
+    else:
+        report.note(
+            "opus-aaico ran against the documented-dialect copy of the workflow: its workflows.run "
+            "sends no callbackUrl, which the live service refuses with 400"
+        )
     if profile is not None:
         report.say("")
         report.say(profile.rstrip())

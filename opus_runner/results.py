@@ -115,6 +115,15 @@ def _legacy(results: Mapping[str, Any], out: ResultsData) -> None:
         out.outputs.update({str(k): v for k, v in data.items()})
 
 
+def _listed(items: list[Any], out: ResultsData) -> None:
+    """``[{OUT: value}, ...]``: every mapping's outputs, merged in order."""
+    out.shape = "list"
+    for item in items:
+        if isinstance(item, Mapping):
+            _typed_entries(item, out)
+    out.recognised = bool(out.outputs)
+
+
 def _is_legacy(results: Mapping[str, Any]) -> bool:
     # The older shape's own keys, not outputs that happen to be called "data".
     present = [k for k in _LEGACY_KEYS if k in results]
@@ -127,11 +136,7 @@ def parse_results(body: Any) -> ResultsData:
     """Normalise a results body of any shape in the module docstring into :class:`ResultsData`."""
     out = ResultsData(outputs={}, raw=body)
     if isinstance(body, list):
-        out.shape = "list"
-        for item in body:
-            if isinstance(item, Mapping):
-                _typed_entries(item, out)
-        out.recognised = bool(out.outputs)
+        _listed(body, out)
         return out
     if not isinstance(body, Mapping):
         out.recognised = False
@@ -158,11 +163,7 @@ def parse_results(body: Any) -> ResultsData:
         error = error or _message(results.get("error"))
         out.recognised = bool(out.outputs) or error is not None
     elif isinstance(results, list):
-        out.shape = "list"
-        for item in results:
-            if isinstance(item, Mapping):
-                _typed_entries(item, out)
-        out.recognised = bool(out.outputs)
+        _listed(results, out)
     else:
         out.shape = "unknown"
         out.recognised = error is not None

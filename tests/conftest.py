@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,14 +143,19 @@ class Project:
         return b"".join(p.read_bytes() for p in state.glob("state.db*")) if state.exists() else b""
 
 
-@pytest.fixture
-def project(tmp_path: Path, opus_sandbox_factory: Callable[..., Any]) -> Iterator[Project]:
+def make_project(tmp_path: Path, opus_sandbox_factory: Callable[..., Any], workflows: Any = None) -> Project:
+    """A project folder under ``tmp_path`` and a started sandbox serving ``workflows``."""
     root = tmp_path / "repo"
     root.mkdir()
     (root / "opus-runner.toml").write_text('state_dir = ".opus-run"\n')
-    sandbox = opus_sandbox_factory(WORKFLOWS)
+    sandbox = opus_sandbox_factory(WORKFLOWS if workflows is None else workflows)
     env = {"OPUS_BASE_URL": sandbox.base_url, "OPUS_SERVICE_KEY": sandbox.key}
-    yield Project(root=root, sandbox=sandbox, env=env)
+    return Project(root=root, sandbox=sandbox, env=env)
+
+
+@pytest.fixture
+def project(tmp_path: Path, opus_sandbox_factory: Callable[..., Any]) -> Project:
+    return make_project(tmp_path, opus_sandbox_factory)
 
 
 def make_ctx(tmp_path: Path, *, log_name: str = "t.out", **kw: Any) -> Any:

@@ -182,6 +182,23 @@ async def test_initiate_body_pins_and_returns_a_string_id() -> None:
     assert by_id["workspaces"] == "w1"
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("72964", "72964"), (72964, "72964"), (72964.0, "72964"), (" 7 ", "7"), ("", None), (True, None), (None, None), ({}, None)],
+)
+def test_job_ids_are_kept_as_strings(raw: Any, expected: str | None) -> None:
+    from opus_runner.client import job_id_of
+
+    assert job_id_of(raw) == expected
+
+
+async def test_initiate_sends_workspaces_comma_separated() -> None:
+    server = Server().on("POST", "/job/initiate", ok({"jobExecutionId": "72964"}, status=201))
+    client, _ = make(server)
+    assert await client.initiate("wf1", title="T", workspaces=("w1", "w2")) == "72964"
+    assert body_of(server.requests[0])["workspaces"] == "w1,w2"
+
+
 async def test_initiate_without_an_id_in_the_answer() -> None:
     server = Server().on("POST", "/job/initiate", ok({"ok": True}))
     client, _ = make(server)
@@ -203,6 +220,18 @@ async def test_file_upload_url_body() -> None:
         "workflowId": "wf1",
     }
     assert server.requests[0].headers["x-service-key"] == KEY
+
+
+async def test_file_upload_url_scope_workspace_and_unlisted() -> None:
+    answer = ok({"presignedUrl": PRESIGNED, "fileUrl": "https://f/1"})
+    server = Server().on("POST", "/job/file/upload", answer).on("POST", "/job/file/upload", answer)
+    client, _ = make(server)
+    await client.file_upload_url(extension="pdf", original_name=None, workflow_id="wf1", workspace_id="ws1", access_scope="workspace")
+    await client.file_upload_url(extension=".csv", original_name="a.csv", workflow_id="wf1", access_scope="unlisted")
+    in_workspace, unlisted = (body_of(r) for r in server.requests)
+    # One scope only: the workspace when known (the file then sits where the workflow reads it).
+    assert in_workspace == {"fileExtension": ".pdf", "accessScope": "workspace", "workspaceId": "ws1"}
+    assert unlisted == {"fileExtension": ".csv", "originalName": "a.csv", "workflowId": "wf1"}
 
 
 async def test_put_presigned_never_carries_the_key() -> None:

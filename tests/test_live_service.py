@@ -9,14 +9,14 @@ output files behind ``/job/file/download``, workspaces, ``stopped`` and ``UNKNOW
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import Project
+from conftest import Project, make_project
 from opus_runner.urls import PLACEHOLDER_CALLBACK_URL
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
@@ -114,12 +114,8 @@ WORKFLOWS: dict[str, Any] = {
 
 
 @pytest.fixture
-def live(tmp_path: Path, opus_sandbox_factory: Callable[..., Any]) -> Iterator[Project]:
-    root = tmp_path / "repo"
-    root.mkdir()
-    (root / "opus-runner.toml").write_text('state_dir = ".opus-run"\n')
-    sandbox = opus_sandbox_factory(WORKFLOWS)
-    yield Project(root=root, sandbox=sandbox, env={"OPUS_BASE_URL": sandbox.base_url, "OPUS_SERVICE_KEY": sandbox.key})
+def live(tmp_path: Path, opus_sandbox_factory: Callable[..., Any]) -> Project:
+    return make_project(tmp_path, opus_sandbox_factory, WORKFLOWS)
 
 
 def spec(project: Project, name: str, workflow: str, body: str, *, workflow_extra: str = "") -> Path:
@@ -315,9 +311,7 @@ def test_every_results_shape_reaches_outputs(opus_sandbox_factory: Callable[...,
             for i, shape in enumerate(shapes)
         }
     }
-    sandbox = opus_sandbox_factory(fixture)
-    project = Project(root=tmp_path, sandbox=sandbox, env={"OPUS_BASE_URL": sandbox.base_url, "OPUS_SERVICE_KEY": sandbox.key})
-    (tmp_path / "opus-runner.toml").write_text("")
+    project = make_project(tmp_path, opus_sandbox_factory, fixture)
     paths = [spec(project, f"r{i}", wid, "inputs:\n  Question: q\n") for i, wid in enumerate(fixture["workflows"])]
     result = project.run("run", *paths, "--format", "json")
     assert result.exit_code == 0, result.output
@@ -328,14 +322,14 @@ def test_every_results_shape_reaches_outputs(opus_sandbox_factory: Callable[...,
 
 def test_results_with_no_outputs_are_a_warning_naming_the_job(opus_sandbox_factory: Callable[..., Any], tmp_path: Path) -> None:
     wid = "33333333-0000-4000-8000-0000000000ff"
-    sandbox = opus_sandbox_factory(
-        {"workflows": {wid: {"name": "Says nothing", "duration": "0.05s", "results_shape": "none", "inputs": QUESTION, "outputs": {"answer": "x"}}}}
+    project = make_project(
+        tmp_path,
+        opus_sandbox_factory,
+        {"workflows": {wid: {"name": "Says nothing", "duration": "0.05s", "results_shape": "none", "inputs": QUESTION, "outputs": {"answer": "x"}}}},
     )
-    project = Project(root=tmp_path, sandbox=sandbox, env={"OPUS_BASE_URL": sandbox.base_url, "OPUS_SERVICE_KEY": sandbox.key})
-    (tmp_path / "opus-runner.toml").write_text("")
     result = project.run("run", spec(project, "n", wid, "inputs:\n  Question: q\n"))
     assert result.exit_code == 0, result.output
-    [job_id] = list(sandbox.state.payloads)
+    [job_id] = list(project.sandbox.state.payloads)
     assert f"warning: n: job {job_id} completed, but its results hold no outputs opus-runner recognises" in result.stderr
     assert f"opus-run results {job_id}" in result.stderr
 

@@ -83,8 +83,6 @@ _NEVER_SENT: tuple[type[Exception], ...] = (
 _NOT_RETRYABLE: tuple[type[Exception], ...] = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 # Only these answers say "come back later" with a Retry-After worth honouring (RFC 9110).
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
-# Execute answered with one of these was refused before any work began: safe to resend.
-_EXECUTE_RESEND_STATUSES = frozenset({429, 503})
 #: Seconds a download URL from ``/job/file/download`` stays valid (the API takes 60 to 86400).
 DOWNLOAD_URL_EXPIRY = 900
 #: Who may read an uploaded file: opus-aaico's default, seen working live (opus-api.md section 4).
@@ -99,7 +97,7 @@ class RetryPolicy:
 
     The wait before retry ``n`` (0-based) is ``uniform(0, min(cap, base * 2**n))`` ("full
     jitter", so a crowd of clients does not retry in lockstep), or the server's
-    ``Retry-After`` on a 429/503, capped at ``cap``.
+    ``Retry-After`` on a 429/503 with jitter added (:meth:`after`), capped at ``cap``.
     """
 
     attempts: int = 6
@@ -114,6 +112,13 @@ class RetryPolicy:
             raise ValueError(f"RetryPolicy.attempts must be at least 1, got {self.attempts}")
         if self.base < 0 or self.cap < 0:
             raise ValueError("RetryPolicy.base and RetryPolicy.cap must not be negative")
+
+    def after(self, wanted: float) -> float:
+        """The wait for a ``Retry-After`` of ``wanted`` seconds: at least that, plus jitter of up
+        to a fifth of it (``base`` at least), so jobs told the same instant do not all come
+        back at once; capped at ``cap``."""
+        spread = max(self.base, 0.2 * wanted)
+        return min(self.cap, wanted + self.random() * spread)
 
     def backoff(self, retry: int) -> float:
         """The jittered wait before retry number ``retry`` (0 for the first retry)."""
@@ -593,7 +598,7 @@ class OpusClient:
         if response.status_code in _RETRY_AFTER_STATUSES:
             wanted = _parse_retry_after(response.headers.get("retry-after"))
             if wanted is not None:
-                return min(self.retry.cap, wanted)
+                return self.retry.after(wanted)
         # No Retry-After (Opus documents none for its 429s): back off with full jitter.
         return self.retry.backoff(retry)
 
@@ -901,12 +906,14 @@ class OpusClient:
 
         ``callbackUrl`` is always sent (Opus refuses an execute without one): ``callback_url``,
         else :data:`~opus_runner.urls.PLACEHOLDER_CALLBACK_URL`, a host that never resolves.
-        It is resent only after a connect error, a pool timeout, or a 429/503 answer (the
-        request certainly did nothing). After any other failure (read timeout, dropped
-        connection, 500/502/504) what the service knows of the job decides (see
-        :meth:`execute_received`): executed -> an unconfirmed :class:`ExecuteOutcome`;
-        otherwise :class:`ExecuteOutcomeUnknown`. A refusal, including one inside a 2xx body,
-        raises :class:`~opus_runner.errors.ExecuteRefused` with the platform's words.
+
+        It is sent again only when the request provably never left (a connect error, a pool
+        timeout) or the service shows the job holds no input (:meth:`execute_received`). Any
+        other unclear ending (read timeout, dropped connection, 429, 5xx, an unreadable 2xx)
+        is settled by reading the job: received -> an unconfirmed :class:`ExecuteOutcome`;
+        cannot tell, or still no input after the last attempt -> :class:`ExecuteOutcomeUnknown`
+        (the journal keeps the job unconfirmed for ``resume`` to ask again). A refusal, also
+        one inside a 2xx body, raises :class:`~opus_runner.errors.ExecuteRefused`.
         """
         self._require_key()
         path = "/job/execute"
@@ -922,6 +929,7 @@ class OpusClient:
         policy = self.retry
         for attempt in range(1, policy.attempts + 1):
             last = attempt == policy.attempts
+            response: httpx.Response | None = None
             try:
                 response = await self._send("POST", url, json_body=body)
             except _NOT_RETRYABLE as exc:
@@ -932,65 +940,72 @@ class OpusClient:
                 await self._pause(policy.backoff(attempt - 1), label, attempt, _describe(exc))
                 continue
             except httpx.TransportError as exc:
-                return await self._resolve_execute(job_id, _describe(exc), exc)
-            status = response.status_code
-            if status in _EXECUTE_RESEND_STATUSES:
-                if last:
-                    raise error_from_response(response, method="POST", endpoint=path, job_id=job_id)
-                await self._pause(
-                    self._delay_for(response, attempt - 1), label, attempt, self._why(response)
-                )
-                continue
-            if status >= 500:
-                return await self._resolve_execute(
-                    job_id, f"HTTP {status}: {server_message(response)}", None
-                )
-            if not response.is_success:
-                error = error_from_response(
-                    response, method="POST", endpoint=path, subject=f"job {job_id}", job_id=job_id
-                )
-                if isinstance(error, (AuthError, NotFoundError)) or status == 401:
-                    raise error
-                raise ExecuteRefused(
-                    f"Opus refused to execute job {job_id} (HTTP {status}): {error.message}",
-                    status_code=status,
-                    method="POST",
-                    endpoint=path,
-                    job_id=job_id,
-                )
-            try:
-                data = _decode_json(response, method="POST", endpoint=path, job_id=job_id)
-            except ApiError as exc:
-                # A 2xx we cannot read still means the server took the request.
-                return await self._resolve_execute(job_id, exc.message, exc)
-            data = data if isinstance(data, Mapping) else {}
-            refusal = _refusal_in(data)
-            if refusal is not None:
-                inner, why = refusal
-                shown = f"HTTP {status}" + (f" carrying status {inner}" if inner else "")
-                raise ExecuteRefused(
-                    f"Opus refused to execute job {job_id} ({shown}): {redact.mask(why)}",
-                    status_code=inner or status,
-                    method="POST",
-                    endpoint=path,
-                    job_id=job_id,
-                )
-            message = data.get("message")
-            message = message if isinstance(message, str) else ""
-            return ExecuteOutcome(
-                job_id=job_id, confirmed=True, status=None, message=redact.mask(message)
-            )
+                why, cause = _describe(exc), exc
+            else:
+                settled = self._execute_answer(job_id, response, path)
+                if isinstance(settled, ExecuteOutcome):
+                    return settled
+                why, cause = settled, None
+            # The request may have reached the server: only the job itself can say.
+            outcome = await self._resolve_execute(job_id, why, cause, last=last)
+            if outcome is not None:
+                return outcome
+            delay = self._delay_for(response, attempt - 1) if response is not None else policy.backoff(attempt - 1)
+            await self._pause(delay, label, attempt, f"{why}; job {job_id} holds no input, so it is sent again")
         raise AssertionError("unreachable: the execute loop always returns or raises")
 
+    def _execute_answer(self, job_id: str, response: httpx.Response, path: str) -> ExecuteOutcome | str:
+        """A clear answer to execute as an outcome (or a raised refusal); an unclear one as the
+        reason it is unclear, for :meth:`_resolve_execute`."""
+        status = response.status_code
+        if status == 429 or status >= 500:
+            return f"{self._why(response)}: {server_message(response)}"
+        if not response.is_success:
+            error = error_from_response(
+                response, method="POST", endpoint=path, subject=f"job {job_id}", job_id=job_id
+            )
+            if isinstance(error, (AuthError, NotFoundError)):
+                raise error
+            raise ExecuteRefused(
+                f"Opus refused to execute job {job_id} (HTTP {status}): {error.message}",
+                status_code=status,
+                method="POST",
+                endpoint=path,
+                job_id=job_id,
+            )
+        try:
+            data = _decode_json(response, method="POST", endpoint=path, job_id=job_id)
+        except ApiError as exc:
+            return exc.message  # a 2xx we cannot read: the server may well have taken it
+        data = data if isinstance(data, Mapping) else {}
+        refusal = _refusal_in(data)
+        if refusal is not None:
+            inner, why = refusal
+            shown = f"HTTP {status}" + (f" carrying status {inner}" if inner else "")
+            raise ExecuteRefused(
+                f"Opus refused to execute job {job_id} ({shown}): {redact.mask(why)}",
+                status_code=inner or status,
+                method="POST",
+                endpoint=path,
+                job_id=job_id,
+            )
+        message = data.get("message")
+        message = message if isinstance(message, str) else ""
+        return ExecuteOutcome(job_id=job_id, confirmed=True, status=None, message=redact.mask(message))
+
     async def _resolve_execute(
-        self, job_id: str, reason: str, cause: BaseException | None
-    ) -> ExecuteOutcome:
-        """The answer to execute was lost: read what the service knows instead of resending."""
+        self, job_id: str, reason: str, cause: BaseException | None, *, last: bool = True
+    ) -> ExecuteOutcome | None:
+        """Execute's ending was unclear: read what the service knows instead of guessing.
+
+        Returns the unconfirmed outcome when the job got its payload, None when it provably
+        did not and another attempt is allowed; raises :class:`ExecuteOutcomeUnknown` otherwise.
+        """
         again = (
             f"Look again with `opus-run status {job_id}`, or finish the run later with "
             "`opus-run resume`"
         )
-        log.debug(redact.mask(f"POST /job/execute: answer lost ({reason}); reading the job"))
+        log.debug(redact.mask(f"POST /job/execute: unclear answer ({reason}); reading the job"))
         try:
             received, status = await self.execute_received(job_id)
         except OpusRunnerError as exc:
@@ -1004,26 +1019,32 @@ class OpusClient:
                 endpoint="/job/execute",
                 job_id=job_id,
             ) from exc
-        if not received:
-            shown = "holds no input" if received is False else "does not show whether it got one"
-            raise ExecuteOutcomeUnknown(
-                redact.mask(
-                    f"the answer to execute was lost ({reason}) and job {job_id} (status "
-                    f"{status}) {shown}; the request was not resent, so the job cannot run "
-                    f"twice. {again}."
-                ),
-                method="POST",
-                endpoint="/job/execute",
+        if received:
+            return ExecuteOutcome(
                 job_id=job_id,
-            ) from cause
-        return ExecuteOutcome(
-            job_id=job_id,
-            confirmed=False,
-            status=status,
-            message=redact.mask(
-                f"the answer to execute was lost ({reason}); job status is {status}"
-            ),
+                confirmed=False,
+                status=status,
+                message=redact.mask(
+                    f"the answer to execute was lost ({reason}); job status is {status}"
+                ),
+            )
+        if received is False and not last:
+            return None
+        shown = (
+            "still holds no input after the last attempt"
+            if received is False
+            else "does not show whether it got one"
         )
+        raise ExecuteOutcomeUnknown(
+            redact.mask(
+                f"the answer to execute was lost ({reason}) and job {job_id} (status "
+                f"{status}) {shown}; the request was not resent, so the job cannot run "
+                f"twice. {again}."
+            ),
+            method="POST",
+            endpoint="/job/execute",
+            job_id=job_id,
+        ) from cause
 
     async def job(self, job_id: str) -> dict[str, Any]:
         """``GET /job/{id}``: the job's detail (``status``, ``input``, ``output``, ``audit``...)."""

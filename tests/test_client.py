@@ -385,9 +385,23 @@ async def test_retry_after_seconds_is_honoured(status: int, header: str, wait: f
         httpx.Response(status, headers={"Retry-After": header}),
         ok({"status": "X"}),
     )
-    client, sleep = make(server, rand=lambda: 0.123)
+    client, sleep = make(server, rand=lambda: 0.0)
     await client.status("j1")
-    assert sleep.waits == [wait]
+    assert sleep.waits == [wait]  # never earlier than asked
+
+
+@pytest.mark.parametrize(("header", "most"), [("10", 12.0), ("1", 1.5), ("0", 0.5)])
+async def test_retry_after_gets_jitter_so_a_crowd_does_not_return_at_once(header: str, most: float) -> None:
+    waits = []
+    for rand in (0.0, 0.5, 1.0):
+        server = Server().on(
+            "GET", "/job/j1/status", httpx.Response(429, headers={"Retry-After": header}), ok({"status": "X"})
+        )
+        client, sleep = make(server, rand=lambda r=rand: r)
+        await client.status("j1")
+        waits += sleep.waits
+    assert waits[0] == float(header) and waits[2] == pytest.approx(most)
+    assert waits[0] < waits[1] < waits[2]
 
 
 async def test_retry_after_http_date_is_honoured() -> None:
@@ -399,7 +413,7 @@ async def test_retry_after_http_date_is_honoured() -> None:
         httpx.Response(503, headers={"Retry-After": header}),
         ok({"status": "X"}),
     )
-    client, sleep = make(server)
+    client, sleep = make(server, rand=lambda: 0.0)
     await client.status("j1")
     # The date has whole-second precision and a moment passes before it is read.
     assert len(sleep.waits) == 1 and 18.0 <= sleep.waits[0] <= 20.0
@@ -413,7 +427,7 @@ async def test_retry_after_in_the_past_means_now() -> None:
         httpx.Response(429, headers={"Retry-After": header}),
         ok({"status": "X"}),
     )
-    client, sleep = make(server)
+    client, sleep = make(server, rand=lambda: 0.0)
     await client.status("j1")
     assert sleep.waits == [0.0]
 
@@ -581,16 +595,10 @@ async def test_execute_is_not_resent_and_is_resolved_through_status(failure: Ans
 
 @pytest.mark.parametrize(
     "refusal",
-    [
-        httpx.ConnectError("refused"),
-        httpx.ConnectTimeout("connect timed out"),
-        httpx.PoolTimeout("pool full"),
-        httpx.Response(429, headers={"Retry-After": "3"}),
-        httpx.Response(503),
-    ],
-    ids=["ConnectError", "ConnectTimeout", "PoolTimeout", "429", "503"],
+    [httpx.ConnectError("refused"), httpx.ConnectTimeout("connect timed out"), httpx.PoolTimeout("pool full")],
+    ids=["ConnectError", "ConnectTimeout", "PoolTimeout"],
 )
-async def test_execute_is_resent_when_it_certainly_did_nothing(refusal: Answer) -> None:
+async def test_execute_is_resent_when_the_request_never_left(refusal: Answer) -> None:
     server = Server().on(
         "POST", "/job/execute", refusal, ok({"success": True, "message": "started"})
     )
@@ -599,30 +607,86 @@ async def test_execute_is_resent_when_it_certainly_did_nothing(refusal: Answer) 
     assert server.count("POST", "/job/execute") == 2
     assert server.count("GET", "/job/j1/status") == 0
     assert outcome.confirmed is True
-    assert (
-        sleep.waits == [3.0]
-        if isinstance(refusal, httpx.Response) and refusal.status_code == 429
-        else [0.5]
+    assert sleep.waits == [0.5]
+
+
+NO_INPUT = {"jobExecutionId": "j1", "status": "PENDING", "input": None}
+HAS_INPUT = {"jobExecutionId": "j1", "status": "PENDING", "input": {"v1": {"value": "x"}}}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(429, headers={"Retry-After": "3"}),
+        httpx.Response(503),
+        httpx.Response(502, text="<html>bad gateway</html>", headers={"content-type": "text/html"}),
+        httpx.ReadTimeout("timed out"),
+        httpx.RemoteProtocolError("peer closed connection"),
+    ],
+    ids=["429", "503", "502", "ReadTimeout", "dropped"],
+)
+async def test_an_unclear_execute_is_resent_only_when_the_job_holds_no_input(answer: Answer) -> None:
+    # A 429 or 503 may still have reached the server (a gateway in front of it): the job decides.
+    server = (
+        Server()
+        .on("POST", "/job/execute", answer, ok({"success": True, "message": "started"}))
+        .on("GET", "/job/j1/status", ok({"status": "PENDING"}))
+        .on("GET", "/job/j1", ok(NO_INPUT))
     )
+    client, sleep = make(server)
+    outcome = await client.execute("j1", {})
+    assert (server.count("POST", "/job/execute"), outcome.confirmed) == (2, True)
+    assert server.count("GET", "/job/j1") == 1
+    retry_after = isinstance(answer, httpx.Response) and answer.status_code == 429
+    assert sleep.waits == ([pytest.approx(3.6)] if retry_after else [0.5])  # 3 s + jitter (rand 1.0)
+
+
+@pytest.mark.parametrize("answer", [httpx.Response(503), httpx.Response(429), httpx.ReadTimeout("timed out")])
+async def test_an_unclear_execute_that_reached_the_server_is_never_resent(answer: Answer) -> None:
+    server = (
+        Server()
+        .on("POST", "/job/execute", answer)
+        .on("GET", "/job/j1/status", ok({"status": "PENDING"}))
+        .on("GET", "/job/j1", ok(HAS_INPUT))
+    )
+    client, sleep = make(server)
+    outcome = await client.execute("j1", {})
+    assert server.count("POST", "/job/execute") == 1
+    assert (outcome.confirmed, outcome.status) == (False, "PENDING")
+    assert sleep.waits == []
+
+
+async def test_an_unclear_execute_the_job_cannot_settle_stays_unconfirmed() -> None:
+    server = (
+        Server()
+        .on("POST", "/job/execute", httpx.Response(503))
+        .on("GET", "/job/j1/status", ok({"status": "PENDING"}))
+        .on("GET", "/job/j1", ok({"jobExecutionId": "j1", "status": "PENDING"}))  # no `input`
+    )
+    client, _ = make(server)
+    with pytest.raises(ExecuteOutcomeUnknown, match="does not show whether it got one"):
+        await client.execute("j1", {})
+    assert server.count("POST", "/job/execute") == 1
 
 
 async def test_execute_outcome_unknown_when_the_job_never_started() -> None:
-    # PENDING is what a never-executed job reads too: the job's detail (no input) decides.
+    # PENDING is what a never-executed job reads too: the job's detail (no input) decides, and
+    # once the attempts are spent the job is left for resume to ask again.
     server = (
         Server()
         .on("POST", "/job/execute", httpx.ReadTimeout("timed out"))
         .on("GET", "/job/j1/status", ok({"status": "PENDING"}))
-        .on("GET", "/job/j1", ok({"jobExecutionId": "j1", "status": "PENDING", "input": None}))
+        .on("GET", "/job/j1", ok(NO_INPUT))
     )
-    client, _ = make(server)
+    client, _ = make(server, attempts=2)
     with pytest.raises(ExecuteOutcomeUnknown) as info:
         await client.execute("j1", {})
     error = info.value
-    assert server.count("POST", "/job/execute") == 1
+    assert server.count("POST", "/job/execute") == 2
     assert error.job_id == "j1"
     assert error.exit_code == 3
     text = str(error)
-    assert "not resent" in text and "PENDING" in text and "holds no input" in text
+    assert "not resent" in text and "PENDING" in text and "still holds no input after the last attempt" in text
     assert "opus-run status j1" in text and "opus-run resume" in text
 
 
@@ -714,11 +778,16 @@ async def test_execute_gives_up_safely_when_never_sent() -> None:
         await client.execute("j1", {})
     assert server.count("POST", "/job/execute") == 3
 
-    busy = Server().on("POST", "/job/execute", httpx.Response(429, json={"message": "slow down"}))
+    busy = (
+        Server()
+        .on("POST", "/job/execute", httpx.Response(429, json={"message": "slow down"}))
+        .on("GET", "/job/j1/status", ok({"status": "PENDING"}))
+        .on("GET", "/job/j1", ok(NO_INPUT))
+    )
     client, _ = make(busy, attempts=3)
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ExecuteOutcomeUnknown, match="rate limited"):
         await client.execute("j1", {})
-    assert info.value.status_code == 429 and busy.count("POST", "/job/execute") == 3
+    assert busy.count("POST", "/job/execute") == 3
 
 
 async def test_execute_refused_with_success_false() -> None:

@@ -25,7 +25,9 @@ Stdlib only and cheap to import: the CLI imports this module at start-up.
 from __future__ import annotations
 
 import json
+import os
 import secrets as _random
+import socket
 import sqlite3
 import threading
 import time
@@ -40,11 +42,15 @@ from typing import Any, TypeVar
 from .errors import ConfigError, UsageError
 from .redact import mask, mask_obj
 
-__all__ = ["DB_NAME", "PHASES", "SCHEMA_VERSION", "JobRecord", "Journal", "RunRecord"]
+__all__ = ["DB_NAME", "PHASES", "SCHEMA_VERSION", "JobRecord", "Journal", "RunOwned", "RunRecord"]
 
 DB_NAME = "state.db"
 #: Bumped whenever the tables change; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: A run owned from another host whose heartbeat is older than this is taken over.
+OWNER_STALE_SECONDS = 120.0
+#: How often a running run tells the journal it is alive.
+HEARTBEAT_SECONDS = 15.0
 #: Job phases in the only order a job may move through them.
 PHASES = ("planned", "initiated", "executing", "executed", "finished")
 _RANK = {phase: i for i, phase in enumerate(PHASES)}
@@ -90,6 +96,14 @@ CREATE TABLE status_history (
     status TEXT NOT NULL
 );
 CREATE INDEX status_by_job ON status_history(row_id, seq);
+CREATE TABLE owners (
+    run_id     TEXT PRIMARY KEY REFERENCES runs(run_id),
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    token      TEXT NOT NULL,
+    since      TEXT NOT NULL,
+    heartbeat  REAL NOT NULL
+);
 CREATE TABLE deliveries (
     row_id INTEGER NOT NULL REFERENCES jobs(row_id),
     target TEXT NOT NULL,
@@ -152,6 +166,31 @@ class RunRecord:
     argv: list[str]
     cwd: str
     options: dict[str, Any]
+
+
+_HOST = socket.gethostname()
+
+
+class RunOwned(UsageError):
+    """``resume`` of a run whose owner (another process) is still alive."""
+
+    def __init__(self, message: str, *, run_id: str, pid: int, host: str) -> None:
+        self.run_id, self.pid, self.host = run_id, pid, host
+        super().__init__(message)
+
+
+def _owner_alive(host: str, pid: int, heartbeat: float) -> bool:
+    if host == _HOST:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # it exists, as another user
+        except (OSError, ValueError):
+            return False
+        return True
+    return time.time() - float(heartbeat) < OWNER_STALE_SECONDS
 
 
 def _now() -> str:
@@ -223,6 +262,8 @@ class Journal:
         self.state_dir = state_dir
         self.path: Path = state_dir / DB_NAME
         self._lock = threading.RLock()
+        #: who this Journal object is as a run owner: one process may hold several journals
+        self._token = _random.token_hex(8)
         self._prepare_dir(state_dir)
         self._conn: sqlite3.Connection | None = self._connect()
 
@@ -303,6 +344,11 @@ class Journal:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:
+                # Version 2 adds run owners; journals of version 1 keep every row.
+                owners = _SCHEMA[_SCHEMA.index("CREATE TABLE owners") :]
+                conn.execute(owners[: owners.index(";")])
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise ConfigError(
@@ -438,10 +484,63 @@ class Journal:
                 "INSERT INTO runs (run_id, started_at, argv, cwd, options) VALUES (?, ?, ?, ?, ?)",
                 (run_id, _now(), _dump([str(a) for a in argv]), _text(cwd), _dump(options)),
             )
+            self._take(db, run_id)  # owned from the moment it exists
         return run_id
 
+    def claim_run(self, run_id: str) -> None:
+        """Make this process the run's one owner, or raise :class:`RunOwned` naming the owner.
+
+        Read and write happen in one write transaction, so of two processes claiming the same
+        run exactly one wins. An owner is gone when its process no longer exists (same host)
+        or its heartbeat is older than :data:`OWNER_STALE_SECONDS` (another host).
+        """
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (_text(run_id),)).fetchone() is None:
+                raise self._unknown_run(run_id)
+            row = db.execute(
+                "SELECT host, pid, token, since, heartbeat FROM owners WHERE run_id = ?", (_text(run_id),)
+            ).fetchone()
+            if row is not None and row[2] != self._token and _owner_alive(row[0], row[1], row[4]):
+                host, pid, since, beat = row[0], row[1], row[3], row[4]
+                raise RunOwned(
+                    f"run {run_id} is still being run by process {pid} on {host} (since {since}, last "
+                    f"heard from {max(0, round(time.time() - beat))} s ago); wait for it to end, or "
+                    f"stop that process first (a stopped or crashed run can be resumed)",
+                    run_id=run_id,
+                    pid=pid,
+                    host=host,
+                )
+            self._take(db, run_id)
+
+    def heartbeat(self, run_id: str) -> None:
+        """Tell the journal this owner is alive (called every :data:`HEARTBEAT_SECONDS`)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE owners SET heartbeat = ? WHERE run_id = ? AND token = ?",
+                (time.time(), _text(run_id), self._token),
+            )
+
+    def release_run(self, run_id: str) -> None:
+        """Give up ownership (the run ended, or stopped with its state saved)."""
+        with self._write() as db:
+            db.execute("DELETE FROM owners WHERE run_id = ? AND token = ?", (_text(run_id), self._token))
+
+    def owner(self, run_id: str) -> dict[str, Any] | None:
+        """The run's owner record (host, pid, since, heartbeat), or None."""
+        rows = self._read("SELECT host, pid, since, heartbeat FROM owners WHERE run_id = ?", (_text(run_id),))
+        return dict(rows[0]) if rows else None
+
+    def _take(self, db: sqlite3.Connection, run_id: str) -> None:
+        db.execute(
+            "INSERT INTO owners (run_id, host, pid, token, since, heartbeat) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (run_id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+            " token = excluded.token, since = excluded.since, heartbeat = excluded.heartbeat",
+            (_text(run_id), _HOST, os.getpid(), self._token, _now(), time.time()),
+        )
+
     def finish_run(self, run_id: str, exit_code: int) -> None:
-        """Record how a run ended; a resumed run is finished again with its new exit code."""
+        """Record how a run ended (a resumed run is finished again with its new exit code) and
+        give up its ownership."""
         with self._write() as db:
             cur = db.execute(
                 "UPDATE runs SET finished_at = ?, exit_code = ? WHERE run_id = ?",
@@ -449,6 +548,7 @@ class Journal:
             )
             if cur.rowcount == 0:
                 raise self._unknown_run(run_id)
+            db.execute("DELETE FROM owners WHERE run_id = ? AND token = ?", (_text(run_id), self._token))
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run ``run_id``; raises :class:`UsageError` naming the journal when unknown."""

@@ -633,6 +633,9 @@ class SandboxApp:
         return "API key is required"
 
     async def _inject(self, rule: FaultRule, scope: Scope, receive: _BodyTracker, send: Send) -> None:
+        if rule.process and rule.kind in ("status", "rate_limit"):
+            route = self._route_name(scope) or ""
+            await self._capture(scope, receive, route)  # done for real; the gateway's answer wins
         if rule.kind == "drop":
             await receive.drain()
             await send(

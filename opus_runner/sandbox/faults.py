@@ -24,6 +24,10 @@ How often: ``times: N`` fires on the first N matching calls; ``every: N`` fires 
 matching call; ``probability: p`` (with ``seed`` for a repeatable sequence) fires at random.
 ``times`` also caps ``every`` and ``probability``. With none of them a rule fires on every call.
 
+``status`` and ``rate_limit`` take ``process: true`` too: the request is processed for real,
+then the fault's answer replaces the server's (a gateway 502 in front of a server that did
+execute the job).
+
 Rules are checked in order and the first that fires wins; a rule only counts the calls that
 reached it. Except for ``delay``, ``lose_response`` and ``inner_error`` with ``process: true``, a
 faulted request is never processed: an injected 503 on execute does not start the job.
@@ -67,6 +71,9 @@ ROUTE_NAMES = (
     "archive",
     "delete",
 )
+#: Kinds that may process the request for real before answering (``process: true``): a gateway
+#: that times out or is rate limited in front of a server that did the work.
+PROCESSING_KINDS = ("status", "rate_limit", "inner_error")
 FAULT_KINDS = ("status", "rate_limit", "delay", "drop", "lose_response", "inner_error")
 INNER_VARIANTS = ("status_code", "success_false", "error_object")
 DEFAULT_INNER_MESSAGE = "Request failed with status code 422"
@@ -267,9 +274,13 @@ def parse_rule(data: Mapping[str, Any] | FaultRule) -> FaultRule:
             f"'status' only applies to kinds 'status' and 'inner_error', not {kind!r}", field="status"
         )
 
-    for name in ("variant", "inner_status", "message", "process"):
+    for name in ("variant", "inner_status", "message"):
         if name in data and kind != "inner_error":
             raise FaultRuleError(f"'{name}' only applies to kind 'inner_error', not {kind!r}", field=name)
+    if "process" in data and kind not in PROCESSING_KINDS:
+        raise FaultRuleError(
+            f"'process' only applies to kinds {', '.join(PROCESSING_KINDS)}, not {kind!r}", field="process"
+        )
     variant = data.get("variant", "status_code")
     if variant not in INNER_VARIANTS:
         raise FaultRuleError(

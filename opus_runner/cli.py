@@ -6,8 +6,9 @@ No logic lives here. Heavy modules are imported inside the commands so ``--help`
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,21 +151,62 @@ def _run_options(**kwargs: Any) -> Any:
     return RunOptions(**{k: v for k, v in kwargs.items() if k in fields})
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, turned into what Ctrl-C does: stop, keep the journal, say how to resume."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """While running jobs, SIGTERM (what CI sends on cancel) and SIGHUP behave like SIGINT."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stopped(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        try:
+            previous[signum] = signal.signal(signum, stop)
+        except ValueError:  # not the main thread (an embedding application): leave it be
+            pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted(exc: KeyboardInterrupt, text: str) -> Any:
+    from .errors import Interrupted
+
+    error = Interrupted(text)
+    if isinstance(exc, _Stopped):
+        error.exit_code = 128 + exc.signum  # 143 for SIGTERM, 129 for SIGHUP, as shells report
+    return error
+
+
 def _execute(options: Any, reporter: Any) -> Any:
     import asyncio
     from .runner import Runner
 
     runner = Runner(options, reporter=reporter)
     try:
-        return asyncio.run(runner.run())
-    except KeyboardInterrupt:
-        from .errors import Interrupted
-
+        with _stop_signals():
+            return asyncio.run(runner.run())
+    except KeyboardInterrupt as exc:
         if runner.run_id:
-            raise Interrupted(
-                f"interrupted; the journal has every job's state. Finish the run with: opus-run resume {runner.run_id}"
+            raise _interrupted(
+                exc,
+                f"interrupted; the journal has every job's state. Finish the run with: opus-run resume {runner.run_id}",
             ) from None
-        raise Interrupted("interrupted before anything was submitted") from None
+        raise _interrupted(exc, "interrupted before anything was submitted") from None
     finally:
         reporter.close()
 
@@ -290,11 +332,12 @@ def resume_command(run_id: str | None, output_format: str, quiet: bool, verbose:
     reporter = make_reporter(output_format, quiet=quiet)
     runner = Runner(options, reporter=reporter)
     try:
-        report = asyncio.run(runner.resume(run_id))
-    except KeyboardInterrupt:
-        from .errors import Interrupted
-
-        raise Interrupted(f"interrupted; finish the run with: opus-run resume {runner.run_id or run_id or ''}".rstrip()) from None
+        with _stop_signals():
+            report = asyncio.run(runner.resume(run_id))
+    except KeyboardInterrupt as exc:
+        raise _interrupted(
+            exc, f"interrupted; finish the run with: opus-run resume {runner.run_id or run_id or ''}".rstrip()
+        ) from None
     finally:
         reporter.close()
     sys.exit(report.exit_code)

@@ -16,7 +16,7 @@ import contextlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -181,6 +181,23 @@ def append_line(path: str | os.PathLike[str], line: str | bytes) -> None:
         _write_all_at_once(fd, data)
     finally:
         os.close(fd)
+
+
+def append_line_once(path: str | os.PathLike[str], line: str | bytes, seen: Callable[[bytes], bool]) -> bool:
+    """Append ``line`` unless a line of ``path`` already satisfies ``seen``; True when written.
+
+    Read and append happen under the file's exclusive lock (:func:`locked_append`), so two
+    writers deciding about the same job cannot both append. For redelivery after a crash,
+    where the first delivery may or may not have reached the file.
+    """
+    data = _as_line(line)
+    with locked_append(path) as handle:
+        if handle.size:
+            with open(handle.path, "rb") as existing:
+                if any(seen(old.rstrip(b"\r\n")) for old in existing):
+                    return False
+        handle.write(data)
+    return True
 
 
 class AppendHandle:

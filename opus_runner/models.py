@@ -263,3 +263,6 @@ class Context:
     shared: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     uploads: UploadSettings = field(default_factory=UploadSettings)
+    #: True when this delivery may already have been written by an interrupted run (resume):
+    #: outputs that append check the target for this job before writing again
+    redelivery: bool = False

@@ -198,6 +198,17 @@ class Planner:
             values = rendered[name]
             if not isinstance(values, list) or not values:
                 raise spec.error(f"matrix values must be a non-empty list, found {values!r}", ("matrix", name))
+            seen: set[str] = set()
+            for value in values:
+                text = _scalar(value)  # what the plan key holds: 1 and "1" would collide
+                if text in seen:
+                    # Two jobs with one plan key: the journal could only ever track one of them.
+                    raise spec.error(
+                        f"the value {value!r} appears twice in matrix.{name}; every combination must be "
+                        "unique, so remove the repeat",
+                        ("matrix", name),
+                    )
+                seen.add(text)
         return [dict(zip(names, combo)) for combo in itertools.product(*(rendered[n] for n in names))]
 
     def _rows(self, spec: Spec, foreach: Mapping[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -32,6 +32,7 @@ from .errors import (
     ConfigError,
     ExecuteOutcomeUnknown,
     ExecuteRefused,
+    NetworkError,
     OpusRunnerError,
     SpecError,
     UsageError,
@@ -155,7 +156,7 @@ class RunReport:
 
 # Exit-code precedence when jobs of one batch end differently: an interrupt, then usage and
 # validation errors, then API/network errors, then failed jobs.
-_SEVERITY = {0: 0, 1: 1, 3: 2, 2: 3, 130: 4}
+_SEVERITY = {0: 0, 1: 1, 3: 2, 2: 3, 129: 4, 130: 4, 143: 4}  # signals: 128 + signal number
 
 
 def worst(codes: Iterable[int]) -> int:
@@ -180,6 +181,7 @@ class Runner:
         self._sandbox: Any = None
         self.lock: Any = None  # a lockfile.Lock with --locked
         self._batch_size = 0
+        self._notify_failed = False  # a notifier failed during the run: exit 1 at least
         #: the plans the check pass validated (with their payload when it needs no upload), so the
         #: submit pass does not plan and build them again; None when the batch was too large
         self._checked: list[tuple[JobPlan, dict[str, Any] | None]] | None = None
@@ -583,13 +585,41 @@ class Runner:
             report.run_id = self.run_id
             self._batch_size = count
             self.reporter.start(count)
-            report.outcomes = await self._run_batch(planner, plan_filter, skip, {})
-            report.exit_code = worst([o.exit_code for o in report.outcomes] + ([1] if report.skipped else []))
+            async with self._owning(self.run_id):
+                report.outcomes = await self._run_batch(planner, plan_filter, skip, {})
+            report.exit_code = worst(
+                [o.exit_code for o in report.outcomes] + ([1] if report.skipped or self._notify_failed else [])
+            )
             self.journal.finish_run(self.run_id, report.exit_code)
             self.reporter.summary([o.row() for o in report.outcomes])
             return report
         finally:
             self.journal.close()
+
+    @contextlib.asynccontextmanager
+    async def _owning(self, run_id: str) -> AsyncIterator[None]:
+        """Keep this process's claim on ``run_id`` alive while the body runs; release it after,
+        however the body ends (a kill -9 leaves a dead pid, which the next claim sees)."""
+        from .state import HEARTBEAT_SECONDS
+
+        assert self.journal is not None
+        journal = self.journal
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(HEARTBEAT_SECONDS)
+                with contextlib.suppress(OpusRunnerError):
+                    journal.heartbeat(run_id)
+
+        task = asyncio.ensure_future(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(OpusRunnerError):
+                journal.release_run(run_id)
 
     def _open_journal(self) -> Journal:
         from .state import Journal
@@ -669,6 +699,8 @@ class Runner:
                     f"run {run.run_id} ran against an in-process --sandbox, which ended with it; "
                     "there is nothing left to resume"
                 )
+            # One owner at a time: a run whose process is alive is not resumed beside it.
+            journal.claim_run(run.run_id)
             self.options = replace(
                 self.options,
                 specs=recorded.get("specs") or [],
@@ -702,11 +734,11 @@ class Runner:
                     )
             self.run_id = run.run_id
             report = RunReport(run_id=run.run_id)
-            async with self._connection():
+            async with self._connection(), self._owning(run.run_id):
                 self._batch_size = len(records)
                 self.reporter.start(len(records))
                 report.outcomes = await self._run_batch(planner, self._plan_filter(), set(), records)
-            report.exit_code = worst(o.exit_code for o in report.outcomes)
+            report.exit_code = worst([o.exit_code for o in report.outcomes] + ([1] if self._notify_failed else []))
             journal.finish_run(run.run_id, report.exit_code)
             self.reporter.summary([o.row() for o in report.outcomes])
             return report
@@ -737,6 +769,7 @@ class Runner:
         if pending:
             ctx = self._context(plan, plan.spec, dry_run=False)
             ctx.job_id = record.job_id
+            ctx.redelivery = True  # a crash may have come after the write and before its record
             await self._deliver(plan, result, record.row_id, ctx, outcome, only=pending)
         return outcome
 
@@ -848,6 +881,8 @@ class Runner:
             assert job_id is not None and row_id is not None
             ctx = self._context(plan, plan.spec, dry_run=False)
             ctx.job_id = job_id
+            # Followed again on resume: an earlier give-up (TIMED_OUT) may have been delivered.
+            ctx.redelivery = bool(record and record.deliveries)
             with contextlib.suppress(OpusRunnerError):
                 ctx.workflow = await self.schema_for(plan.workflow, ctx)
             outcome.status = record.status if record else None
@@ -869,8 +904,28 @@ class Runner:
         interval = settings.poll_interval
         last: str | None = None
         unknown = 0  # consecutive UNKNOWN readings
+        unreadable = False
         while True:
-            status = await self.client.status(job_id)
+            try:
+                status = await self.client.status(job_id)
+            except (ApiError, NetworkError) as exc:
+                # An executed job is followed for as long as its wait allows: a rate limit or a
+                # gateway hiccup (already retried by the client) never abandons it.
+                if not _transient(exc):
+                    raise
+                if not unreadable:
+                    unreadable = True
+                    self.reporter.message(
+                        f"{plan.key}: the status of job {job_id} could not be read ({exc}); still "
+                        f"following it until wait.timeout ({settings.timeout:g}s)",
+                        level="warning",
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                await asyncio.sleep(min(remaining, interval * random.uniform(0.5, 1.0)))
+                interval = min(settings.max_interval, interval * 2)
+                continue
             unknown = unknown + 1 if status == "UNKNOWN" else 0
             if unknown == UNKNOWN_WARN_AFTER:
                 self.reporter.message(
@@ -923,7 +978,7 @@ class Runner:
             finished_at=now_iso(),
         )
         if status == "COMPLETED":
-            data = await self.client.results(job_id)
+            data = await self._results_patiently(plan, job_id)
             result.outputs = redact.mask_obj(data.outputs)
             result.raw = redact.mask_obj(data.raw)
             if not data.recognised:
@@ -970,6 +1025,22 @@ class Runner:
             if data.error:
                 parts.append(data.error)
         return redact.mask("; ".join(parts))
+
+    async def _results_patiently(self, plan: JobPlan, job_id: str) -> Any:
+        """A completed job's results, read again through transient failures for as long as the
+        job's wait allows (then the error stands, and the job stays unfinished for resume)."""
+        assert self.client is not None
+        deadline = time.monotonic() + plan.wait.timeout
+        interval = plan.wait.poll_interval
+        while True:
+            try:
+                return await self.client.results(job_id)
+            except (ApiError, NetworkError) as exc:
+                remaining = deadline - time.monotonic()
+                if not _transient(exc) or remaining <= 0:
+                    raise
+            await asyncio.sleep(min(remaining, interval * random.uniform(0.5, 1.0)))
+            interval = min(plan.wait.max_interval, interval * 2)
 
     def _workspaces(self, plan: JobPlan, ctx: Context) -> tuple[str, ...]:
         """``workflow.workspaces``, else the workflow's own workspace when it reports one."""
@@ -1070,8 +1141,8 @@ class Runner:
             if outcome is not None:
                 outcome.delivery_failures.append(message)
                 outcome.exit_code = worst([outcome.exit_code, 1])
-            elif kind == "notify":
-                self.log.warning(message)
+            if kind == "notify":
+                self._notify_failed = True  # the run's exit code says so (1), SPEC.md section 3
             return
         if self.journal is not None and row_id is not None:
             self.journal.record_delivery(row_id, target, ok=True)
@@ -1114,6 +1185,14 @@ class Runner:
             )
             self.shared["opus_runner.target_templater"] = cached
         return cached
+
+
+def _transient(exc: OpusRunnerError) -> bool:
+    """A failure that says "not now" rather than "no": the network, a rate limit, a gateway."""
+    if isinstance(exc, NetworkError):
+        return True
+    status = getattr(exc, "status_code", None)
+    return status in (408, 425, 429, 500, 502, 503, 504)
 
 
 def _target_label(entry: Mapping[str, Any]) -> str:

@@ -136,10 +136,32 @@ def json_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path
 
 
 def ndjson_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path:
-    """Append the result as one JSON line; concurrent jobs never interleave. Return the path."""
+    """Append the result as one JSON line; concurrent jobs never interleave. Return the path.
+
+    On redelivery (``ctx.redelivery``: a resume after a crash that may have come after the
+    write) the line is appended only if the file holds no line for this job, plan key and
+    status yet, so a job appears once per outcome whatever was interrupted.
+    """
     path = resolve_path(config["path"], ctx)
-    files.append_line(path, _as_json(result, None))
+    line = _as_json(result, None)
+    if ctx.redelivery:
+        files.append_line_once(path, line, _same_delivery(result))
+    else:
+        files.append_line(path, line)
     return path
+
+
+def _same_delivery(result: JobResult) -> Callable[[bytes], bool]:
+    wanted = (result.job_id, result.plan_key, result.status)
+
+    def seen(line: bytes) -> bool:
+        try:
+            old = json.loads(line)
+        except ValueError:
+            return False  # a line of someone else's: not ours
+        return isinstance(old, dict) and (old.get("job_id"), old.get("plan_key"), old.get("status")) == wanted
+
+    return seen
 
 
 # -- download ---------------------------------------------------------------------------------

@@ -318,6 +318,7 @@ def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
 @click.option("--concurrency", type=click.IntRange(min=1), metavar="N", help="Jobs in flight at once [default: 4].")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module or .py file (repeatable).")
 @click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder.")
+@click.option("--replan", is_flag=True, help="Plan jobs the run never started from its spec and data files as they are now, though they changed since the run began.")
 @output_options
 @handle_errors
 def resume_command(run_id: str | None, output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:

@@ -24,6 +24,8 @@ from .spec import Spec
 from .templating import Templater, build_context
 from .workflow import workflow_id_problem
 
+#: Hex digits of a row digest in a plan key (48 bits: no collision in any real batch).
+ROW_DIGEST_LENGTH = 12
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_POLL = 2.0
 DEFAULT_MAX_INTERVAL = 30.0
@@ -184,8 +186,25 @@ class Planner:
             if foreach is None:
                 yield self._plan(spec, variables, combo, None, None)
                 continue
+            seen: dict[str, int] = {}
             for number, row in self._rows(spec, foreach):
-                yield self._plan(spec, variables, combo, row, number)
+                identity = row_identity(spec, foreach, row, number)
+                if identity in seen:
+                    raise _duplicate_row(spec, foreach, identity, seen[identity], number)
+                seen[identity] = number
+                yield self._plan(spec, variables, combo, row, number, identity=identity)
+
+    def plan_from_record(self, spec: Spec, recorded: Mapping[str, Any]) -> JobPlan:
+        """The plan a journal row was made from (``JobPlan.describe()``): its matrix combination
+        and foreach row as they were then, whatever the data files hold now."""
+        base = build_context(self.templater)
+        spec_vars = self.templater.render(spec.data.get("vars") or {}, base, file=_rel(spec), key=("vars",))
+        variables = {**spec_vars, **self.var_overrides}
+        row = recorded.get("row")
+        number = recorded.get("row_number")
+        key = str(recorded.get("key") or "")
+        identity = key.rpartition("#")[2] if row is not None and "#" in key else None
+        return self._plan(spec, variables, dict(recorded.get("matrix") or {}), row, number, identity=identity)
 
     def _matrix(self, spec: Spec, variables: Mapping[str, Any]) -> list[dict[str, Any]]:
         matrix = spec.data.get("matrix")
@@ -257,8 +276,10 @@ class Planner:
         combo: Mapping[str, Any],
         row: dict[str, Any] | None,
         row_number: int | None,
+        *,
+        identity: str | None = None,
     ) -> JobPlan:
-        key = plan_key(spec.name, combo, row_number)
+        key = plan_key(spec.name, combo, identity)
         try:
             return self._render_plan(spec, key, variables, combo, row, row_number)
         except TemplateError as exc:
@@ -371,14 +392,49 @@ class Planner:
         return WaitSettings(enabled=enabled, **values)
 
 
-def plan_key(name: str, combo: Mapping[str, Any], row_number: int | None) -> str:
-    """``name``, ``name[region=eu,month=2026-10]``, ``name#3`` or ``name[region=eu]#3``."""
+def plan_key(name: str, combo: Mapping[str, Any], row: str | int | None) -> str:
+    """``name``, ``name[region=eu,month=2026-10]``, ``name#acme`` or ``name[region=eu]#acme``.
+
+    ``row`` is the foreach row's stable identity (:func:`row_identity`), not its position: a row
+    added or removed elsewhere in the file changes no other job's key (resume, shards).
+    """
     key = name
     if combo:
         key += f"[{_combo_text(combo)}]"
-    if row_number is not None:
-        key += f"#{row_number}"
+    if row is not None:
+        key += f"#{row}"
     return key
+
+
+def row_identity(spec: Spec, foreach: Mapping[str, Any], row: Mapping[str, Any], number: int) -> str:
+    """A foreach row's stable identity: its ``foreach.key`` column, else a digest of its content."""
+    column = foreach.get("key")
+    if column:
+        value = row.get(column)
+        if value is None or str(value).strip() == "":
+            raise spec.error(
+                f"foreach row {number} has no value in its key column {column!r}; every row needs one "
+                "(it names the row's job in the journal and the outputs)",
+                ("foreach", "key"),
+            )
+        return _scalar(value).strip()
+    text = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ROW_DIGEST_LENGTH]
+
+
+def _duplicate_row(spec: Spec, foreach: Mapping[str, Any], identity: str, first: int, again: int) -> SpecError:
+    source = foreach.get("file") or "foreach.rows"
+    if foreach.get("key"):
+        return spec.error(
+            f"rows {first} and {again} of {source} have the same key {identity!r} in column "
+            f"{foreach['key']!r}; each row's key must be unique",
+            ("foreach", "key"),
+        )
+    return spec.error(
+        f"rows {first} and {again} of {source} are identical, so their jobs could not be told apart; "
+        "remove one, or name a column that identifies rows in foreach.key",
+        ("foreach",),
+    )
 
 
 def _combo_text(combo: Mapping[str, Any]) -> str:

@@ -109,6 +109,7 @@ class RunOptions:
     locked: bool = False  # validate/render against opus-runner.lock: no key, no network
     environ: Mapping[str, str] | None = None  # default: os.environ
     retry: Any = None  # a client.RetryPolicy (library users and tests); default policy otherwise
+    replan: bool = False  # resume: plan jobs never started from files that changed since the run began
 
 
 @dataclass
@@ -580,7 +581,9 @@ class Runner:
         self.journal = self._open_journal()
         try:
             self.run_id = self.journal.begin_run(
-                argv=[str(a) for a in sys.argv], cwd=os.getcwd(), options=_options_record(opts)
+                argv=[str(a) for a in sys.argv],
+                cwd=os.getcwd(),
+                options={**_options_record(opts), "inputs": self._input_digests()},
             )
             report.run_id = self.run_id
             self._batch_size = count
@@ -634,8 +637,9 @@ class Runner:
         plan_filter: PlanFilter,
         skip: set[str],
         records: Mapping[str, JobRecord],
+        jobs: Iterable[tuple[JobPlan, dict[str, Any] | None]] | None = None,
     ) -> list[JobOutcome]:
-        """Run every admitted plan, at most ``concurrency`` at a time, in plan order.
+        """Run every admitted plan (or exactly ``jobs``), ``concurrency`` at a time, in order.
 
         ``records`` (resume) maps plan keys to their journal rows: finished jobs only get their
         undelivered outputs, the others continue from their phase.
@@ -651,8 +655,10 @@ class Runner:
             if not task.cancelled() and task.exception() is None:
                 outcomes.append(task.result())
 
-        if self._checked is not None and not records:
-            jobs: Iterable[tuple[JobPlan, dict[str, Any] | None]] = self._checked
+        if jobs is not None:
+            pass
+        elif self._checked is not None and not records:
+            jobs = self._checked
         else:
             jobs = ((plan, None) for plan in planner.plans(self.specs, plan_filter))
         for plan, prepared in jobs:
@@ -725,25 +731,79 @@ class Runner:
             self.host = self._make_host()
             planner = self._planner()
             records = {r.plan_key: r for r in journal.jobs(run.run_id)}
-            for spec in self.specs:
-                digests = {r.spec_digest for r in records.values() if r.spec_path == str(spec.path)}
-                if digests and digests != {spec.digest}:
-                    self.reporter.message(
-                        f"{spec.path} changed since run {run.run_id} started; jobs not yet submitted use the current file",
-                        level="warning",
-                    )
+            jobs, refused, changed = self._resume_plan(planner, records, recorded.get("inputs"))
             self.run_id = run.run_id
             report = RunReport(run_id=run.run_id)
             async with self._connection(), self._owning(run.run_id):
-                self._batch_size = len(records)
-                self.reporter.start(len(records))
-                report.outcomes = await self._run_batch(planner, self._plan_filter(), set(), records)
-            report.exit_code = worst([o.exit_code for o in report.outcomes] + ([1] if self._notify_failed else []))
-            journal.finish_run(run.run_id, report.exit_code)
+                self._batch_size = len(jobs)
+                self.reporter.start(len(jobs))
+                report.outcomes = await self._run_batch(planner, self._plan_filter(), set(), records, jobs)
+            if refused:
+                shown = ", ".join(display_path(Path(c)) for c in changed)
+                report.notes.append(
+                    f"{len(refused)} job{'s' if len(refused) != 1 else ''} of run {run.run_id} not started: "
+                    f"{shown} changed since the run began, so {'they' if len(refused) != 1 else 'it'} would "
+                    "be planned from other data; the jobs already started were finished as recorded. "
+                    f"To plan the rest from the files as they are now: opus-run resume {run.run_id} --replan"
+                )
+                self.reporter.message(report.notes[-1], level="error")
+            report.exit_code = worst(
+                [o.exit_code for o in report.outcomes] + ([1] if self._notify_failed else []) + ([2] if refused else [])
+            )
+            if refused:
+                journal.release_run(run.run_id)  # unfinished on purpose: resume --replan continues it
+            else:
+                journal.finish_run(run.run_id, report.exit_code)
             self.reporter.summary([o.row() for o in report.outcomes])
             return report
         finally:
             journal.close()
+
+    def _input_digests(self) -> dict[str, str]:
+        """sha256 of every file the batch is planned from: specs, foreach data, the vars file."""
+        found: dict[str, str] = {}
+        for spec in self.specs:
+            found[str(spec.path.resolve())] = spec.digest
+            source = (spec.data.get("foreach") or {}).get("file")
+            if isinstance(source, str):
+                found[str((spec.dir / source).resolve())] = _file_digest((spec.dir / source).resolve())
+        if self.options.vars_file:
+            path = Path(self.options.vars_file).resolve()
+            found[str(path)] = _file_digest(path)
+        return found
+
+    def _resume_plan(
+        self, planner: Planner, records: Mapping[str, JobRecord], recorded_inputs: Mapping[str, str] | None
+    ) -> tuple[list[tuple[JobPlan, None]], list[str], list[str]]:
+        """What a resume runs: every journaled job from its own record (its row and matrix as
+        they were), then the plans the run never journaled, from the files. When those files
+        changed since the run began, jobs not yet initiated are not started unless --replan.
+
+        Returns ``(jobs, refused plan keys, changed files)``.
+        """
+        current = self._input_digests()
+        before = dict(recorded_inputs or current)  # runs journaled before digests were kept
+        changed = sorted(p for p in set(before) | set(current) if before.get(p) != current.get(p))
+        replan = bool(changed) and self.options.replan
+        specs = {str(spec.path): spec for spec in self.specs}
+        jobs: list[tuple[JobPlan, None]] = []
+        refused: list[str] = []
+        for key, record in records.items():
+            spec = specs.get(record.spec_path)
+            if spec is None:
+                continue  # a spec no longer given: _load has already said so
+            if changed and record.phase == "planned" and not replan:
+                refused.append(key)
+                continue
+            jobs.append((planner.plan_from_record(spec, record.plan), None))
+        for plan in planner.plans(self.specs, self._plan_filter()):
+            if plan.key in records:
+                continue
+            if changed and not replan:
+                refused.append(plan.key)
+                continue
+            jobs.append((plan, None))
+        return jobs, refused, changed
 
     async def _redeliver(self, plan: JobPlan, record: JobRecord) -> JobOutcome:
         """A finished job of a resumed run: deliver only what failed before."""
@@ -1204,16 +1264,23 @@ def _tag(errors: Iterable[SpecError], plan: JobPlan) -> list[SpecError]:
     """Name the fanned-out job (matrix/foreach) an error belongs to; a lone job needs no name."""
     if plan.key == plan.spec.name:
         return list(errors)
-    return [
-        SpecError(f"{err.message} (job {plan.key})", file=err.file, key=err.key, line=err.line)
-        for err in errors
-    ]
+    where = f"job {plan.key}" + (f", foreach row {plan.row_number}" if plan.row_number is not None else "")
+    return [SpecError(f"{err.message} ({where})", file=err.file, key=err.key, line=err.line) for err in errors]
 
 
 def _jsonable(value: Any) -> Any:
     import json
 
     return json.loads(json.dumps(value, default=str))
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
 
 
 def _options_record(opts: RunOptions) -> dict[str, Any]:

@@ -35,12 +35,12 @@ def test_one_bad_row_submits_nothing_without_keep_going(project: Project) -> Non
     spec = rows_spec(project, ["1", "2", "three", "4"])
     result = project.run("run", spec)
     assert result.exit_code == 2
-    assert "batch.yaml" in result.stderr and "'three'" in result.stderr and "batch#3" in result.stderr
+    assert "batch.yaml" in result.stderr and "'three'" in result.stderr and "foreach row 3)" in result.stderr
     assert project.sandbox.state.count("POST", "initiate") == 0
 
     result = project.run("run", spec, "--keep-going")
     assert result.exit_code == 1  # something was skipped
-    assert "skipped" in result.stderr and "batch#3" in result.stderr
+    assert "skipped" in result.stderr and "foreach row 3)" in result.stderr
     assert len(project.sandbox.state.executes) == 3
 
 

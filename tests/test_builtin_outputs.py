@@ -429,6 +429,16 @@ def test_webhook_posts_the_event_without_the_service_key(host: PluginHost, tmp_p
     assert headers["x-token"] == "abc"
     assert headers["content-type"] == "application/json"
     assert json.loads(request["body"]) == event.as_dict()
+    assert len(headers["idempotency-key"]) == 32
+
+
+def test_webhook_idempotency_key_is_stable_per_event_and_receiver(host: PluginHost, tmp_path: Path, receiver: Receiver) -> None:
+    url = f"{receiver.url}/hook"
+    for event in (make_event(), make_event(), make_event(kind="failed", status="FAILED"), make_event(job_id="job-9")):
+        notify(host, "webhook", event, {"url": url}, make_ctx(tmp_path))
+    keys = [{k.lower(): v for k, v in r["headers"].items()}["idempotency-key"] for r in receiver.requests]
+    assert keys[0] == keys[1]  # the same event sent again (a resume): the receiver can drop it
+    assert len({keys[0], keys[2], keys[3]}) == 3
 
 
 def test_webhook_reports_a_non_2xx_answer_with_the_status(host: PluginHost, tmp_path: Path, receiver: Receiver) -> None:

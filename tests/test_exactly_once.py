@@ -433,3 +433,62 @@ def test_kill_9_at_a_random_moment_then_resume_runs_and_delivers_each_job_once(p
         # 2: "nothing to resume", when the kill came after the run had finished.
         assert final.returncode == 0 or "nothing to resume" in err, err
     assert_exactly_once(project, 10)
+
+
+# -- 3. resume finishes the run that was started -----------------------------------------------
+
+
+def _row_key(question: str) -> str:
+    import hashlib
+
+    return "batch#" + hashlib.sha256(json.dumps({"q": question}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _crash_after(project: Project, proc: subprocess.Popen[str], executes: int) -> None:
+    wait_for(lambda: len(project.sandbox.state.executes) >= executes)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def test_a_row_added_to_the_data_after_a_crash_runs_nothing_twice_and_files_nothing_wrongly(project: Project) -> None:
+    spec = batch(project, 6, workflow="medium")
+    _crash_after(project, opus_run(project, "run", spec.name, "--concurrency", "2", "-q"), 2)
+    started = set(project.sandbox.state.executes)
+    # Between the crash and the resume, a row is added at the top of the data.
+    questions = ["question new"] + [f"question {i}" for i in range(6)]
+    project.file("rows.csv", "q\n" + "".join(f"{q}\n" for q in questions))
+
+    refused = opus_run(project, "resume", "-q")
+    out, err = refused.communicate(timeout=60)
+    assert refused.returncode == 2, err
+    assert "rows.csv changed since the run began" in err and "--replan" in err
+    assert set(project.sandbox.state.executes) == started  # what was started was finished, nothing else
+
+    replanned = opus_run(project, "resume", "--replan", "-q")
+    out, err = replanned.communicate(timeout=60)
+    assert replanned.returncode == 0, err
+    assert_exactly_once(project, 7)
+    # Every result is filed under its own row: the answer names the row's question.
+    lines = [json.loads(x) for x in (project.root / "out.ndjson").read_text().splitlines()]
+    assert {line["plan_key"]: line["outputs"]["answer"] for line in lines} == {
+        _row_key(q): f"Answer to {q}" for q in questions
+    }
+
+
+def test_a_matrix_value_removed_after_a_crash_keeps_the_executed_jobs_result(project: Project) -> None:
+    body = "matrix: {region: [eu, us, ap]}\ninputs:\n  Question: '{{ matrix.region }}'\n" + NDJSON
+    spec = project.spec("m.yaml", header("m", "medium", body))
+    _crash_after(project, opus_run(project, "run", spec.name, "--concurrency", "1", "-q"), 1)
+    project.spec("m.yaml", header("m", "medium", body.replace("[eu, us, ap]", "[us, ap]")))
+    first = opus_run(project, "resume", "-q")
+    _out, err = first.communicate(timeout=60)
+    assert first.returncode == 2, err  # us and ap were never started: not planned from the new file blindly
+    done = [json.loads(x) for x in (project.root / "out.ndjson").read_text().splitlines()]
+    assert [(d["plan_key"], d["status"]) for d in done] == [("m[region=eu]", "COMPLETED")]
+    again = opus_run(project, "resume", "--replan", "-q")
+    _out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    lines = [json.loads(x) for x in (project.root / "out.ndjson").read_text().splitlines()]
+    assert sorted(d["plan_key"] for d in lines) == ["m[region=ap]", "m[region=eu]", "m[region=us]"]
+    assert set(project.sandbox.state.executes.values()) == {1}
+    assert project.run("resume").exit_code == 2  # nothing left: the run finished

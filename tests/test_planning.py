@@ -81,9 +81,10 @@ def test_matrix_is_a_cartesian_product_with_stable_keys(tmp_path: Path) -> None:
 
 def test_foreach_csv_with_quoting_and_empty_rows(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text('customer,region\n"ACME, Inc.",eu\n,\n\n"Say ""hi""",us\n')
-    path = write_spec(tmp_path, "foreach: {file: rows.csv}\ninputs:\n  Customer: '{{ row.customer }}'\n  Region: '{{ row.region }}'\n")
+    path = write_spec(tmp_path, "foreach: {file: rows.csv, key: customer}\ninputs:\n  Customer: '{{ row.customer }}'\n  Region: '{{ row.region }}'\n")
     got = plans(path)
-    assert [p.key for p in got] == ["report#1", "report#2"]
+    assert [p.key for p in got] == ["report#ACME, Inc.", 'report#Say "hi"']
+    assert [p.row_number for p in got] == [1, 2]
     assert got[0].inputs == {"Customer": "ACME, Inc.", "Region": "eu"}
     assert got[1].inputs["Customer"] == 'Say "hi"'
 
@@ -122,8 +123,35 @@ def test_foreach_problems(tmp_path: Path) -> None:
 
 def test_matrix_and_foreach_combine(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text("customer\na\nb\n")
-    path = write_spec(tmp_path, "matrix: {region: [eu, us]}\nforeach: {file: rows.csv}\n")
-    assert [p.key for p in plans(path)] == ["report[region=eu]#1", "report[region=eu]#2", "report[region=us]#1", "report[region=us]#2"]
+    path = write_spec(tmp_path, "matrix: {region: [eu, us]}\nforeach: {file: rows.csv, key: customer}\n")
+    assert [p.key for p in plans(path)] == ["report[region=eu]#a", "report[region=eu]#b", "report[region=us]#a", "report[region=us]#b"]
+
+
+def test_foreach_keys_are_stable_identities_not_positions(tmp_path: Path) -> None:
+    # Without a key column a row is named by a digest of its content: adding a row at the top
+    # changes no other row's key (resume and shards depend on it).
+    (tmp_path / "rows.csv").write_text("customer,amount\na,1\nb,2\n")
+    path = write_spec(tmp_path, "foreach: {file: rows.csv}\n")
+    before = {p.row["customer"]: p.key for p in plans(path)}
+    (tmp_path / "rows.csv").write_text("customer,amount\nz,9\na,1\nb,2\n")
+    after = {p.row["customer"]: p.key for p in plans(path)}
+    assert after["a"] == before["a"] and after["b"] == before["b"] and len(set(after.values())) == 3
+    assert all(len(k.split("#")[1]) == 12 for k in after.values())
+    # A row whose content changed is another job.
+    (tmp_path / "rows.csv").write_text("customer,amount\na,5\nb,2\n")
+    assert {p.row["customer"]: p.key for p in plans(path)}["a"] != before["a"]
+
+
+def test_identical_rows_or_repeated_keys_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("customer,amount\na,1\nb,2\na,1\n")
+    with pytest.raises(SpecError, match=r"rows 1 and 3 of rows.csv are identical, so their jobs could not be told apart"):
+        plans(write_spec(tmp_path, "foreach: {file: rows.csv}\n"))
+    (tmp_path / "keyed.csv").write_text("id,amount\n7,1\n8,2\n7,3\n")
+    with pytest.raises(SpecError, match=r"rows 1 and 3 of keyed.csv have the same key '7' in column 'id'"):
+        plans(write_spec(tmp_path, "foreach: {file: keyed.csv, key: id}\n"))
+    (tmp_path / "gap.csv").write_text("id,amount\n7,1\n,2\n")
+    with pytest.raises(SpecError, match=r"foreach row 2 has no value in its key column 'id'"):
+        plans(write_spec(tmp_path, "foreach: {file: gap.csv, key: id}\n"))
 
 
 def test_only_limit_and_shards(tmp_path: Path) -> None:

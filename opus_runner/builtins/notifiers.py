@@ -46,9 +46,23 @@ LOG_SCHEMA: dict[str, Any] = {
 
 
 async def webhook_notifier(event: JobEvent, config: dict[str, Any], ctx: Context) -> None:
-    """POST ``event.as_dict()`` as JSON to ``config["url"]``; raise on a non-2xx answer."""
+    """POST ``event.as_dict()`` as JSON to ``config["url"]``; raise on a non-2xx answer.
+
+    The request carries an ``Idempotency-Key`` that is the same whenever the same event of the
+    same job reaches the same receiver (a resume that sends it again), so a receiver can drop
+    the repeat.
+    """
     url = check_url(config.get("url"), what="webhook url")
-    await post_json(ctx, url, event.as_dict(), headers=config.get("headers"), what="webhook", job_id=event.job_id)
+    headers = {"Idempotency-Key": idempotency_key(event, url), **(config.get("headers") or {})}
+    await post_json(ctx, url, event.as_dict(), headers=headers, what="webhook", job_id=event.job_id)
+
+
+def idempotency_key(event: JobEvent, url: str) -> str:
+    """A stable key for one event of one job to one receiver (no secret goes into it)."""
+    import hashlib
+
+    text = "\x1f".join([event.plan_key, str(event.job_id), event.kind, str(event.status), url])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def describe_event(event: JobEvent) -> str:

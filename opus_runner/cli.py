@@ -6,9 +6,8 @@ No logic lives here. Heavy modules are imported inside the commands so ``--help`
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,44 +150,56 @@ def _run_options(**kwargs: Any) -> Any:
     return RunOptions(**{k: v for k, v in kwargs.items() if k in fields})
 
 
-class _Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, turned into what Ctrl-C does: stop, keep the journal, say how to resume."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+#: The stop signal received while jobs ran (SIGTERM, SIGHUP), for the exit code; empty for Ctrl-C.
+_stopped_by: list[int] = []
 
 
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[None]:
-    """While running jobs, SIGTERM (what CI sends on cancel) and SIGHUP behave like SIGINT."""
+async def _until_stopped(work: Any) -> Any:
+    """Await ``work``; SIGTERM (what CI sends on cancel) and SIGHUP stop it the way Ctrl-C does.
+
+    The handlers are the event loop's own (``loop.add_signal_handler``), so the loop wakes at
+    once and cancels the run: every job saves its state, then KeyboardInterrupt goes up to the
+    same handling as Ctrl-C.
+    """
+    import asyncio
     import signal
 
-    def stop(signum: int, frame: Any) -> None:
-        raise _Stopped(signum)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    _stopped_by.clear()
 
-    previous = {}
+    def stop(signum: int) -> None:
+        _stopped_by.append(signum)
+        if task is not None:
+            task.cancel()
+
+    installed = []
     for name in ("SIGTERM", "SIGHUP"):
         signum = getattr(signal, name, None)
         if signum is None:
             continue
         try:
-            previous[signum] = signal.signal(signum, stop)
-        except ValueError:  # not the main thread (an embedding application): leave it be
-            pass
+            loop.add_signal_handler(signum, stop, signum)
+        except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows, a thread)
+            continue
+        installed.append(signum)
     try:
-        yield
+        return await work
+    except asyncio.CancelledError:
+        if _stopped_by:
+            raise KeyboardInterrupt from None
+        raise
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 def _interrupted(exc: KeyboardInterrupt, text: str) -> Any:
     from .errors import Interrupted
 
     error = Interrupted(text)
-    if isinstance(exc, _Stopped):
-        error.exit_code = 128 + exc.signum  # 143 for SIGTERM, 129 for SIGHUP, as shells report
+    if _stopped_by:
+        error.exit_code = 128 + _stopped_by[-1]  # 143 for SIGTERM, 129 for SIGHUP, as shells report
     return error
 
 
@@ -198,8 +209,7 @@ def _execute(options: Any, reporter: Any) -> Any:
 
     runner = Runner(options, reporter=reporter)
     try:
-        with _stop_signals():
-            return asyncio.run(runner.run())
+        return asyncio.run(_until_stopped(runner.run()))
     except KeyboardInterrupt as exc:
         if runner.run_id:
             raise _interrupted(
@@ -333,8 +343,7 @@ def resume_command(run_id: str | None, output_format: str, quiet: bool, verbose:
     reporter = make_reporter(output_format, quiet=quiet)
     runner = Runner(options, reporter=reporter)
     try:
-        with _stop_signals():
-            report = asyncio.run(runner.resume(run_id))
+        report = asyncio.run(_until_stopped(runner.resume(run_id)))
     except KeyboardInterrupt as exc:
         raise _interrupted(
             exc, f"interrupted; finish the run with: opus-run resume {runner.run_id or run_id or ''}".rstrip()

@@ -39,6 +39,7 @@ from .errors import (
     ApiError,
     AuthError,
     ConfigError,
+    ExecuteNotReceived,
     ExecuteOutcomeUnknown,
     ExecuteRefused,
     NetworkError,
@@ -1035,7 +1036,8 @@ class OpusClient:
             if received is False
             else "does not show whether it got one"
         )
-        raise ExecuteOutcomeUnknown(
+        error = ExecuteNotReceived if received is False else ExecuteOutcomeUnknown
+        raise error(
             redact.mask(
                 f"the answer to execute was lost ({reason}) and job {job_id} (status "
                 f"{status}) {shown}; the request was not resent, so the job cannot run "

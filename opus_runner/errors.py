@@ -13,6 +13,7 @@
     │   ├── NotFoundError                3  unknown workflow or job
     │   │   └── WorkflowNotFound         3  schema/init named an unknown workflow or version
     │   ├── ExecuteOutcomeUnknown        3  execute may or may not have reached the server
+    │   │   └── ExecuteNotReceived       3  every attempt ended unclear, and the job shows no input
     │   └── ExecuteRefused               1  the platform refused to execute one job (inside a 2xx too)
     ├── NetworkError                     3  the API could not be reached (after retries)
     ├── JobFailed                        1  a job ended FAILED, CANCELLED or STOPPED
@@ -183,6 +184,11 @@ class ExecuteOutcomeUnknown(ApiError):
 
     It is never resent automatically; ``opus-run resume`` looks again later.
     """
+
+
+class ExecuteNotReceived(ExecuteOutcomeUnknown):
+    """Every attempt at execute ended unclear, and the job still shows no input: sending it
+    again later is safe (the runner does, for as long as the job's wait allows)."""
 
 
 class ExecuteRefused(ApiError):

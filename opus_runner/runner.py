@@ -19,10 +19,10 @@ import os
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import redact
 from .config import DEFAULT_BASE_URL, ProjectConfig, default_plugins_dir, default_state_dir, load_project_config
@@ -30,6 +30,7 @@ from .durations import parse_duration
 from .errors import (
     ApiError,
     ConfigError,
+    ExecuteNotReceived,
     ExecuteOutcomeUnknown,
     ExecuteRefused,
     NetworkError,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .state import Journal, JobRecord
 
 log = logging.getLogger("opus_runner")
+_T = TypeVar("_T")
 
 NOTIFIER_TIMEOUT = 10.0
 #: validated plans kept between the check pass and the submit pass (beyond, plans are re-made)
@@ -829,7 +831,8 @@ class Runner:
         if pending:
             ctx = self._context(plan, plan.spec, dry_run=False)
             ctx.job_id = record.job_id
-            ctx.redelivery = True  # a crash may have come after the write and before its record
+            # A target marked intended (or failed) may have been written before the crash.
+            ctx.redelivery = any(t in record.deliveries for t in pending)
             await self._deliver(plan, result, record.row_id, ctx, outcome, only=pending)
         return outcome
 
@@ -912,22 +915,23 @@ class Runner:
                 )
             workspaces = self._workspaces(plan, ctx)
             if job_id is None:
-                job_id = await client.initiate(
-                    plan.workflow.id,
-                    title=plan.title,
-                    description=plan.description,
-                    version=plan.workflow.version,
-                    version_id=plan.workflow.version_id,
-                    workspaces=workspaces,
+                job_id = await self._patiently(
+                    plan,
+                    lambda: client.initiate(
+                        plan.workflow.id,
+                        title=plan.title,
+                        description=plan.description,
+                        version=plan.workflow.version,
+                        version_id=plan.workflow.version_id,
+                        workspaces=workspaces,
+                    ),
                 )
                 journal.set_job_id(row_id, job_id)  # durable before execute is sent
             outcome.job_id = ctx.job_id = job_id
             await self.host.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
             journal.mark_executing(row_id)
             try:
-                execution = await client.execute(
-                    job_id, payload, callback_url=self._callback_url(plan), workspaces=workspaces
-                )
+                execution = await self._execute_patiently(plan, job_id, payload, workspaces)
             except ExecuteRefused as exc:
                 # The job never started: it ends here, FAILED with the platform's words, so
                 # neither this run nor a resume sends it again blindly.
@@ -1086,6 +1090,50 @@ class Runner:
                 parts.append(data.error)
         return redact.mask("; ".join(parts))
 
+    async def _patiently(self, plan: JobPlan, call: Callable[[], Awaitable[_T]]) -> _T:
+        """``call()`` again through transient failures (rate limits, gateways, the network) for
+        as long as the job's wait allows: a busy platform slows a batch down, never fails it.
+        Only for calls that are safe to repeat (initiate: a lost one leaves an unused job)."""
+        deadline = time.monotonic() + plan.wait.timeout
+        interval = max(plan.wait.poll_interval, 0.5)
+        while True:
+            try:
+                return await call()
+            except (ApiError, NetworkError) as exc:
+                remaining = deadline - time.monotonic()
+                if isinstance(exc, (ExecuteOutcomeUnknown, ExecuteRefused)) or not _transient(exc) or remaining <= 0:
+                    raise
+                self.log.info(redact.mask(f"{plan.key}: {exc}; trying again in about {interval:.0f} s"))
+            await asyncio.sleep(min(remaining, interval * random.uniform(0.5, 1.0)))
+            interval = min(plan.wait.max_interval, interval * 2)
+
+    async def _execute_patiently(
+        self, plan: JobPlan, job_id: str, payload: dict[str, Any], workspaces: tuple[str, ...]
+    ) -> Any:
+        """Execute, sent again only while the job provably has no input; an unclear outcome is
+        settled by asking the job, patiently, never by guessing."""
+        assert self.client is not None
+        client = self.client
+        send = lambda: client.execute(job_id, payload, callback_url=self._callback_url(plan), workspaces=workspaces)  # noqa: E731
+        deadline = time.monotonic() + plan.wait.timeout
+        while True:
+            try:
+                return await self._patiently(plan, send)
+            except ExecuteNotReceived:
+                if time.monotonic() >= deadline:
+                    raise  # the journal keeps it unconfirmed: resume asks again
+                # No input after every attempt: safe to send again.
+            except ExecuteOutcomeUnknown:
+                # The job could not be read: ask it until it can tell (within the wait).
+                received, status = await self._patiently(plan, lambda: client.execute_received(job_id))
+                if received:
+                    from .client import ExecuteOutcome
+
+                    return ExecuteOutcome(job_id, False, status, f"execute was settled by reading job {job_id}")
+                if received is None:
+                    raise
+            await asyncio.sleep(random.uniform(0.5, 1.0) * max(plan.wait.poll_interval, 0.5))
+
     async def _results_patiently(self, plan: JobPlan, job_id: str) -> Any:
         """A completed job's results, read again through transient failures for as long as the
         job's wait allows (then the error stands, and the job stays unfinished for resume)."""
@@ -1188,6 +1236,10 @@ class Runner:
         type_name = str(entry.get("type"))
         target = f"{kind}[{index}]:{type_name}"
         handler = registry[type_name]
+        if kind == "outputs" and self.journal is not None and row_id is not None:
+            # Intended before it is written: a crash between the write and its record leaves
+            # this mark, and the redelivery then checks the target first (ctx.redelivery).
+            self.journal.record_delivery(row_id, target, ok=False)
         try:
             config = self._render_target(entry, plan, result, ctx, (kind, index))
             timeout = NOTIFIER_TIMEOUT if kind == "notify" else None

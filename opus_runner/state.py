@@ -719,7 +719,11 @@ class Journal:
     def record_delivery(
         self, row_id: int, target: str, *, ok: bool, error: str | None = None
     ) -> None:
-        """Record the latest attempt to deliver the job's result to ``target`` (upsert)."""
+        """Record the latest attempt to deliver the job's result to ``target`` (upsert).
+
+        The runner records ``ok=False`` with no error before it writes (intended), then the
+        outcome: a target still marked intended after a crash may or may not have been written.
+        """
         with self._write() as db:
             self._require_job(db, row_id)
             db.execute(

@@ -53,7 +53,7 @@ def batch(project: Project, rows: int, workflow: str = "quick", extra: str = NDJ
 
 
 def opus_run(project: Project, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, **project.env, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **project.env, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "opus_runner", *args],
         cwd=project.root,
@@ -162,7 +162,7 @@ def test_a_payload_refused_with_413_fails_that_job_and_is_never_followed(project
 def test_resume_asks_the_job_again_and_executes_what_never_arrived(project: Project) -> None:
     # Every execute is cut before the server sees it: the run ends with the job unconfirmed.
     project.sandbox.faults.add({"route": "execute", "kind": "drop"})
-    spec = one(project, extra=NDJSON)
+    spec = one(project, extra=NDJSON + "wait: {timeout: 1s, poll_interval: 50ms, max_interval: 200ms}\n")
     report = run_lib(project, spec)
     assert report.exit_code == 3 and project.sandbox.state.executes == Counter()
     [row] = journal_jobs(project)
@@ -387,7 +387,12 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(project: Project, signum: int, code
     proc = opus_run(project, "run", spec.name, "--concurrency", "2", "--format", "json")
     wait_for(lambda: len(project.sandbox.state.executes) >= 2)
     proc.send_signal(signum)
-    out, err = proc.communicate(timeout=20)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler (PYTHONFAULTHANDLER) prints every thread
+        out, err = proc.communicate(timeout=10)
+        raise AssertionError(f"the run did not stop after signal {signum}:\n{err[-8000:]}") from None
     assert proc.returncode == code, err
     assert "opus-run resume" in err
     last = json.loads(out.strip().splitlines()[-1])

@@ -901,6 +901,9 @@ class Runner:
             else:
                 built, ctx = await self._payload_for(plan, dry_run=False)
                 payload = built.payload
+            if record is not None and record.job_id is not None and not self.options.replan:
+                # Initiated by the run that stopped: it is sent as it was recorded, or not at all.
+                _check_as_recorded(plan, record, payload, ctx.workflow)
             if row_id is None:
                 row_id = journal.add_job(
                     self.run_id,
@@ -1297,6 +1300,27 @@ class Runner:
             )
             self.shared["opus_runner.target_templater"] = cached
         return cached
+
+
+def _check_as_recorded(plan: JobPlan, record: JobRecord, payload: Mapping[str, Any], schema: WorkflowSchema | None) -> None:
+    """Refuse to execute an initiated job with other inputs than its run recorded.
+
+    Compared as journaled (secrets masked, so a rotated secret is no change), without file
+    inputs: a file is uploaded again by every run and gets a new URL.
+    """
+    files = {f.variable_name for f in schema.inputs if f.is_file} if schema else set()
+
+    def comparable(values: Mapping[str, Any]) -> dict[str, Any]:
+        return {var: entry for var, entry in values.items() if var not in files}
+
+    now, then = comparable(redact.mask_obj(_jsonable(payload))), comparable(record.payload or {})
+    if now != then:
+        changed = sorted(v for v in set(now) | set(then) if now.get(v) != then.get(v))
+        raise UsageError(
+            f"job {record.job_id} ({plan.key}) was initiated by the run that stopped, with other values for "
+            f"{', '.join(changed)} than the spec and data give now; it was not executed. To execute it "
+            f"with the values of now: opus-run resume {record.run_id} --replan"
+        )
 
 
 def _transient(exc: OpusRunnerError) -> bool:

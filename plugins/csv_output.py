@@ -13,6 +13,9 @@ Columns may name any result field (``job_id``, ``status``, ``spec_name``, ``titl
 ``started_at``, ``finished_at``, ``error``, ``plan_key``) or an output variable; lists and
 mappings are written as JSON.
 
+On redelivery (``ctx.redelivery``: a resume after a crash) a row already in the file for the
+same job and status is not written again.
+
 Many jobs of one batch append to the same file at once. The header is written exactly once
 and rows never mix, because each append holds an exclusive lock on the file while it looks at
 the header and writes its row in one write (``opus_runner.files.locked_append``).
@@ -89,8 +92,22 @@ def csv_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path:
                 f"{path} already has the columns {', '.join(header)}, not {', '.join(wanted)}; "
                 "write to a new file or make `columns` match"
             )
-        handle.write(_encode(row_for(result, header)))
+        row = row_for(result, header)
+        if ctx.redelivery and _already_there(path, header, row):
+            return path  # a resume after a crash that came after this row was written
+        handle.write(_encode(row))
     return path
+
+
+def _already_there(path: Path, header: list[str], row: list[str]) -> bool:
+    """Whether the file holds this job's row for this outcome (by job_id and status, when the
+    file has those columns; else the identical row)."""
+    keys = [header.index(c) for c in ("job_id", "status", "plan_key") if c in header]
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        for old in csv.reader(handle):
+            if keys and all(i < len(old) and old[i] == row[i] for i in keys) or old == row:
+                return True
+    return False
 
 
 @hookimpl

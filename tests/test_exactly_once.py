@@ -497,3 +497,22 @@ def test_a_matrix_value_removed_after_a_crash_keeps_the_executed_jobs_result(pro
     assert sorted(d["plan_key"] for d in lines) == ["m[region=ap]", "m[region=eu]", "m[region=us]"]
     assert set(project.sandbox.state.executes.values()) == {1}
     assert project.run("resume").exit_code == 2  # nothing left: the run finished
+
+
+def test_an_initiated_job_is_executed_as_recorded_or_not_at_all(project: Project) -> None:
+    project.sandbox.faults.add({"route": "execute", "kind": "drop"})
+    short = "wait: {timeout: 1s, poll_interval: 50ms, max_interval: 200ms}\n"
+    spec = one(project, question="first", extra=NDJSON + short)
+    assert run_lib(project, spec).exit_code == 3  # initiated, never executed: unconfirmed
+    project.sandbox.faults.clear()
+    one(project, question="second", extra=NDJSON + short)  # the spec is edited before the resume
+    refused = project.run("resume")
+    assert refused.exit_code == 2, refused.output
+    assert "was initiated by the run that stopped, with other values for workflow_input_q" in refused.stderr
+    assert "opus-run resume" in refused.stderr and "--replan" in refused.stderr
+    assert project.sandbox.state.executes == Counter()
+    replanned = project.run("resume", "--replan")
+    assert replanned.exit_code == 0, replanned.output
+    [body] = project.sandbox.state.payloads.values()
+    assert body["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] == "second"
+    assert_exactly_once(project, 1)

@@ -183,6 +183,18 @@ def test_csv_writes_the_header_once_then_one_row_per_job(host: PluginHost, tmp_p
     ]
 
 
+def test_csv_redelivery_writes_a_job_once_per_outcome(host: PluginHost, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    write_csv(host, make_result(job_id="job-1"), {"path": "jobs.csv"}, ctx)
+    again = make_ctx(tmp_path)
+    again.redelivery = True  # resume after a crash that came after the write
+    write_csv(host, make_result(job_id="job-1"), {"path": "jobs.csv"}, again)
+    write_csv(host, make_result(job_id="job-1", status="FAILED"), {"path": "jobs.csv"}, again)
+    write_csv(host, make_result(job_id="job-2"), {"path": "jobs.csv"}, again)
+    rows = read_rows(tmp_path / "jobs.csv")[1:]
+    assert [(r[1], r[2]) for r in rows] == [("job-1", "COMPLETED"), ("job-1", "FAILED"), ("job-2", "COMPLETED")]
+
+
 def test_csv_columns_and_a_mismatching_existing_file(host: PluginHost, tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
     config = {"path": "picked.csv", "columns": ["job_id", "total", "spec_name"]}

@@ -947,8 +947,10 @@ class OpusClient:
                 if isinstance(settled, ExecuteOutcome):
                     return settled
                 why, cause = settled, None
-            # The request may have reached the server: only the job itself can say.
-            outcome = await self._resolve_execute(job_id, why, cause, last=last)
+            # The request may have reached the server: only the job itself can say. With no
+            # answer at all (a timeout, a cut connection) it may also still be on its way, held
+            # by a slow gateway: "no input" then proves nothing, so it is not sent again here.
+            outcome = await self._resolve_execute(job_id, why, cause, last=last or response is None)
             if outcome is not None:
                 return outcome
             delay = self._delay_for(response, attempt - 1) if response is not None else policy.backoff(attempt - 1)
@@ -1010,7 +1012,7 @@ class OpusClient:
         try:
             received, status = await self.execute_received(job_id)
         except OpusRunnerError as exc:
-            raise ExecuteOutcomeUnknown(
+            unknown = ExecuteOutcomeUnknown(
                 redact.mask(
                     f"the answer to execute was lost ({reason}) and job {job_id} could not be "
                     f"read either ({exc}); the request was not resent, so the job may or may "
@@ -1019,7 +1021,9 @@ class OpusClient:
                 method="POST",
                 endpoint="/job/execute",
                 job_id=job_id,
-            ) from exc
+            )
+            unknown.answered = cause is None
+            raise unknown from exc
         if received:
             return ExecuteOutcome(
                 job_id=job_id,
@@ -1031,13 +1035,15 @@ class OpusClient:
             )
         if received is False and not last:
             return None
-        shown = (
-            "still holds no input after the last attempt"
-            if received is False
-            else "does not show whether it got one"
-        )
-        error = ExecuteNotReceived if received is False else ExecuteOutcomeUnknown
-        raise error(
+        answered = cause is None  # an HTTP answer came (429, 5xx...): the request is over
+        if received is False and answered:
+            shown, error = "still holds no input after the last attempt", ExecuteNotReceived
+        elif received is False:
+            shown = "holds no input yet, but the request got no answer and may still arrive"
+            error = ExecuteOutcomeUnknown
+        else:
+            shown, error = "does not show whether it got one", ExecuteOutcomeUnknown
+        unknown = error(
             redact.mask(
                 f"the answer to execute was lost ({reason}) and job {job_id} (status "
                 f"{status}) {shown}; the request was not resent, so the job cannot run "
@@ -1046,7 +1052,9 @@ class OpusClient:
             method="POST",
             endpoint="/job/execute",
             job_id=job_id,
-        ) from cause
+        )
+        unknown.answered = answered
+        raise unknown from cause
 
     async def job(self, job_id: str) -> dict[str, Any]:
         """``GET /job/{id}``: the job's detail (``status``, ``input``, ``output``, ``audit``...)."""

@@ -182,8 +182,12 @@ class WorkflowNotFound(NotFoundError):
 class ExecuteOutcomeUnknown(ApiError):
     """Execute was sent but its answer was lost and the job's status does not show it running.
 
-    It is never resent automatically; ``opus-run resume`` looks again later.
+    It is never resent automatically; ``opus-run resume`` looks again later. ``answered`` is
+    True when an HTTP answer did come (a 429 or 5xx: that request is over), False when none
+    came (the request may still arrive).
     """
+
+    answered: bool = False
 
 
 class ExecuteNotReceived(ExecuteOutcomeUnknown):

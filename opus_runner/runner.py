@@ -1126,14 +1126,17 @@ class Runner:
                 if time.monotonic() >= deadline:
                     raise  # the journal keeps it unconfirmed: resume asks again
                 # No input after every attempt: safe to send again.
-            except ExecuteOutcomeUnknown:
-                # The job could not be read: ask it until it can tell (within the wait).
+            except ExecuteOutcomeUnknown as exc:
+                # The job could not be read, or the request got no answer: ask the job (within
+                # the wait). "No input" allows sending again only when the request is over (an
+                # HTTP answer came); after an answer-less one it may still land, so the job
+                # stays unconfirmed for resume, never sent twice.
                 received, status = await self._patiently(plan, lambda: client.execute_received(job_id))
                 if received:
                     from .client import ExecuteOutcome
 
                     return ExecuteOutcome(job_id, False, status, f"execute was settled by reading job {job_id}")
-                if received is None:
+                if received is None or not exc.answered or time.monotonic() >= deadline:
                     raise
             await asyncio.sleep(random.uniform(0.5, 1.0) * max(plan.wait.poll_interval, 0.5))
 

@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 
 import opus_runner
-from conftest import Project, header
+from conftest import WF, Project, header
+
+WF_QUICK = WF["quick"]
 from opus_runner.client import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=4, base=0.01, cap=0.05)
@@ -110,12 +112,11 @@ def assert_exactly_once(project: Project, plan_keys: int) -> None:
 @pytest.mark.parametrize(
     "fault",
     [
-        {"route": "execute", "kind": "drop", "times": 1},  # cut before the server saw it
         {"route": "execute", "kind": "status", "status": 502, "body": "html", "times": 1},  # gateway, not forwarded
         {"route": "execute", "kind": "status", "status": 503, "times": 2},
         {"route": "execute", "kind": "rate_limit", "times": 2},
     ],
-    ids=["dropped-before", "502-not-forwarded", "503", "429"],
+    ids=["502-not-forwarded", "503", "429"],
 )
 def test_an_execute_that_never_arrived_is_sent_again_and_runs_once(project: Project, fault: dict[str, Any]) -> None:
     project.sandbox.faults.add(fault)
@@ -159,9 +160,14 @@ def test_a_payload_refused_with_413_fails_that_job_and_is_never_followed(project
     assert again.exit_code == 0
 
 
-def test_resume_asks_the_job_again_and_executes_what_never_arrived(project: Project) -> None:
-    # Every execute is cut before the server sees it: the run ends with the job unconfirmed.
-    project.sandbox.faults.add({"route": "execute", "kind": "drop"})
+@pytest.mark.parametrize("times", [1, None], ids=["once", "always"])
+def test_resume_asks_the_job_again_and_executes_what_never_arrived(project: Project, times: int | None) -> None:
+    # The execute is cut without any answer: it may still be on its way, so the run does not
+    # send it again; the job stays unconfirmed, and resume asks the job later.
+    rule: dict[str, Any] = {"route": "execute", "kind": "drop"}
+    if times:
+        rule["times"] = times
+    project.sandbox.faults.add(rule)
     spec = one(project, extra=NDJSON + "wait: {timeout: 1s, poll_interval: 50ms, max_interval: 200ms}\n")
     report = run_lib(project, spec)
     assert report.exit_code == 3 and project.sandbox.state.executes == Counter()
@@ -516,3 +522,30 @@ def test_an_initiated_job_is_executed_as_recorded_or_not_at_all(project: Project
     [body] = project.sandbox.state.payloads.values()
     assert body["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] == "second"
     assert_exactly_once(project, 1)
+
+
+def test_a_hanging_execute_is_not_sent_again_when_it_lands_late(project: Project) -> None:
+    """The answer never comes in time (a slow gateway holds the request); the request then lands.
+
+    Sent again on "no input yet", the job would run twice; it is left unconfirmed instead.
+    """
+    import asyncio
+
+    from opus_runner.client import OpusClient
+    from opus_runner.errors import ExecuteNotReceived, ExecuteOutcomeUnknown
+
+    project.sandbox.faults.add({"route": "execute", "kind": "delay", "seconds": 1.0, "times": 1})
+
+    async def go() -> None:
+        async with OpusClient(project.sandbox.base_url, project.sandbox.key, timeout=0.3, retry=FAST_RETRY) as client:
+            job_id = await client.initiate(WF_QUICK, title="hanging")
+            payload = {"workflow_input_q": {"value": "late", "type": "str", "displayName": "Question"}}
+            with pytest.raises(ExecuteOutcomeUnknown) as info:
+                await client.execute(job_id, payload)
+            assert not isinstance(info.value, ExecuteNotReceived) and info.value.answered is False
+            await asyncio.sleep(1.5)  # the held request reaches the server after all
+            assert (await client.execute_received(job_id))[0] is True
+            assert project.sandbox.state.executes[job_id] == 1
+
+    asyncio.run(go())
+    assert project.sandbox.state.count("POST", "execute") == 1

@@ -97,6 +97,29 @@ class InjectedConnectionDrop(Exception):
     """Raised inside the app to make uvicorn close the connection mid-response (an injected fault)."""
 
 
+async def _buffered(receive: Receive) -> Receive:
+    """Read the whole request body now; return a ``receive`` that hands it out again."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 class _BodyTracker:
     """An ASGI ``receive`` that knows whether the request body was read to its end.
 
@@ -602,8 +625,11 @@ class SandboxApp:
         if rule is None:
             await self._process(scope, receive, send, route)
         elif rule.kind == "delay":
+            # The request is taken in whole first, then held: like a slow gateway or server, it
+            # is processed late even if the client gave up waiting and closed the connection.
+            replay = await _buffered(receive)
             await asyncio.sleep(rule.seconds)
-            await self._process(scope, receive, send, route)
+            await self._process(scope, replay, send, route)
         elif rule.kind == "lose_response":
             await self._lose_response(scope, _BodyTracker(receive), send, route)
         elif rule.kind == "inner_error":

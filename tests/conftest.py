@@ -158,6 +158,48 @@ def project(tmp_path: Path, opus_sandbox_factory: Callable[..., Any]) -> Project
     return make_project(tmp_path, opus_sandbox_factory)
 
 
+def opus_run(project: Project, *args: str) -> Any:
+    """``python -m opus_runner ARGS`` as a child process in the project (for kill -9 and signals).
+
+    faulthandler is on, so a child that must be aborted prints where every thread was.
+    """
+    import subprocess
+    import sys
+
+    env = {**os.environ, **project.env, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "opus_runner", *args],
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll ``predicate`` every 20 ms until it holds; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def journal_jobs(project: Project) -> list[Any]:
+    """The project's journal rows (``jobs`` table), in plan order."""
+    import sqlite3
+
+    db = sqlite3.connect(project.root / ".opus-run" / "state.db")
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute("SELECT * FROM jobs ORDER BY row_id").fetchall()
+    finally:
+        db.close()
+
+
 def make_ctx(tmp_path: Path, *, log_name: str = "t.out", **kw: Any) -> Any:
     """A Context for calling an output, notifier or hook directly (no run around it)."""
     import logging

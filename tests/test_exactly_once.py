@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import opus_runner
-from conftest import WF, Project, header
+from conftest import WF, Project, header, journal_jobs, opus_run, wait_for
 
 WF_QUICK = WF["quick"]
 from opus_runner.client import RetryPolicy
@@ -52,35 +52,6 @@ def batch(project: Project, rows: int, workflow: str = "quick", extra: str = NDJ
     return project.spec(
         "batch.yaml", header("batch", workflow, "foreach: {file: rows.csv}\ninputs:\n  Question: '{{ row.q }}'\n" + extra)
     )
-
-
-def opus_run(project: Project, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, **project.env, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "opus_runner", *args],
-        cwd=project.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
-def journal_jobs(project: Project) -> list[sqlite3.Row]:
-    db = sqlite3.connect(project.root / ".opus-run" / "state.db")
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM jobs ORDER BY row_id").fetchall()
-    finally:
-        db.close()
 
 
 def journal_has_jobs(project: Project) -> bool:

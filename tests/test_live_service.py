@@ -260,7 +260,7 @@ def test_an_execute_refused_inside_a_2xx_fails_that_job_with_the_platforms_words
     result = live.run("run", path)
     assert result.exit_code == 1, result.output
     words = fault.get("message", "Request failed with status code 422")
-    assert f"Opus refused to execute job" in result.stderr and words in result.stderr
+    assert "Opus refused to execute job" in result.stderr and words in result.stderr
     assert live.sandbox.state.count("POST", "execute") == 1  # nothing retried blindly
     written = json.loads((live.root / "out.json").read_text())
     assert written["status"] == "FAILED" and words in written["error"]

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 
 import opus_runner
 from opus_runner.client import RetryPolicy
-from conftest import Project, header
+from conftest import Project, header, journal_jobs, opus_run, wait_for
 
 FAST_RETRY = RetryPolicy(attempts=8, base=0.01, cap=0.05)
 ECHO = "00000000-0000-4000-8000-0000000ec404"  # a workflow that echoes its inputs back
@@ -76,54 +72,25 @@ def test_execute_answered_503_is_resent_and_runs_once(project: Project) -> None:
     assert list(project.sandbox.state.executes.values()) == [1]
 
 
-def _opus_run(project: Project, *args: str) -> subprocess.Popen:
-    env = {**os.environ, **project.env, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "opus_runner", *args],
-        cwd=project.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
-def _journal_jobs(project: Project) -> list[sqlite3.Row]:
-    db = sqlite3.connect(project.root / ".opus-run" / "state.db")
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM jobs ORDER BY row_id").fetchall()
-    finally:
-        db.close()
-
-
 def test_kill_9_mid_batch_then_resume_finishes_everything_once(project: Project) -> None:
     project.sandbox.state  # the sandbox outlives the killed runner
     spec = batch_spec(project, 16, workflow="quick", extra="outputs: [{type: ndjson, path: out.ndjson}]\n")
     # Slow the jobs down so the kill lands while some are running and some not started.
     project.sandbox.faults.add({"route": "status", "kind": "delay", "seconds": 0.2})
-    proc = _opus_run(project, "run", spec.name, "--concurrency", "4", "-q")
-    _wait_for(lambda: len(project.sandbox.state.executes) >= 5)
+    proc = opus_run(project, "run", spec.name, "--concurrency", "4", "-q")
+    wait_for(lambda: len(project.sandbox.state.executes) >= 5)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     executed_before = dict(project.sandbox.state.executes)
     assert 5 <= len(executed_before) < 16
     project.sandbox.faults.clear()
 
-    resumed = _opus_run(project, "resume", "-q")
+    resumed = opus_run(project, "resume", "-q")
     out, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, err
     state = project.sandbox.state
     assert set(state.executes.values()) == {1}, "a job was executed twice"
-    rows = _journal_jobs(project)
+    rows = journal_jobs(project)
     assert len({r["plan_key"] for r in rows}) == 16
     assert all(r["phase"] == "finished" and r["status"] == "COMPLETED" for r in rows)
     assert all(r["job_id"] in state.executes for r in rows)
@@ -133,14 +100,14 @@ def test_kill_9_mid_batch_then_resume_finishes_everything_once(project: Project)
 
 def test_ctrl_c_saves_state_prints_resume_and_exits_130(project: Project) -> None:
     spec = batch_spec(project, 6, workflow="slow", name="slowbatch")
-    proc = _opus_run(project, "run", spec.name, "--concurrency", "2")
-    _wait_for(lambda: len(project.sandbox.state.executes) >= 2)
+    proc = opus_run(project, "run", spec.name, "--concurrency", "2")
+    wait_for(lambda: len(project.sandbox.state.executes) >= 2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert "opus-run resume" in err
     run_id = err.split("opus-run resume ")[1].split()[0]
-    rows = _journal_jobs(project)
+    rows = journal_jobs(project)
     assert rows and all(r["run_id"] == run_id for r in rows)
     assert all(r["job_id"] for r in rows if r["phase"] in ("executing", "executed"))
 
@@ -179,7 +146,7 @@ def test_failing_output_keeps_result_and_resume_delivers_it(project: Project) ->
     assert result.exit_code == 1
     assert "archive" in result.stderr and "disk quota exceeded" in result.stderr
     assert (project.root / "out.json").exists()  # the other output still ran
-    [row] = _journal_jobs(project)
+    [row] = journal_jobs(project)
     assert row["status"] == "COMPLETED" and "Answer to kept" in row["result"]
 
     project.file("plugins/archive.py", FIXED_OUTPUT)
@@ -250,11 +217,11 @@ def test_a_job_given_up_on_is_followed_again_by_resume(project: Project) -> None
     spec = project.spec("s.yaml", header("s", "medium", "inputs:\n  Question: patience\n"))
     result = project.run("run", spec, "--timeout", "0.2s")
     assert result.exit_code == 1 and "opus-run resume" in result.output
-    [row] = _journal_jobs(project)
+    [row] = journal_jobs(project)
     assert row["phase"] == "executed" and row["status"] == "TIMED_OUT"
     resumed = project.run("resume", "--timeout", "20s")  # the run's own 0.2s would give up again
     assert resumed.exit_code == 0, resumed.output
     assert "Answer to patience" in resumed.stdout
-    [row] = _journal_jobs(project)
+    [row] = journal_jobs(project)
     assert row["phase"] == "finished" and row["status"] == "COMPLETED"
     assert list(project.sandbox.state.executes.values()) == [1]

@@ -171,7 +171,13 @@ class WorkflowSchema:
 
 @dataclass
 class JobResult:
-    """A finished (or given-up-on) job. ``outputs`` maps output variable name to value."""
+    """A finished (or given-up-on) job. ``outputs`` maps output variable name to value.
+
+    ``final`` is False when the runner stopped waiting (``wait.timeout``) while the job may still
+    be running: it reads ``TIMED_OUT`` now, and ``opus-run resume`` delivers the job's real
+    outcome to every output later. An output that appends (a log line, a table row) skips such
+    a result, so it never holds one job twice.
+    """
 
     job_id: str
     status: str
@@ -184,6 +190,7 @@ class JobResult:
     started_at: str | None = None
     finished_at: str | None = None
     error: str | None = None
+    final: bool = True
 
     @property
     def ok(self) -> bool:
@@ -200,6 +207,7 @@ class JobResult:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "error": self.error,
+            "final": self.final,
             "outputs": self.outputs,
         }
 
@@ -235,6 +243,7 @@ class JobEvent:
             data.update(self.detail)
         if self.result is not None:
             data["outputs"] = self.result.outputs
+            data["final"] = self.result.final
         if self.error is not None:
             data["error"] = self.error
         return data

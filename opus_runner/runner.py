@@ -894,6 +894,7 @@ class Runner:
                 phase = "initiated"
 
         if phase in ("planned", "initiated", "executing"):
+            sent_files: dict[str, str] = {}
             if prepared is not None:
                 payload = prepared
                 ctx = self._context(plan, plan.spec, dry_run=False)
@@ -901,9 +902,10 @@ class Runner:
             else:
                 built, ctx = await self._payload_for(plan, dry_run=False)
                 payload = built.payload
+                sent_files = {str(path): _file_digest(path) for path in built.files}
             if record is not None and record.job_id is not None and not self.options.replan:
                 # Initiated by the run that stopped: it is sent as it was recorded, or not at all.
-                _check_as_recorded(plan, record, payload, ctx.workflow)
+                _check_as_recorded(plan, record, payload, ctx.workflow, sent_files)
             if row_id is None:
                 row_id = journal.add_job(
                     self.run_id,
@@ -914,7 +916,8 @@ class Runner:
                     workflow_key=plan.workflow.key,
                     title=plan.title,
                     payload=redact.mask_obj(_jsonable(payload)),
-                    plan=plan.describe(),
+                    # The content of each local file it sends: its upload URL is new every time.
+                    plan={**plan.describe(), "files": sent_files},
                 )
             workspaces = self._workspaces(plan, ctx)
             if job_id is None:
@@ -1043,6 +1046,7 @@ class Runner:
             plan_key=plan.key,
             title=plan.title,
             finished_at=now_iso(),
+            final=not gave_up,
         )
         if status == "COMPLETED":
             data = await self._results_patiently(plan, job_id)
@@ -1305,12 +1309,29 @@ class Runner:
         return cached
 
 
-def _check_as_recorded(plan: JobPlan, record: JobRecord, payload: Mapping[str, Any], schema: WorkflowSchema | None) -> None:
+def _check_as_recorded(
+    plan: JobPlan,
+    record: JobRecord,
+    payload: Mapping[str, Any],
+    schema: WorkflowSchema | None,
+    sent_files: Mapping[str, str],
+) -> None:
     """Refuse to execute an initiated job with other inputs than its run recorded.
 
-    Compared as journaled (secrets masked, so a rotated secret is no change), without file
-    inputs: a file is uploaded again by every run and gets a new URL.
+    Values are compared as journaled, secrets masked: no trace of a secret, not even a hash
+    (an offline guessing oracle for a weak one), is kept, so a rotated secret is no change.
+    File inputs are compared by the sha256 of each local file's content, since a file is
+    uploaded again by every run and gets a new URL (runs journaled before this was kept
+    recorded no digests and compare values only).
     """
+    then_files = record.plan.get("files")
+    if isinstance(then_files, Mapping) and dict(then_files) != dict(sent_files):
+        changed_files = sorted(p for p in set(then_files) | set(sent_files) if then_files.get(p) != sent_files.get(p))
+        raise UsageError(
+            f"job {record.job_id} ({plan.key}) was initiated by the run that stopped, and the file "
+            f"{', '.join(changed_files)} it sends has changed since; it was not executed. To execute it "
+            f"with the files of now: opus-run resume {record.run_id} --replan"
+        )
     files = {f.variable_name for f in schema.inputs if f.is_file} if schema else set()
 
     def comparable(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -1357,7 +1378,8 @@ def _file_digest(path: Path) -> str:
     import hashlib
 
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        with path.open("rb") as handle:  # in blocks: an input file may be larger than memory
+            return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError:
         return "missing"
 

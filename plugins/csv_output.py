@@ -13,8 +13,10 @@ Columns may name any result field (``job_id``, ``status``, ``spec_name``, ``titl
 ``started_at``, ``finished_at``, ``error``, ``plan_key``) or an output variable; lists and
 mappings are written as JSON.
 
-On redelivery (``ctx.redelivery``: a resume after a crash) a row already in the file for the
-same job and status is not written again.
+A job the runner stopped waiting for (``result.final`` is False: ``wait.timeout`` passed while
+it may still run) gets no row; ``opus-run resume`` writes its real outcome later, so the file
+holds each job once. On redelivery (``ctx.redelivery``: a resume after a crash) a row already in
+the file for the same job and status is not written again.
 
 Many jobs of one batch append to the same file at once. The header is written exactly once
 and rows never mix, because each append holds an exclusive lock on the file while it looks at
@@ -75,8 +77,10 @@ def row_for(result: JobResult, columns: list[str]) -> list[str]:
     return [_cell(data.get(c) if c in _FIELDS else outputs.get(c)) for c in columns]
 
 
-def csv_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path:
+def csv_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path | None:
     """Append ``result`` as one row to ``config["path"]``, writing the header first if the file is new."""
+    if not result.final:
+        return None
     path = Path(config["path"]).expanduser()
     if not path.is_absolute():
         path = Path(ctx.spec_dir) / path

@@ -30,6 +30,8 @@ from opus_runner.client import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=4, base=0.01, cap=0.05)
 NDJSON = "outputs: [{type: ndjson, path: out.ndjson}]\n"
+#: ndjson (appends) and json (replaces) outputs, as a block list more entries can follow.
+BOTH_OUTPUTS = "outputs:\n  - {type: ndjson, path: out.ndjson}\n  - {type: json, path: out.json}\n"
 
 
 def run_lib(project: Project, spec: Path, **options: Any) -> Any:
@@ -337,14 +339,39 @@ def test_ndjson_redelivery_writes_a_job_once_per_outcome(tmp_path: Path) -> None
 
 def test_a_job_that_times_out_again_on_resume_is_not_appended_again(project: Project) -> None:
     spec = project.spec(
-        "s.yaml", header("s", "slow", "inputs:\n  Question: q\nwait: {timeout: 0.3s, poll_interval: 50ms}\n" + NDJSON), wait=False
+        "s.yaml",
+        header("s", "slow", "inputs:\n  Question: q\nwait: {timeout: 0.3s, poll_interval: 50ms}\n" + BOTH_OUTPUTS),
+        wait=False,
     )
     assert run_lib(project, spec).exit_code == 1
     for _ in range(2):
         result = project.run("resume", "--timeout", "0.3s")
         assert result.exit_code == 1, result.output
-    lines = (project.root / "out.ndjson").read_text().splitlines()
-    assert [json.loads(x)["status"] for x in lines] == ["TIMED_OUT"]
+    # A give-up is not the job's outcome: the append-only file holds nothing yet, the replacing
+    # one says what is known now, and says it is not final.
+    assert not (project.root / "out.ndjson").exists()
+    now = json.loads((project.root / "out.json").read_text())
+    assert (now["status"], now["final"]) == ("TIMED_OUT", False)
+    assert list(project.sandbox.state.executes.values()) == [1]
+
+
+def test_a_job_given_up_on_then_finished_by_resume_is_delivered_once(project: Project) -> None:
+    """The runner stops waiting (TIMED_OUT) while the job runs on; resume follows it to its end.
+    Every output holds the job once, with its real outcome."""
+    csv_plugin = Path(__file__).resolve().parents[1] / "plugins" / "csv_output.py"
+    (project.root / "plugins").mkdir(exist_ok=True)
+    (project.root / "plugins" / "csv_output.py").write_text(csv_plugin.read_text())
+    outputs = BOTH_OUTPUTS + "  - {type: csv, path: out.csv}\n"
+    spec = project.spec("m.yaml", header("m", "medium", "inputs:\n  Question: q\nwait: {timeout: 0.2s, poll_interval: 50ms}\n" + outputs))
+    assert run_lib(project, spec).exit_code == 1
+    assert not (project.root / "out.ndjson").exists() and not (project.root / "out.csv").exists()
+    finished = project.run("resume", "--timeout", "30s")
+    assert finished.exit_code == 0, finished.output
+    [line] = [json.loads(x) for x in (project.root / "out.ndjson").read_text().splitlines()]
+    assert (line["status"], line["final"], line["outputs"]["answer"]) == ("COMPLETED", True, "Answer to q")
+    assert json.loads((project.root / "out.json").read_text())["status"] == "COMPLETED"
+    rows = (project.root / "out.csv").read_text().splitlines()
+    assert len(rows) == 2 and ",COMPLETED," in rows[1], rows
     assert list(project.sandbox.state.executes.values()) == [1]
 
 
@@ -492,6 +519,26 @@ def test_an_initiated_job_is_executed_as_recorded_or_not_at_all(project: Project
     assert replanned.exit_code == 0, replanned.output
     [body] = project.sandbox.state.payloads.values()
     assert body["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] == "second"
+    assert_exactly_once(project, 1)
+
+
+def test_an_initiated_job_whose_file_changed_is_not_executed_with_the_new_content(project: Project) -> None:
+    project.file("contract.txt", "the terms as they were")
+    inputs = (
+        "inputs:\n  Title: t\n  Budget: 1.5\n  Approved: true\n  Due date: 2026-12-24\n"
+        "  Contract: {file: contract.txt}\nwait: {timeout: 1s, poll_interval: 50ms}\n"
+    )
+    spec = project.spec("f.yaml", header("f", "all-types", inputs + NDJSON))
+    project.sandbox.faults.add({"route": "execute", "kind": "drop"})
+    assert run_lib(project, spec).exit_code == 3  # initiated, never executed
+    project.sandbox.faults.clear()
+    project.file("contract.txt", "the terms as someone edited them")
+    refused = project.run("resume")
+    assert refused.exit_code == 2, refused.output
+    assert "contract.txt it sends has changed since; it was not executed" in refused.stderr
+    assert project.sandbox.state.executes == Counter()
+    project.file("contract.txt", "the terms as they were")  # put back: resumed as recorded
+    assert project.run("resume").exit_code == 0
     assert_exactly_once(project, 1)
 
 

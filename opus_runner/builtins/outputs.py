@@ -135,13 +135,17 @@ def json_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path
     return path
 
 
-def ndjson_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path:
-    """Append the result as one JSON line; concurrent jobs never interleave. Return the path.
+def ndjson_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path | None:
+    """Append the result as one JSON line; concurrent jobs never interleave. Return the path
+    (None for a result that is not final: the runner gave up waiting, and resume appends the
+    job's real outcome later, so the file holds each job once).
 
     On redelivery (``ctx.redelivery``: a resume after a crash that may have come after the
     write) the line is appended only if the file holds no line for this job, plan key and
     status yet, so a job appears once per outcome whatever was interrupted.
     """
+    if not result.final:
+        return None
     path = resolve_path(config["path"], ctx)
     line = _as_json(result, None)
     if ctx.redelivery:

@@ -39,7 +39,7 @@ from .errors import (
     UsageError,
     ValidationFailed,
 )
-from .paths import display_path
+from .paths import OutsideRoot, confine, display_path
 from .models import (
     CANCELLED_STATUSES,
     TERMINAL_STATUSES,
@@ -233,7 +233,16 @@ class Runner:
         opts = self.options
         overrides: dict[str, Any] = {}
         if opts.vars_file is not None:
-            overrides.update(load_vars_file(Path(opts.vars_file)))
+            assert self.config is not None
+            path = Path(opts.vars_file)
+            if path.exists():  # a missing file is "no such file", wherever it was looked for
+                confine(
+                    path.absolute(),
+                    root=self.config.repo_root,
+                    allow_outside_root=opts.allow_outside_root,
+                    label=f"--vars-file {path}:",
+                )
+            overrides.update(load_vars_file(path))
         overrides.update(dict(parse_assignments(list(opts.var), "--var")))
         if opts.vars:
             overrides.update(opts.vars)
@@ -263,6 +272,7 @@ class Runner:
             default_notify=self.config.notify,
             timeout=timeout,
             no_wait=self.options.no_wait,
+            allow_outside_root=self.options.allow_outside_root,
         )
 
     def _plan_filter(self) -> PlanFilter:
@@ -719,7 +729,8 @@ class Runner:
                 timeout=self.options.timeout or recorded.get("timeout"),
                 plugins=list(self.options.plugins) or recorded.get("plugins") or [],
                 no_local_plugins=self.options.no_local_plugins or bool(recorded.get("no_local_plugins")),
-                allow_outside_root=bool(recorded.get("allow_outside_root")),
+                # From this command line only: a journal is a file of the checkout, and may lie.
+                allow_outside_root=self.options.allow_outside_root,
                 only=recorded.get("only") or [],
                 shard=recorded.get("shard"),
                 limit=recorded.get("limit"),
@@ -1255,6 +1266,9 @@ class Runner:
             timeout = NOTIFIER_TIMEOUT if kind == "notify" else None
             await call_handler(handler, subject, config, ctx, timeout=timeout)
         except Exception as exc:
+            if isinstance(exc, OutsideRoot):  # the handler knows its key ("path"), not its entry
+                key = (kind, index, *exc.key)
+                exc = exc.under(kind, index, file=display_path(plan.spec.path), line=plan.spec.line_of(key))
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else redact.mask(str(exc) or type(exc).__name__)
             message = f"{kind[:-1] if kind == 'outputs' else 'notifier'} {type_name!r} (plugin {handler.plugin}) failed for {plan.key}: {reason}"
             self.reporter.message(message, level="error")

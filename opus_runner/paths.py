@@ -49,8 +49,9 @@ def outside_root(path: Path, root: Path) -> str | None:
     top = root.resolve()
     if real.is_relative_to(top):
         return None
-    via = f" (through a symlink to {real})" if real != Path(os.path.normpath(path)) else ""
-    return f"{path} lies outside the project root {top}{via}; {CONFINEMENT_HINT}"
+    plain = Path(os.path.normpath(path))
+    via = f" (through a symlink to {real})" if real != plain else ""
+    return f"{display_path(plain)} lies outside the project root {top}{via}; {CONFINEMENT_HINT}"
 
 
 def confine(

@@ -257,6 +257,17 @@ def test_an_output_value_from_the_server_cannot_lead_a_path_out(tmp_path: Path, 
     assert nothing_written_outside(tmp_path)
 
 
+def test_server_supplied_output_and_file_names_cannot_name_a_path_out(tmp_path: Path) -> None:
+    from opus_runner.builtins.outputs import plan_downloads, safe_file_name
+
+    folder = tmp_path / "downloads"
+    hostile_names = [("../../OUTSIDE/evil", "https://f.example/"), ("..", "https://f.example/a/%2e%2e%2f%2e%2e%2fx/")]
+    planned = list(plan_downloads(hostile_names, folder))
+    assert [target.name for _, target in planned] == ["OUTSIDE_evil", "download"]
+    assert all(target.parent == folder.resolve() for _, target in planned)
+    assert safe_file_name("https://f.example/", fallback="/etc/passwd") == "etc_passwd"
+
+
 # -- job ids from the server ------------------------------------------------------------------
 
 HOSTILE_ID = "x/../../../OUTSIDE/evil"

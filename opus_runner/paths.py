@@ -28,6 +28,10 @@ def display_path(path: str | Path) -> str:
 
 # -- confinement ------------------------------------------------------------------------------
 
+#: Marks a property of an output's config schema as a path (``{"type": "string", PATH_KEYWORD:
+#: True}``): a value that is not a template is then confined before anything is submitted.
+PATH_KEYWORD = "x-opus-path"
+
 #: How to fix a refused path; every confinement message ends with it.
 CONFINEMENT_HINT = "use a path inside the project, or pass --allow-outside-root"
 

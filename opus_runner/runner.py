@@ -39,7 +39,7 @@ from .errors import (
     UsageError,
     ValidationFailed,
 )
-from .paths import OutsideRoot, confine, display_path
+from .paths import PATH_KEYWORD, OutsideRoot, confine, display_path
 from .models import (
     CANCELLED_STATUSES,
     TERMINAL_STATUSES,
@@ -489,8 +489,39 @@ class Runner:
                 for err in self.host.check_config(kind, list(entries), file=display_path(spec.path), key=kind):
                     err.line = err.line or spec.line_of(err.key)
                     errors.append(err)
+                if kind == "outputs" and isinstance(entries, list):
+                    errors.extend(self._static_paths_outside(spec, entries))
         if errors:
             raise ValidationFailed(errors)
+
+    def _static_paths_outside(self, spec: Spec, entries: list[Any]) -> list[SpecError]:
+        """Output paths written without a template, refused now rather than after the job ran
+        (a templated one is checked when its output is written)."""
+        assert self.host is not None
+        errors: list[SpecError] = []
+        for index, entry in enumerate(entries):
+            handler = self.host.outputs.get(entry.get("type")) if isinstance(entry, dict) else None
+            properties = (getattr(handler, "schema", None) or {}).get("properties") or {}
+            for name, rule in properties.items():
+                value = entry.get(name)
+                if not (isinstance(rule, dict) and rule.get(PATH_KEYWORD)) or not isinstance(value, str):
+                    continue
+                if "{{" in value or "{%" in value:
+                    continue
+                path = Path(value).expanduser()
+                key = ("outputs", index, name)
+                try:
+                    confine(
+                        path if path.is_absolute() else spec.dir / path,
+                        root=self._repo_root(spec),
+                        allow_outside_root=self.options.allow_outside_root,
+                        file=display_path(spec.path),
+                        key=key,
+                        line=spec.line_of(key),
+                    )
+                except OutsideRoot as exc:
+                    errors.append(exc)
+        return errors
 
     async def _validate_plans(
         self, planner: Planner, plan_filter: PlanFilter, *, keep: bool, remember: bool = False

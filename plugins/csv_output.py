@@ -35,13 +35,13 @@ from opus_runner import hookimpl
 from opus_runner.files import locked_append
 from opus_runner.hookspecs import Register
 from opus_runner.models import Context, JobResult
-from opus_runner.paths import resolve_spec_path
+from opus_runner.paths import PATH_KEYWORD, resolve_spec_path
 from opus_runner.redact import mask_obj
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "path": {"type": "string", "minLength": 1, "description": "CSV file; relative to the spec's folder."},
+        "path": {"type": "string", "minLength": 1, "description": "CSV file; relative to the spec's folder.", PATH_KEYWORD: True},
         "columns": {
             "type": "array",
             "items": {"type": "string", "minLength": 1},

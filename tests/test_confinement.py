@@ -223,12 +223,15 @@ def test_a_vars_file_outside_the_project_is_refused(project: Project, tmp_path: 
         ("{type: download, dir: ../OUTSIDE/files}", "outputs[0].dir"),
     ],
 )
-def test_outputs_outside_the_project_are_refused(project: Project, tmp_path: Path, entry: str, key: str) -> None:
+def test_outputs_outside_the_project_are_refused_before_anything_is_sent(
+    project: Project, tmp_path: Path, entry: str, key: str
+) -> None:
     out = outside(tmp_path)
     spec = project.spec("o.yaml", QUICK + "outputs:\n  - " + entry.replace("{OUT}", str(out)) + "\n")
     csv_plugin = str(REPO / "plugins" / "csv_output.py")
     result = project.run("run", spec, "--plugin", csv_plugin)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
+    assert project.sandbox.state.count("POST", "initiate") == 0
     assert f"o.yaml:{spec.read_text().splitlines().index('outputs:') + 2}: {key}:" in result.stderr
     assert "outside the project root" in result.stderr and "--allow-outside-root" in result.stderr
     assert nothing_written_outside(tmp_path)
@@ -237,9 +240,32 @@ def test_outputs_outside_the_project_are_refused(project: Project, tmp_path: Pat
     assert entry.startswith("{type: download") or any(out.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ("{type: json, path: '../OUTSIDE/{{ job.id }}.json'}", "outputs[0].path"),
+        ("{type: csv, path: '{OUT}/{{ job.id }}.csv'}", "outputs[0].path"),
+        ("{type: download, dir: '../OUTSIDE/{{ job.id }}'}", "outputs[0].dir"),
+    ],
+)
+def test_templated_outputs_outside_the_project_are_refused_when_written(
+    project: Project, tmp_path: Path, entry: str, key: str
+) -> None:
+    out = outside(tmp_path)
+    spec = project.spec("t.yaml", QUICK + "outputs:\n  - " + entry.replace("{OUT}", str(out)) + "\n")
+    result = project.run("run", spec, "--plugin", str(REPO / "plugins" / "csv_output.py"))
+    assert result.exit_code == 1, result.output  # the job ran; its result is kept, the output failed
+    assert f"t.yaml:{spec.read_text().splitlines().index('outputs:') + 2}: {key}:" in result.stderr
+    assert "outside the project root" in result.stderr
+    assert nothing_written_outside(tmp_path)
+
+
 def test_a_symlinked_results_folder_does_not_lead_out(project: Project, tmp_path: Path) -> None:
     os.symlink(outside(tmp_path), project.root / "results")
     spec = project.spec("s.yaml", QUICK + "outputs:\n  - {type: json, path: results/r.json}\n")
+    result = project.run("run", spec)
+    assert result.exit_code == 2 and "through a symlink" in result.stderr and "outputs[0].path" in result.stderr
+    spec = project.spec("s.yaml", QUICK + "outputs:\n  - {type: json, path: 'results/{{ job.id }}.json'}\n")
     result = project.run("run", spec)
     assert result.exit_code == 1 and "through a symlink" in result.stderr and "outputs[0].path" in result.stderr
     assert nothing_written_outside(tmp_path)

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from .. import files
 from ..errors import ApiError, NotFoundError
 from ..models import Context, JobResult
-from ..paths import resolve_spec_path
+from ..paths import PATH_KEYWORD, resolve_spec_path
 from ..results import parse_results
 from . import display_url, http_client, is_loopback_host, request_without_key
 
@@ -37,7 +37,7 @@ MAX_REDIRECTS = 5
 DOWNLOAD_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "dir": {"type": "string", "minLength": 1, "description": "Folder for the files; relative to the spec."},
+        "dir": {"type": "string", "minLength": 1, "description": "Folder for the files; relative to the spec.", PATH_KEYWORD: True},
         "outputs": {
             "type": "array",
             "items": {"type": "string"},

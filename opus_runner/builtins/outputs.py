@@ -16,7 +16,7 @@ from typing import Any
 from .. import files
 from ..hookspecs import Register, hookimpl
 from ..models import Context, JobResult
-from ..paths import resolve_spec_path
+from ..paths import PATH_KEYWORD, resolve_spec_path
 from ..redact import mask_obj
 
 # The download output lives in its own module; its names stay importable from here.
@@ -25,7 +25,7 @@ from .download import DOWNLOAD_SCHEMA, download_output, file_urls, plan_download
 #: Longest value the stdout summary shows before cutting (``full: true`` shows everything).
 SUMMARY_LIMIT = 500
 
-_PATH = {"type": "string", "minLength": 1, "description": "File path; relative to the spec's folder."}
+_PATH = {"type": "string", "minLength": 1, "description": "File path; relative to the spec's folder.", PATH_KEYWORD: True}
 
 STDOUT_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -866,6 +866,12 @@ def cli_reference_markdown() -> str:
         "`1` a job failed, was cancelled or timed out (or, for `drift`, a spec breaks), `2` usage, spec or",
         "validation error, `3` API, auth or network error, `130` interrupted.",
         "",
+        "For a checkout you do not trust (a pull request), add `--untrusted`: no file of the checkout is",
+        "imported as a plugin (the plugins folder, `plugins_dir`, a `--plugin` a resumed run's journal names)",
+        "and the key goes nowhere the checkout says (`base_url` of `opus-runner.toml`, a `--base-url` in the",
+        "journal); the first line printed says what was ignored. Without it, a `base_url` from the project",
+        "file that is not the Opus service is named in the first line printed. See [ci.md](ci.md).",
+        "",
         "| command | what it does |",
         "|---|---|",
     ]

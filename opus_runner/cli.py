@@ -17,6 +17,11 @@ from .__about__ import __version__
 from .errors import OpusRunnerError, ValidationFailed
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+UNTRUSTED_HELP = (
+    "For a checkout you do not trust (a pull request): implies --no-local-plugins, ignores the "
+    "plugins a resumed run's journal names and the base_url and plugins_dir of opus-runner.toml, "
+    "and says what it ignored."
+)
 
 
 class DefaultGroup(click.Group):
@@ -133,6 +138,7 @@ def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--vars-file", type=click.Path(path_type=Path), metavar="FILE", help="YAML or JSON mapping of template variables."),
         click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module or .py file (repeatable)."),
         click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder (for untrusted specs)."),
+        click.option("--untrusted", is_flag=True, help=UNTRUSTED_HELP),
         click.option("--allow-outside-root", is_flag=True, help="Allow file inputs outside the spec repository root."),
         click.option("--limit", type=int, metavar="N", help="Run only the first N jobs of the plan."),
         click.option("--only", multiple=True, metavar="KEY=VALUE", help="Run only jobs whose matrix or row value KEY equals VALUE (repeatable)."),
@@ -327,7 +333,8 @@ def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
 @click.option("--timeout", metavar="DURATION", help="Give up waiting after this long (45s, 5m, 1h30m).")
 @click.option("--concurrency", type=click.IntRange(min=1), metavar="N", help="Jobs in flight at once [default: 4].")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module or .py file (repeatable).")
-@click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder.")
+@click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder, nor the plugins the run's journal names.")
+@click.option("--untrusted", is_flag=True, help=UNTRUSTED_HELP)
 @click.option("--replan", is_flag=True, help="Plan jobs the run never started from its spec and data files as they are now, though they changed since the run began.")
 @output_options
 @handle_errors
@@ -372,7 +379,10 @@ def _client_from(base_url: str | None) -> Any:
     key = os.environ.get("OPUS_SERVICE_KEY")
     if not key:
         raise ConfigError(NO_KEY_MESSAGE)
-    url = base_url or os.environ.get("OPUS_BASE_URL") or load_project_config().base_url or DEFAULT_BASE_URL
+    config = load_project_config()
+    if not base_url and not os.environ.get("OPUS_BASE_URL") and config.base_url_notice():
+        click.echo(config.base_url_notice(), err=True)
+    url = base_url or os.environ.get("OPUS_BASE_URL") or config.base_url or DEFAULT_BASE_URL
     return OpusClient(url, key)
 
 
@@ -425,9 +435,10 @@ async def _audit(client: Any, job_id: str) -> Any:
 @main.command("plugins", context_settings=CONTEXT_SETTINGS)
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Also load this plugin module or .py file.")
 @click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder.")
+@click.option("--untrusted", is_flag=True, help="Do not load the project's plugins folder, nor the plugins_dir of opus-runner.toml.")
 @output_options
 @handle_errors
-def plugins_command(plugins: tuple[str, ...], no_local_plugins: bool, output_format: str, quiet: bool, verbose: bool) -> None:
+def plugins_command(plugins: tuple[str, ...], no_local_plugins: bool, untrusted: bool, output_format: str, quiet: bool, verbose: bool) -> None:
     """List loaded plugins, where each came from, their hooks and output/notifier types."""
     import json
     from dataclasses import asdict
@@ -438,7 +449,7 @@ def plugins_command(plugins: tuple[str, ...], no_local_plugins: bool, output_for
     _setup_logging(verbose, quiet)
     config = load_project_config()
     host = make_plugin_host(
-        plugins_dir=None if no_local_plugins else default_plugins_dir(config), modules=list(plugins)
+        plugins_dir=None if no_local_plugins or untrusted else default_plugins_dir(config), modules=list(plugins)
     )
     infos = host.describe()
     if output_format == "json":

@@ -25,6 +25,7 @@ import yaml
 from .errors import ApiError, NotFoundError, WorkflowNotFound
 from .paths import display_path
 from .models import InputField, WorkflowRef, WorkflowSchema
+from .progress import printable
 
 __all__ = [
     "Break",
@@ -66,7 +67,7 @@ def not_found(ref: WorkflowRef, error: NotFoundError, where: str) -> WorkflowNot
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], indent: str = "") -> str:
-    body = [list(map(str, row)) for row in rows]
+    body = [list(map(printable, row)) for row in rows]  # cells hold the server's names
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(headers)]
     lines = [indent + "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
@@ -155,7 +156,7 @@ def schema_table(schema: WorkflowSchema) -> str:
         )
         for f in schema.inputs
     ]
-    return head + "\n" + _table(["variable name", "display name", "type", "required", "allowed files"], rows)
+    return printable(head) + "\n" + _table(["variable name", "display name", "type", "required", "allowed files"], rows)
 
 
 # -- opus-run init -----------------------------------------------------------------------------
@@ -663,7 +664,7 @@ class DriftReport:
     def text(self) -> str:
         lines: list[str] = []
         for w in self.workflows:
-            head = w.key + (f" ({_one_line(w.live.name)})" if w.live.name else "")
+            head = w.key + (f" ({printable(_one_line(w.live.name))})" if w.live.name else "")
             if w.locked.version is not None and w.live.version is not None and w.locked.version != w.live.version:
                 head += f", version {w.locked.version} -> {w.live.version}"
             if not w.changes:
@@ -688,7 +689,7 @@ class DriftReport:
             )
         else:
             lines.append(f"no drift: the live workflows match {self.lock_path.name}")
-        return "\n".join(lines)
+        return printable("\n".join(lines), newlines=True)
 
 
 def _spec_breaks(spec: Any, locked: WorkflowSchema, live: WorkflowSchema, changes: list[Change]) -> list[Break]:

@@ -35,10 +35,12 @@ class DefaultGroup(click.Group):
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     import logging
+    from .progress import PrintableFilter
     from .redact import MaskingFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(MaskingFilter())
+    handler.addFilter(PrintableFilter())  # log lines quote the server (errors, the HTTP trace)
     fmt = "%(asctime)s %(name)s %(levelname)s %(message)s" if verbose else "%(message)s"
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger("opus_runner")
@@ -76,7 +78,9 @@ def _fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
                 {"file": e.file, "key": format_key(e.key), "line": e.line, "message": e.message} for e in exc.errors
             ]
         click.echo(json.dumps(data, ensure_ascii=False))
-    click.echo(f"error: {text}", err=True)
+    from .progress import printable
+
+    click.echo(f"error: {printable(text, newlines=True)}", err=True)
     sys.exit(code)
 
 
@@ -228,13 +232,13 @@ def _execute(options: Any, reporter: Any) -> Any:
 
 
 def _print_notes(report: Any, output_format: str, quiet: bool) -> None:
-    from .progress import JsonReporter
+    from .progress import JsonReporter, printable
 
     for note in report.notes:
         if output_format == "json":
             JsonReporter().message(note)
         elif not quiet:
-            click.echo(note, err=True)
+            click.echo(printable(note, newlines=True), err=True)
 
 
 # -- the commands --------------------------------------------------------------------------
@@ -404,11 +408,14 @@ def _job_command(name: str, help_text: str) -> Callable[[Callable[..., Any]], An
 
             data = asyncio.run(go())
             from . import redact
+            from .progress import printable
 
-            if output_format == "json" or not isinstance(data, str):
-                click.echo(json.dumps(redact.mask_obj(data), indent=None if output_format == "json" else 2, ensure_ascii=False, default=str))
+            if output_format == "json":
+                click.echo(json.dumps(redact.mask_obj(data), ensure_ascii=False, default=str))
+            elif not isinstance(data, str):
+                click.echo(printable(json.dumps(redact.mask_obj(data), indent=2, ensure_ascii=False, default=str), newlines=True))
             else:
-                click.echo(redact.mask(data))
+                click.echo(printable(redact.mask(data), newlines=True))
 
         return command
 

@@ -252,3 +252,105 @@ def test_is_opus_service(url: str, official: bool) -> None:
     from opus_runner.config import is_opus_service
 
     assert is_opus_service(url) is official
+
+
+# -- server text on a terminal ------------------------------------------------------------------
+
+HOSTILE_TEXT = "\x1b[2J\x1b]0;pwned\x07"
+WF_ESCAPES = "00000000-0000-4000-8000-0000000000e1"
+WF_ESCAPES_OK = "00000000-0000-4000-8000-0000000000e2"
+
+
+def _escape_workflows() -> dict[str, Any]:
+    question = [{"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"}]
+    return {
+        "workflows": {
+            WF_ESCAPES: {
+                "name": "Fails loudly",
+                "duration": "0.1s",
+                "fail": f"model said {HOSTILE_TEXT}\x9b31m red\rover\nall jobs completed",
+                "inputs": question,
+                "outputs": {"answer": "never"},
+            },
+            WF_ESCAPES_OK: {
+                "name": "Answers loudly",
+                "duration": "0.1s",
+                "inputs": question,
+                "outputs": {"answer": f"one{HOSTILE_TEXT}\nline two\x1b[31m", f"name{HOSTILE_TEXT}": "x"},
+            },
+        }
+    }
+
+
+def _no_controls(text: str) -> None:
+    assert not any(ch in text for ch in "\x1b\x07\x9b\r"), repr(text)
+
+
+def test_server_text_reaches_the_terminal_without_controls(tmp_path: Path, opus_sandbox_factory: Any) -> None:
+    from conftest import make_project
+
+    project = make_project(tmp_path, opus_sandbox_factory, _escape_workflows())
+    failing = project.spec("f.yaml", header("f", WF_ESCAPES) + "inputs:\n  Question: q\n")
+    result = project.run("run", failing)
+    assert result.exit_code == 1
+    _no_controls(result.stdout + result.stderr)
+    assert "model said " in result.stderr
+    # One line per event: the server's newline cannot forge a line of its own.
+    assert not any(line == "all jobs completed" for line in (result.stdout + result.stderr).splitlines())
+
+    answering = project.spec("a.yaml", header("a", WF_ESCAPES_OK) + "inputs:\n  Question: q\n")
+    result = project.run("run", answering)
+    assert result.exit_code == 0, result.output
+    _no_controls(result.stdout + result.stderr)
+    assert "    line two" in result.stdout  # a multi-line value is still shown indented
+
+    # --format json keeps the data exact: JSON escapes the controls.
+    result = project.run("run", failing, "--format", "json")
+    failed = next(e for e in project.events(result) if e["event"] == "failed")
+    assert HOSTILE_TEXT in failed["error"]
+    _no_controls(result.stdout)
+
+
+def test_an_api_error_quoting_the_server_is_printed_without_controls(project: Project) -> None:
+    class Loud(KeyCatcher):
+        pass
+
+    server = Loud()
+    try:
+        server.server.RequestHandlerClass.do_GET = _loud_answer  # type: ignore[attr-defined]
+        result = project.run("status", "job-1", env={"OPUS_BASE_URL": server.url})
+    finally:
+        server.close()
+    assert result.exit_code == 3
+    assert "pwned" not in result.stderr and "error: " in result.stderr
+    _no_controls(result.stderr)
+
+
+def _loud_answer(self: BaseHTTPRequestHandler) -> None:
+    body = json.dumps({"message": f"denied{HOSTILE_TEXT}"}).encode()
+    self.send_response(403)
+    self.send_header("content-type", "application/json")
+    self.send_header("content-length", str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (HOSTILE_TEXT + "after", "after"),
+        ("bell\x07 nul\x00 del\x7f", "bell\\x07 nul\\x00 del\\x7f"),
+        ("csi\x9b2J c1\x85", "csi c1\\x85"),
+        ("\x1b\x1b[2J", "\\x1b"),  # what a removed sequence leaves behind is inert
+        ("clip\x1b]52;c;ZXZpbA==\x1b\\board", "clipboard"),
+        ("tab\tkept", "tab\tkept"),
+        ("rtl\u202eevil", "rtl\\u202eevil"),
+        ("two\nlines\r", "two\\nlines\\r"),
+        ("ünïcödé ✓", "ünïcödé ✓"),
+    ],
+)
+def test_printable(text: str, shown: str) -> None:
+    from opus_runner.progress import printable
+
+    assert printable(text) == shown
+    assert printable("a\nb\x1b[2J", newlines=True) == "a\nb"

@@ -873,6 +873,10 @@ def cli_reference_markdown() -> str:
         "journal); the first line printed says what was ignored. Without it, a `base_url` from the project",
         "file that is not the Opus service is named in the first line printed. See [ci.md](ci.md).",
         "",
+        "Text output shows what the server sends (errors, statuses, names, output values) without terminal",
+        "control characters: escape sequences are removed, other controls shown escaped (`\\x07`), and a",
+        "newline inside a one-line value shown as `\\n`. `--format json` carries the server's text exactly.",
+        "",
         "| command | what it does |",
         "|---|---|",
     ]

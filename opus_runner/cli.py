@@ -383,9 +383,12 @@ def _client_from(base_url: str | None) -> Any:
     key = os.environ.get("OPUS_SERVICE_KEY")
     if not key:
         raise ConfigError(NO_KEY_MESSAGE)
+    from .progress import printable
+
     config = load_project_config()
-    if not base_url and not os.environ.get("OPUS_BASE_URL") and config.base_url_notice():
-        click.echo(config.base_url_notice(), err=True)
+    notice = None if base_url or os.environ.get("OPUS_BASE_URL") else config.base_url_notice()
+    if notice:
+        click.echo(printable(notice), err=True)
     url = base_url or os.environ.get("OPUS_BASE_URL") or config.base_url or DEFAULT_BASE_URL
     return OpusClient(url, key)
 

@@ -4,32 +4,69 @@ A value registered here is replaced by ``***`` wherever text leaves the process:
 printed payloads, the state journal, result and output files, exception messages. The registry
 is process-wide on purpose: once a value was secret in this process it stays masked everywhere,
 whichever run or thread later prints it.
+
+A value is masked in every form it takes on the way out, not only raw: JSON-escaped (with and
+without ``ensure_ascii``), repr-escaped and URL-quoted. Text that is cut for display must be
+masked *before* it is cut: a cut through a secret leaves its start, which no form matches.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
 MASK = "***"
-# Very short values would mask ordinary words ("a", "on"); they are refused as secrets.
-_MIN_LENGTH = 4
+#: Shorter values would mask ordinary words ("a", "on") everywhere, so they cannot be secrets:
+#: ``secret()`` refuses them (docs/spec.md) and :func:`register` ignores them.
+MIN_LENGTH = 4
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_ordered: list[str] = []  # longest first, so a secret containing another is masked whole
+#: every form of every secret, longest first, so a secret containing another is masked whole
+_ordered: list[str] = []
+
+
+def forms(value: str) -> set[str]:
+    """The ways ``value`` can be written out: raw, JSON-, repr-, ascii()- and URL-escaped."""
+    found = {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        repr(value)[1:-1],
+        ascii(value)[1:-1],
+        quote(value, safe=""),
+        quote_plus(value, safe=""),
+    }
+    return {form for form in found if len(form) >= MIN_LENGTH}
 
 
 def register(value: str | None) -> None:
-    """Mark ``value`` as secret from now on."""
-    if not value or len(value) < _MIN_LENGTH:
+    """Mark ``value`` as secret from now on (in every form :func:`forms` gives)."""
+    if not value or not isinstance(value, str) or len(value) < MIN_LENGTH:
         return
     with _lock:
         if value in _secrets:
             return
         _secrets.add(value)
-        _ordered[:] = sorted(_secrets, key=len, reverse=True)
+        everything = set(_ordered) | forms(value)
+        _ordered[:] = sorted(everything, key=len, reverse=True)
+
+
+def register_url_credentials(url: object) -> None:
+    """Mark the password in ``url``'s user info (``https://user:pw@host``) as secret, both as
+    written and decoded, so the URL can be shown in messages as it was given."""
+    try:
+        password = urlsplit(str(url)).password
+    except ValueError:
+        return
+    if password:
+        from urllib.parse import unquote
+
+        register(password)
+        register(unquote(password))
 
 
 def is_registered(value: str) -> bool:

@@ -54,14 +54,14 @@ def _fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
 
     if isinstance(exc, OpusRunnerError):
         code = exc.exit_code
-        text = redact.mask(str(exc))
+        text = redact.mask(redact.without_userinfo(str(exc)))
     else:
         code = 3 if not isinstance(exc, KeyboardInterrupt) else 130
-        text = redact.mask(f"unexpected error: {type(exc).__name__}: {exc}")
+        text = redact.mask(redact.without_userinfo(f"unexpected error: {type(exc).__name__}: {exc}"))
     if verbose:
         import traceback
 
-        sys.stderr.write(redact.mask("".join(traceback.format_exception(exc))))
+        sys.stderr.write(redact.mask(redact.without_userinfo("".join(traceback.format_exception(exc)))))
     if output_format == "json":
         data: dict[str, Any] = {"event": "error", "exit_code": code, "message": text}
         if isinstance(exc, ValidationFailed):
@@ -70,7 +70,7 @@ def _fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
             data["problems"] = [
                 {"file": e.file, "key": format_key(e.key), "line": e.line, "message": e.message} for e in exc.errors
             ]
-        click.echo(json.dumps(data, ensure_ascii=False))
+        click.echo(json.dumps(redact.mask_obj(data), ensure_ascii=False))
     click.echo(f"error: {text}", err=True)
     sys.exit(code)
 

@@ -24,7 +24,13 @@ def now_iso() -> str:
 
 
 def dumps(obj: Any) -> str:
-    return redact.mask(json.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":")))
+    # Masked as data, not as the JSON text: a secret such as "null" or "true" must not turn a
+    # JSON literal into ***, which would break the event line.
+    return json.dumps(redact.mask_obj(obj), ensure_ascii=False, default=_masked_text, separators=(",", ":"))
+
+
+def _masked_text(value: Any) -> str:
+    return redact.mask(str(value))
 
 
 class Reporter:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
@@ -67,6 +68,15 @@ def register_url_credentials(url: object) -> None:
 
         register(password)
         register(unquote(password))
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def without_userinfo(text: str) -> str:
+    """``text`` with the ``user:password@`` part of every URL in it dropped, whatever the
+    password's length (:func:`register` ignores short values; a URL's user info is always secret)."""
+    return _USERINFO.sub(r"\g<scheme>", str(text))
 
 
 def is_registered(value: str) -> bool:

@@ -30,17 +30,20 @@ _secrets: set[str] = set()
 _ordered: list[str] = []
 
 
+_ESCAPES = (
+    lambda v: json.dumps(v)[1:-1],
+    lambda v: json.dumps(v, ensure_ascii=False)[1:-1],
+    lambda v: repr(v)[1:-1],
+    lambda v: ascii(v)[1:-1],
+)
+
+
 def forms(value: str) -> set[str]:
-    """The ways ``value`` can be written out: raw, JSON-, repr-, ascii()- and URL-escaped."""
-    found = {
-        value,
-        json.dumps(value)[1:-1],
-        json.dumps(value, ensure_ascii=False)[1:-1],
-        repr(value)[1:-1],
-        ascii(value)[1:-1],
-        quote(value, safe=""),
-        quote_plus(value, safe=""),
-    }
+    """The ways ``value`` can be written out: raw, JSON-, repr-, ascii()- and URL-escaped, and
+    escaped twice (a server's JSON error quoting a Python repr, JSON text inside a JSON string)."""
+    once = {escape(value) for escape in _ESCAPES}
+    twice = {escape(form) for form in once for escape in _ESCAPES}
+    found = {value, *once, *twice, quote(value, safe=""), quote_plus(value, safe="")}
     return {form for form in found if len(form) >= MIN_LENGTH}
 
 

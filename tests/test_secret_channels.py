@@ -291,21 +291,48 @@ def test_a_refused_validation_leaks_the_secret_nowhere(echo: tuple[Project, str,
     assert_nowhere(channels(project, *results), secret, key)
 
 
-def test_an_api_error_quoting_the_secret_leaks_it_nowhere(echo: tuple[Project, str, str]) -> None:
+def test_api_errors_quoting_the_secret_leak_it_nowhere(
+    echo: tuple[Project, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opus_runner import client
+
     project, secret, key = echo
-    # A server error that quotes the request back, long enough to be cut at 300 characters.
+    fast = client.RetryPolicy(attempts=2, base=0.01, cap=0.02)
+    monkeypatch.setattr(client, "RetryPolicy", lambda: fast)  # the CLI's default policy retries for seconds
+    spec = echo_spec(project)
+    # An execute refused with a message that quotes the request back (raw and JSON-escaped)...
     project.sandbox.faults.add(
-        route="initiate",
+        route="execute",
         kind="inner_error",
         inner_status=500,
         message="validation failed for " + "x" * 270 + f" {secret} {json.dumps(secret)}",
     )
-    spec = echo_spec(project)
-    results = [project.run("run", str(spec), *args) for args in (["--verbose"], ["--format", "json", "--verbose"])]
-    for result in results:
-        assert result.exit_code != 0, result.output
-        assert "validation failed for" in result.output
-    assert_nowhere(channels(project, *results), secret, key)
+    refused = [project.run("run", str(spec), *args) for args in (["--verbose"], ["--format", "json", "--verbose"])]
+    for result in refused:
+        assert result.exit_code != 0 and "validation failed for" in result.output, result.output
+    # ...and a plain HTTP 500 that outlasts the retries.
+    project.sandbox.faults.clear()
+    project.sandbox.faults.add(route="workflow", kind="status", status=500)
+    failed = [project.run("run", str(spec), *args) for args in (["--verbose"], ["--format", "json", "--verbose"])]
+    for result in failed:
+        assert result.exit_code == 3 and "HTTP 500" in result.stderr, result.output
+    assert_nowhere(channels(project, *refused, *failed), secret, key)
+
+
+def test_a_server_message_is_masked_before_it_is_cut() -> None:
+    import httpx
+
+    from opus_runner import redact
+    from opus_runner.client import server_message
+
+    secret = new_secret()
+    redact.register(secret)
+    for padding in range(280, 300):  # every cut through the secret
+        response = httpx.Response(422, json={"message": "x" * padding + secret})
+        shown = server_message(response)
+        assert len(shown) <= 300
+        found = {"message": shown.encode("utf-8")}
+        assert_nowhere(found, secret)
 
 
 def test_a_network_error_leaks_neither_the_secret_nor_the_base_url_password(
@@ -396,3 +423,30 @@ def test_a_secret_named_null_keeps_json_events_valid(echo: tuple[Project, str, s
     # the JSON literal null (Count is not given) is still null, the secret is masked
     [payload] = [e["payload"] for e in events if e["event"] == "rendered"]
     assert payload["workflow_input_n"]["value"] is None and payload["workflow_input_t"]["value"] == "***"
+
+
+def test_a_traced_body_is_masked_before_it_is_cut() -> None:
+    from opus_runner import redact
+    from opus_runner.client import TRACE_BODY_LIMIT, _trace_body
+
+    secret = new_secret()
+    redact.register(secret)
+    for padding in range(TRACE_BODY_LIMIT - 40, TRACE_BODY_LIMIT - 12):  # cuts through the secret
+        body = json.dumps({"value": "x" * padding + secret})  # as traced: \u-escaped JSON
+        assert_nowhere({"trace": _trace_body(body).encode("utf-8")}, secret)
+
+
+def test_every_form_is_masked_and_url_user_info_is_dropped() -> None:
+    from opus_runner import redact
+
+    secret = new_secret()
+    redact.register(secret)
+    for form in forms(secret) - {html.escape(secret), secret.replace('"', '""')}:
+        assert redact.mask(f"<{form}>") == "<***>", form
+    assert redact.mask(json.dumps(json.dumps(secret))) == '"\\"***\\""'  # JSON text in a JSON string
+    assert redact.without_userinfo("see https://u:p@ss@host:8/a@b?c=d@e and http://u@h/") == (
+        "see https://host:8/a@b?c=d@e and http://h/"
+    )
+    password = f"pw{_tag(10)}+/"
+    redact.register_url_credentials(f"https://user:{quote(password, safe='')}@example.com")
+    assert redact.mask(password) == redact.MASK

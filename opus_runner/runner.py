@@ -723,6 +723,12 @@ class Runner:
             # Before anything is rendered or written: with another value than the run used, an
             # old value echoed back by a workflow would not be masked.
             used_secrets = journal.verify_secrets(run.run_id, self.environ)
+            recorded_url = recorded.get("base_url")
+            if not self.options.base_url and isinstance(recorded_url, str) and redact.MASK in recorded_url:
+                raise UsageError(
+                    f"run {run.run_id} ran against {redact.without_userinfo(recorded_url)} with a password in "
+                    "the URL, which the journal does not keep; pass the URL again with --base-url"
+                )
             # One owner at a time: a run whose process is alive is not resumed beside it.
             journal.claim_run(run.run_id)
             self.options = replace(

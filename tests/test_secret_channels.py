@@ -450,3 +450,20 @@ def test_every_form_is_masked_and_url_user_info_is_dropped() -> None:
     password = f"pw{_tag(10)}+/"
     redact.register_url_credentials(f"https://user:{quote(password, safe='')}@example.com")
     assert redact.mask(password) == redact.MASK
+
+
+def test_a_base_url_password_is_not_journaled_and_resume_asks_for_the_url_again(echo: tuple[Project, str, str]) -> None:
+    project, secret, key = echo
+    password = f"pw{_tag(12)}"
+    host = project.sandbox.base_url.split("://", 1)[1]
+    base_url = f"http://user:{password}@{host}"
+    spec = echo_spec(project, SLOW_ECHO, extra="outputs: [{type: ndjson, path: out/all.ndjson}]\n")
+    first = project.run("run", str(spec), "--base-url", base_url, "--timeout", "0.2s", "--format", "json")
+    assert first.exit_code == 1, first.output
+    refused = project.run("resume")
+    assert refused.exit_code == 2
+    assert f"ran against http://{host} with a password in the URL" in refused.stderr
+    assert "--base-url" in refused.stderr
+    resumed = project.run("resume", "--base-url", base_url, "--timeout", "30s")
+    assert resumed.exit_code == 0, resumed.output
+    assert_nowhere(channels(project, first, refused, resumed), secret, key, password)

@@ -61,14 +61,14 @@ def _fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
 
     if isinstance(exc, OpusRunnerError):
         code = exc.exit_code
-        text = redact.mask(str(exc))
+        text = redact.mask(redact.without_userinfo(str(exc)))
     else:
         code = 3 if not isinstance(exc, KeyboardInterrupt) else 130
-        text = redact.mask(f"unexpected error: {type(exc).__name__}: {exc}")
+        text = redact.mask(redact.without_userinfo(f"unexpected error: {type(exc).__name__}: {exc}"))
     if verbose:
         import traceback
 
-        sys.stderr.write(redact.mask("".join(traceback.format_exception(exc))))
+        sys.stderr.write(redact.mask(redact.without_userinfo("".join(traceback.format_exception(exc)))))
     if output_format == "json":
         data: dict[str, Any] = {"event": "error", "exit_code": code, "message": text}
         if isinstance(exc, ValidationFailed):
@@ -77,7 +77,10 @@ def _fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
             data["problems"] = [
                 {"file": e.file, "key": format_key(e.key), "line": e.line, "message": e.message} for e in exc.errors
             ]
-        click.echo(json.dumps(data, ensure_ascii=False))
+        # The shared event writer: masked as data, C1 controls escaped, like every event line.
+        from .progress import dumps
+
+        click.echo(dumps(data))
     from .progress import printable
 
     click.echo(f"error: {printable(text, newlines=True)}", err=True)

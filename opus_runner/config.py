@@ -190,6 +190,10 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
     base_url = table.get("base_url")
     if base_url is not None and not isinstance(base_url, str):
         raise ConfigError(f"{file}: base_url must be a string, found {base_url!r}")
+    if base_url is not None:
+        from .redact import register_url_credentials
+
+        register_url_credentials(base_url)  # masked from the moment it is read
     callback_url = table.get("callback_url")
     if callback_url is not None and (not isinstance(callback_url, str) or not callback_url.startswith("https://")):
         raise ConfigError(

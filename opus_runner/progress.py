@@ -30,9 +30,15 @@ _C1 = re.compile("[\x7f-\x9f]")
 
 
 def dumps(obj: Any) -> str:
-    text = redact.mask(json.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":")))
+    # Masked as data, not as the JSON text: a secret such as "null" or "true" must not turn a
+    # JSON literal into ***, which would break the event line.
+    text = json.dumps(redact.mask_obj(obj), ensure_ascii=False, default=_masked_text, separators=(",", ":"))
     # Only inside strings, so the escape keeps the JSON valid and the data the same.
     return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _masked_text(value: Any) -> str:
+    return redact.mask(str(value))
 
 
 #: Terminal control sequences (ECMA-48): CSI (``ESC [`` or 8-bit ``\x9b``) with its parameters;

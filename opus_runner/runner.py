@@ -647,6 +647,7 @@ class Runner:
                 options={**_options_record(opts), "inputs": self._input_digests()},
             )
             report.run_id = self.run_id
+            self._journal_secrets(planner, self.run_id)
             self._batch_size = count
             self.reporter.start(count)
             async with self._owning(self.run_id):
@@ -659,6 +660,18 @@ class Runner:
             return report
         finally:
             self.journal.close()
+
+    def _journal_secrets(self, planner: Planner, run_id: str, used: Mapping[str, str] | None = None) -> None:
+        """Keep a keyed hash of every secret the run reads, now and later (resume checks them);
+        on resume, ``used`` (checked against the journal) is masked before anything is read."""
+        assert self.journal is not None
+        journal, templater = self.journal, planner.templater
+        for name, value in (used or {}).items():
+            redact.register(value)
+            templater.secrets_used[name] = value
+        for name, value in templater.secrets_used.items():
+            journal.record_secret(run_id, name, value)
+        templater.on_secret = lambda name, value: journal.record_secret(run_id, name, value)
 
     @contextlib.asynccontextmanager
     async def _owning(self, run_id: str) -> AsyncIterator[None]:
@@ -766,6 +779,15 @@ class Runner:
                     f"run {run.run_id} ran against an in-process --sandbox, which ended with it; "
                     "there is nothing left to resume"
                 )
+            # Before anything is rendered or written: with another value than the run used, an
+            # old value echoed back by a workflow would not be masked.
+            used_secrets = journal.verify_secrets(run.run_id, self.environ)
+            recorded_url = recorded.get("base_url")
+            if not self.options.base_url and isinstance(recorded_url, str) and redact.MASK in recorded_url:
+                raise UsageError(
+                    f"run {run.run_id} ran against {redact.without_userinfo(recorded_url)} with a password in "
+                    "the URL, which the journal does not keep; pass the URL again with --base-url"
+                )
             # One owner at a time: a run whose process is alive is not resumed beside it.
             journal.claim_run(run.run_id)
             base_url, plugins, allow_outside_root = self._recorded_settings(run.run_id, recorded)
@@ -793,6 +815,7 @@ class Runner:
             self._load()
             self.host = self._make_host()
             planner = self._planner()
+            self._journal_secrets(planner, run.run_id, used_secrets)
             records = {r.plan_key: r for r in journal.jobs(run.run_id)}
             jobs, refused, changed = self._resume_plan(planner, records, recorded.get("inputs"))
             self.run_id = run.run_id

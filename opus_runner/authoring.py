@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import NotFoundError, WorkflowNotFound
+import yaml
+
+from .errors import ApiError, NotFoundError, WorkflowNotFound
 from .paths import display_path
 from .models import InputField, WorkflowRef, WorkflowSchema
+from .progress import printable
 
 __all__ = [
     "Break",
@@ -64,7 +67,7 @@ def not_found(ref: WorkflowRef, error: NotFoundError, where: str) -> WorkflowNot
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], indent: str = "") -> str:
-    body = [list(map(str, row)) for row in rows]
+    body = [list(map(printable, row)) for row in rows]  # cells hold the server's names
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(headers)]
     lines = [indent + "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
@@ -153,7 +156,7 @@ def schema_table(schema: WorkflowSchema) -> str:
         )
         for f in schema.inputs
     ]
-    return head + "\n" + _table(["variable name", "display name", "type", "required", "allowed files"], rows)
+    return printable(head) + "\n" + _table(["variable name", "display name", "type", "required", "allowed files"], rows)
 
 
 # -- opus-run init -----------------------------------------------------------------------------
@@ -191,16 +194,29 @@ def input_keys(schema: WorkflowSchema) -> dict[str, str]:
     return keys
 
 
+#: Plain scalars made only of these read back as the same string in a block key and in a flow
+#: collection alike; anything else is left to the emitter.
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_ ()./-]*$")
 _YAML_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "~"}
+#: What a YAML comment cannot hold: a line break ends it (YAML counts \x85, \u2028 and \u2029
+#: as line breaks too), and a non-printable character makes the file unreadable.
+_NOT_IN_COMMENT = re.compile(
+    "[^\t\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
 
 
 def yaml_string(text: str) -> str:
-    """``text`` as a YAML scalar: plain when that is unambiguous, else double-quoted."""
+    """``text`` as a one-line YAML scalar: plain when that is unambiguous, else double-quoted by
+    the YAML emitter, which escapes line breaks, quotes and control characters (so a name from
+    the server cannot end its line and start a key of its own)."""
     if _PLAIN.match(text) and not text.endswith(" ") and text.lower() not in _YAML_WORDS:
         return text
-    # A JSON string is a valid YAML double-quoted scalar.
-    return json.dumps(text, ensure_ascii=False)
+    return yaml.safe_dump(text, default_style='"', allow_unicode=True, width=float("inf")).rstrip("\n")
+
+
+def _comment(text: Any) -> str:
+    """``text`` fit for a ``#`` comment: on one line, printable; a comment has no escapes."""
+    return " ".join(_NOT_IN_COMMENT.sub(" ", str(text)).split())
 
 
 def _extension(f: InputField, default: str) -> str:
@@ -220,9 +236,9 @@ def placeholder(f: InputField, today: _dt.date) -> str:
     if f.type == "date":
         return today.isoformat()
     if f.type == "file":
-        return f"{{file: path/to/file.{_extension(f, 'pdf')}}}"
+        return f"{{file: {yaml_string('path/to/file.' + _extension(f, 'pdf'))}}}"
     if f.type == "array_files":
-        return f'{{files: ["path/to/*.{_extension(f, "csv")}"]}}'
+        return f"{{files: [{yaml_string('path/to/*.' + _extension(f, 'csv'))}]}}"
     if f.type == "array":
         return "[]"
     if f.type == "object":
@@ -235,7 +251,7 @@ def _commented(lines: Sequence[tuple[str, str]]) -> list[str]:
     width = max((len(code) for code, comment in lines if comment), default=0)
     out = []
     for code, comment in lines:
-        out.append(f"{code.ljust(width)}  # {comment}" if comment else code)
+        out.append(f"{code.ljust(width)}  # {_comment(comment)}" if comment else code)
     return out
 
 
@@ -256,7 +272,7 @@ def starter_spec(
     spec_name = name or slugify(schema.name, fallback=slugify(ref.id))
     keys = input_keys(schema)
     head = [
-        f"# A starter spec for workflow {_about(schema)}, written by 'opus-run init'.",
+        f"# A starter spec for workflow {_comment(_about(schema))}, written by 'opus-run init'.",
         "# Replace the placeholders (point file inputs at real files, relative to this file),",
         "# drop the optional inputs you do not need, then check it with: opus-run validate <this file>",
         "# Format reference: docs/spec.md; completion for these inputs in your editor: docs/editors.md",
@@ -264,7 +280,7 @@ def starter_spec(
         "kind: Job",
         "metadata:",
         f"  name: {yaml_string(spec_name)}",
-        f'  # title: "{_one_line(schema.name or spec_name).replace(chr(34), chr(39))} {{{{ today() }}}}"',
+        f'  # title: "{_comment(schema.name or spec_name).replace(chr(34), chr(39))} {{{{ today() }}}}"',
         "workflow:",
         f"  id: {yaml_string(ref.id)}",
     ]
@@ -290,7 +306,37 @@ def starter_spec(
         "#   - type: json",
         '#     path: "results/{{ metadata.name }}-{{ job.id }}.json"',
     ]
-    return "\n".join([*head, *_commented(body), *tail]) + "\n"
+    text = "\n".join([*head, *_commented(body), *tail]) + "\n"
+    _check_reads_back(text, schema, ref, spec_name, [keys[f.variable_name] for f in schema.inputs])
+    return text
+
+
+def _check_reads_back(text: str, schema: WorkflowSchema, ref: WorkflowRef, spec_name: str, keys: list[str]) -> None:
+    """The starter spec reads back as exactly the keys it was written with: the names in it come
+    from the server, and one that slipped past the escaping must not add a key (a ``notify:``
+    webhook, say) to a file the user will run."""
+    workflow: dict[str, Any] = {"id": ref.id}
+    if ref.version_id:
+        workflow["versionId"] = ref.version_id
+    elif ref.version is not None:
+        workflow["version"] = ref.version
+    try:
+        data = yaml.safe_load(text)
+        inputs = data["inputs"]
+        same = (
+            list(data) == ["apiVersion", "kind", "metadata", "workflow", "inputs"]
+            and data["metadata"] == {"name": spec_name}
+            and data["workflow"] == workflow
+            and list(inputs) == keys
+            and all(isinstance(value, (str, int, bool, list, dict, _dt.date)) for value in inputs.values())
+        )
+    except (yaml.YAMLError, TypeError, KeyError):
+        same = False
+    if not same:
+        raise ApiError(
+            f"the schema of workflow {ref.id} has names that cannot be written into a starter spec "
+            "safely; write the spec by hand from `opus-run schema` instead"
+        )
 
 
 # -- opus-run init --editor-schema -------------------------------------------------------------
@@ -618,7 +664,7 @@ class DriftReport:
     def text(self) -> str:
         lines: list[str] = []
         for w in self.workflows:
-            head = w.key + (f" ({_one_line(w.live.name)})" if w.live.name else "")
+            head = w.key + (f" ({printable(_one_line(w.live.name))})" if w.live.name else "")
             if w.locked.version is not None and w.live.version is not None and w.locked.version != w.live.version:
                 head += f", version {w.locked.version} -> {w.live.version}"
             if not w.changes:
@@ -643,7 +689,7 @@ class DriftReport:
             )
         else:
             lines.append(f"no drift: the live workflows match {self.lock_path.name}")
-        return "\n".join(lines)
+        return printable("\n".join(lines), newlines=True)
 
 
 def _spec_breaks(spec: Any, locked: WorkflowSchema, live: WorkflowSchema, changes: list[Change]) -> list[Break]:
@@ -820,6 +866,16 @@ def cli_reference_markdown() -> str:
         "Every command takes `-h`/`--help`; `opus-run --version` prints the version. Exit codes: `0` success,",
         "`1` a job failed, was cancelled or timed out (or, for `drift`, a spec breaks), `2` usage, spec or",
         "validation error, `3` API, auth or network error, `130` interrupted.",
+        "",
+        "For a checkout you do not trust (a pull request), add `--untrusted`: no file of the checkout is",
+        "imported as a plugin (the plugins folder, `plugins_dir`, a `--plugin` a resumed run's journal names)",
+        "and the key goes nowhere the checkout says (`base_url` of `opus-runner.toml`, a `--base-url` in the",
+        "journal); the first line printed says what was ignored. Without it, a `base_url` from the project",
+        "file that is not the Opus service is named in the first line printed. See [ci.md](ci.md).",
+        "",
+        "Text output shows what the server sends (errors, statuses, names, output values) without terminal",
+        "control characters: escape sequences are removed, other controls shown escaped (`\\x07`), and a",
+        "newline inside a one-line value shown as `\\n`. `--format json` carries the server's text exactly.",
         "",
         "| command | what it does |",
         "|---|---|",

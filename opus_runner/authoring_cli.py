@@ -20,7 +20,7 @@ __all__ = ["register"]
 
 def _runner(base_url: str | None, sandbox: bool, sandbox_workflows: Path | None, plugins: tuple[str, ...],
             no_local_plugins: bool, verbose: bool, specs: tuple[str, ...] = (), var: tuple[str, ...] = (),
-            vars_file: Path | None = None, allow_outside_root: bool = False) -> Any:
+            vars_file: Path | None = None, untrusted: bool = False, allow_outside_root: bool = False) -> Any:
     from .runner import RunOptions, Runner
 
     return Runner(
@@ -34,6 +34,7 @@ def _runner(base_url: str | None, sandbox: bool, sandbox_workflows: Path | None,
             sandbox_workflows=sandbox_workflows,
             plugins=list(plugins),
             no_local_plugins=no_local_plugins,
+            untrusted=untrusted,
             verbose=verbose,
         )
     )
@@ -178,9 +179,10 @@ def _schema(workflow_id: str, version: int | None, version_id: str | None, outpu
 
 def register(main: click.Group) -> None:
     """Add ``schema``, ``init``, ``lock`` and ``drift`` to the ``opus-run`` group."""
-    from .cli import ALLOW_OUTSIDE_ROOT_HELP, CONTEXT_SETTINGS, _setup_logging, connection_options, handle_errors
+    from .cli import ALLOW_OUTSIDE_ROOT_HELP, CONTEXT_SETTINGS, UNTRUSTED_HELP, _setup_logging, connection_options, handle_errors
 
     def plugin_options(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option("--untrusted", is_flag=True, help=UNTRUSTED_HELP)(func)
         func = click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder (for untrusted specs).")(func)
         func = click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module or .py file (repeatable).")(func)
         return func

@@ -17,6 +17,11 @@ from .__about__ import __version__
 from .errors import OpusRunnerError, ValidationFailed
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+UNTRUSTED_HELP = (
+    "For a checkout you do not trust (a pull request): implies --no-local-plugins, ignores the "
+    "plugins a resumed run's journal names and the base_url and plugins_dir of opus-runner.toml, "
+    "and says what it ignored."
+)
 
 
 class DefaultGroup(click.Group):
@@ -30,10 +35,12 @@ class DefaultGroup(click.Group):
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     import logging
+    from .progress import PrintableFilter
     from .redact import MaskingFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(MaskingFilter())
+    handler.addFilter(PrintableFilter())  # log lines quote the server (errors, the HTTP trace)
     fmt = "%(asctime)s %(name)s %(levelname)s %(message)s" if verbose else "%(message)s"
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger("opus_runner")
@@ -54,14 +61,14 @@ def _fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
 
     if isinstance(exc, OpusRunnerError):
         code = exc.exit_code
-        text = redact.mask(str(exc))
+        text = redact.mask(redact.without_userinfo(str(exc)))
     else:
         code = 3 if not isinstance(exc, KeyboardInterrupt) else 130
-        text = redact.mask(f"unexpected error: {type(exc).__name__}: {exc}")
+        text = redact.mask(redact.without_userinfo(f"unexpected error: {type(exc).__name__}: {exc}"))
     if verbose:
         import traceback
 
-        sys.stderr.write(redact.mask("".join(traceback.format_exception(exc))))
+        sys.stderr.write(redact.mask(redact.without_userinfo("".join(traceback.format_exception(exc)))))
     if output_format == "json":
         data: dict[str, Any] = {"event": "error", "exit_code": code, "message": text}
         if isinstance(exc, ValidationFailed):
@@ -70,8 +77,13 @@ def _fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
             data["problems"] = [
                 {"file": e.file, "key": format_key(e.key), "line": e.line, "message": e.message} for e in exc.errors
             ]
-        click.echo(json.dumps(data, ensure_ascii=False))
-    click.echo(f"error: {text}", err=True)
+        # The shared event writer: masked as data, C1 controls escaped, like every event line.
+        from .progress import dumps
+
+        click.echo(dumps(data))
+    from .progress import printable
+
+    click.echo(f"error: {printable(text, newlines=True)}", err=True)
     sys.exit(code)
 
 
@@ -138,6 +150,7 @@ def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--vars-file", type=click.Path(path_type=Path), metavar="FILE", help="YAML or JSON mapping of template variables."),
         click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module or .py file (repeatable)."),
         click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder (for untrusted specs)."),
+        click.option("--untrusted", is_flag=True, help=UNTRUSTED_HELP),
         click.option("--allow-outside-root", is_flag=True, help=ALLOW_OUTSIDE_ROOT_HELP),
         click.option("--limit", type=int, metavar="N", help="Run only the first N jobs of the plan."),
         click.option("--only", multiple=True, metavar="KEY=VALUE", help="Run only jobs whose matrix or row value KEY equals VALUE (repeatable)."),
@@ -227,13 +240,13 @@ def _execute(options: Any, reporter: Any) -> Any:
 
 
 def _print_notes(report: Any, output_format: str, quiet: bool) -> None:
-    from .progress import JsonReporter
+    from .progress import JsonReporter, printable
 
     for note in report.notes:
         if output_format == "json":
             JsonReporter().message(note)
         elif not quiet:
-            click.echo(note, err=True)
+            click.echo(printable(note, newlines=True), err=True)
 
 
 # -- the commands --------------------------------------------------------------------------
@@ -332,8 +345,9 @@ def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
 @click.option("--timeout", metavar="DURATION", help="Give up waiting after this long (45s, 5m, 1h30m).")
 @click.option("--concurrency", type=click.IntRange(min=1), metavar="N", help="Jobs in flight at once [default: 4].")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module or .py file (repeatable).")
-@click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder.")
-@click.option("--allow-outside-root", is_flag=True, help=ALLOW_OUTSIDE_ROOT_HELP + " Not taken from the journal: give it again.")
+@click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder, nor the plugins the run's journal names.")
+@click.option("--untrusted", is_flag=True, help=UNTRUSTED_HELP)
+@click.option("--allow-outside-root", is_flag=True, help=ALLOW_OUTSIDE_ROOT_HELP + " Without it, the flag the run was started with (not under --untrusted).")
 @click.option("--replan", is_flag=True, help="Plan jobs the run never started from its spec and data files as they are now, though they changed since the run began.")
 @output_options
 @handle_errors
@@ -378,7 +392,13 @@ def _client_from(base_url: str | None) -> Any:
     key = os.environ.get("OPUS_SERVICE_KEY")
     if not key:
         raise ConfigError(NO_KEY_MESSAGE)
-    url = base_url or os.environ.get("OPUS_BASE_URL") or load_project_config().base_url or DEFAULT_BASE_URL
+    from .progress import printable
+
+    config = load_project_config()
+    notice = None if base_url or os.environ.get("OPUS_BASE_URL") else config.base_url_notice()
+    if notice:
+        click.echo(printable(notice), err=True)
+    url = base_url or os.environ.get("OPUS_BASE_URL") or config.base_url or DEFAULT_BASE_URL
     return OpusClient(url, key)
 
 
@@ -400,11 +420,14 @@ def _job_command(name: str, help_text: str) -> Callable[[Callable[..., Any]], An
 
             data = asyncio.run(go())
             from . import redact
+            from .progress import printable
 
-            if output_format == "json" or not isinstance(data, str):
-                click.echo(json.dumps(redact.mask_obj(data), indent=None if output_format == "json" else 2, ensure_ascii=False, default=str))
+            if output_format == "json":
+                click.echo(json.dumps(redact.mask_obj(data), ensure_ascii=False, default=str))
+            elif not isinstance(data, str):
+                click.echo(printable(json.dumps(redact.mask_obj(data), indent=2, ensure_ascii=False, default=str), newlines=True))
             else:
-                click.echo(redact.mask(data))
+                click.echo(printable(redact.mask(data), newlines=True))
 
         return command
 
@@ -431,9 +454,10 @@ async def _audit(client: Any, job_id: str) -> Any:
 @main.command("plugins", context_settings=CONTEXT_SETTINGS)
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Also load this plugin module or .py file.")
 @click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder.")
+@click.option("--untrusted", is_flag=True, help="Do not load the project's plugins folder, nor the plugins_dir of opus-runner.toml.")
 @output_options
 @handle_errors
-def plugins_command(plugins: tuple[str, ...], no_local_plugins: bool, output_format: str, quiet: bool, verbose: bool) -> None:
+def plugins_command(plugins: tuple[str, ...], no_local_plugins: bool, untrusted: bool, output_format: str, quiet: bool, verbose: bool) -> None:
     """List loaded plugins, where each came from, their hooks and output/notifier types."""
     import json
     from dataclasses import asdict
@@ -444,7 +468,7 @@ def plugins_command(plugins: tuple[str, ...], no_local_plugins: bool, output_for
     _setup_logging(verbose, quiet)
     config = load_project_config()
     host = make_plugin_host(
-        plugins_dir=None if no_local_plugins else default_plugins_dir(config), modules=list(plugins)
+        plugins_dir=None if no_local_plugins or untrusted else default_plugins_dir(config), modules=list(plugins)
     )
     infos = host.describe()
     if output_format == "json":

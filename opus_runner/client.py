@@ -215,7 +215,8 @@ class AuditProgress:
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(text.split())
+    # Mask before cutting: a cut through a secret would leave its start unmasked.
+    flat = " ".join(redact.mask(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -271,11 +272,11 @@ def server_message(response: httpx.Response) -> str:
         # Object stores answer in XML (<Error><Message>...</Message></Error>).
         match = _XML_MESSAGE.search(text)
         found = match.group(1) if match else text
-        return redact.mask(_one_line(found))
+        return _one_line(found)
     message = _message_from_json(body)
     if message is None:
         message = json.dumps(body, default=str)
-    return redact.mask(_one_line(message))
+    return _one_line(message)
 
 
 def error_from_response(
@@ -399,8 +400,8 @@ def _scrub(text: str) -> str:
 
 
 def _trace_body(text: str, limit: int = TRACE_BODY_LIMIT) -> str:
-    """A body as traced: URL query strings dropped, cut at ``limit`` characters."""
-    text = _scrub(text)
+    """A body as traced: secrets masked and URL query strings dropped, then cut at ``limit``."""
+    text = _scrub(redact.mask(text))
     if len(text) <= limit:
         return text
     return f"{text[:limit]}… ({len(text) - limit} more characters)"
@@ -455,6 +456,7 @@ class OpusClient:
         trace: bool = False,
     ) -> None:
         redact.register(service_key)
+        redact.register_url_credentials(base_url)
         self._key = _Secret(service_key)
         self.base_url = str(base_url).strip().rstrip("/")
         try:
@@ -463,7 +465,7 @@ class OpusClient:
             url = None
         if url is None or url.scheme not in ("http", "https") or not url.host:
             raise UsageError(
-                f"the Opus base URL {redact.mask(self.base_url)!r} is not an http(s) URL; "
+                f"the Opus base URL {redact.mask(redact.without_userinfo(self.base_url))!r} is not an http(s) URL; "
                 "pass one like https://operator.opus.com with --base-url or OPUS_BASE_URL"
             )
         if url.scheme == "http" and not is_loopback_host(url.host):
@@ -486,7 +488,7 @@ class OpusClient:
         self.http: httpx.AsyncClient = http
 
     def __repr__(self) -> str:
-        return f"OpusClient(base_url={redact.mask(self.base_url)!r}, key={self._key!r})"
+        return f"OpusClient(base_url={redact.mask(redact.without_userinfo(self.base_url))!r}, key={self._key!r})"
 
     async def aclose(self) -> None:
         """Close the HTTP client if this object created it (a shared one is left open)."""
@@ -531,7 +533,7 @@ class OpusClient:
         if content_type:
             headers["content-type"] = content_type
         tracing = self.trace and log.isEnabledFor(logging.DEBUG)
-        shown = str(request_url) if api else _safe_url(request_url)
+        shown = redact.without_userinfo(str(request_url)) if api else _safe_url(request_url)
         if tracing:
             self._trace_request(method, shown, headers, json_body, content)
         started = time.perf_counter()
@@ -615,7 +617,7 @@ class OpusClient:
     ) -> NetworkError:
         return NetworkError(
             redact.mask(
-                f"could not reach {target} for {label} after {_attempts(attempts)}: "
+                f"could not reach {redact.without_userinfo(target)} for {label} after {_attempts(attempts)}: "
                 + _scrub(_describe(exc))
             )
         )
@@ -1218,7 +1220,7 @@ def _decode_json(
     except ValueError:
         raise ApiError(
             "the server answered with something that is not JSON: "
-            + redact.mask(_one_line(text, 200)),
+            + _one_line(text, 200),
             method=method,
             endpoint=endpoint,
             job_id=job_id,

@@ -3,20 +3,33 @@
 Found by walking up from the spec's folder (or the current folder). The folder holding it is the
 *project root*: ``plugins_dir`` and ``state_dir`` are relative to it. The *spec repository root*
 that confines file inputs is the project root, else the git root, else the spec's folder.
+
+A project file comes with the checkout, so a pull request can change it. Two of its settings
+could hand the service key to someone else or run code: ``base_url`` (where the key is sent)
+and ``plugins_dir`` (Python files that are imported). ``--untrusted`` drops them
+(:meth:`ProjectConfig.for_untrusted`); without it, a ``base_url`` that is not the Opus service is
+named before anything else is printed (:meth:`ProjectConfig.base_url_notice`). The other keys
+are kept: ``outputs``, ``notify`` and ``callback_url`` say where results go, which a spec can
+say itself (never the key), and ``state_dir``, ``concurrency`` and ``sandbox_workflows`` neither
+send anything nor run code.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
 DEFAULT_BASE_URL = "https://operator.opus.com"
 CONFIG_FILE = "opus-runner.toml"
+#: The project-file settings ``--untrusted`` ignores: where the key goes, and code to import.
+UNTRUSTED_KEYS = ("base_url", "plugins_dir")
 _KNOWN_KEYS = {
     "base_url",
     "plugins_dir",
@@ -52,6 +65,51 @@ class ProjectConfig:
         if self.file is not None:
             return self.root
         return find_git_root(self.start) or self.start
+
+    def for_untrusted(self) -> tuple[ProjectConfig, list[str]]:
+        """This configuration without :data:`UNTRUSTED_KEYS`, and what was dropped, in words
+        (``base_url = 'https://x'``), for the message saying so."""
+        from .urls import display_url
+
+        dropped = []
+        if self.base_url is not None:
+            dropped.append(f"base_url = {display_url(self.base_url)!r}")
+        if self.plugins_dir is not None:
+            dropped.append(f"plugins_dir = {_shown(self.plugins_dir, self.root)!r}")
+        return replace(self, base_url=None, plugins_dir=None), dropped
+
+    def base_url_notice(self) -> str | None:
+        """The sentence that names this file's ``base_url`` when it is not the Opus service, or
+        None (no ``base_url``, or the service's own)."""
+        if self.base_url is None or is_opus_service(self.base_url):
+            return None
+        from .urls import display_url
+
+        from .paths import display_path
+
+        where = display_path(self.file) if self.file is not None else "the project file"
+        return (
+            f"using base_url {display_url(self.base_url)} from {where}, not the Opus service: "
+            "the service key is sent there (--untrusted ignores it)"
+        )
+
+
+def is_opus_service(url: str) -> bool:
+    """Whether ``url`` points at the Opus service itself (its host over https), whatever the path."""
+    official = urlsplit(DEFAULT_BASE_URL)
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return False
+    return parts.scheme.lower() == "https" and parts.hostname == official.hostname and port in (None, 443)
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def find_git_root(start: Path) -> Path | None:
@@ -132,6 +190,10 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
     base_url = table.get("base_url")
     if base_url is not None and not isinstance(base_url, str):
         raise ConfigError(f"{file}: base_url must be a string, found {base_url!r}")
+    if base_url is not None:
+        from .redact import register_url_credentials
+
+        register_url_credentials(base_url)  # masked from the moment it is read
     callback_url = table.get("callback_url")
     if callback_url is not None and (not isinstance(callback_url, str) or not callback_url.startswith("https://")):
         raise ConfigError(

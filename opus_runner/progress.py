@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
+import re
 import sys
 import time
 from collections import Counter
@@ -23,8 +25,59 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: C1 controls: json.dumps leaves them raw (it escapes only C0), and some terminals act on them.
+_C1 = re.compile("[\x7f-\x9f]")
+
+
 def dumps(obj: Any) -> str:
-    return redact.mask(json.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":")))
+    # Masked as data, not as the JSON text: a secret such as "null" or "true" must not turn a
+    # JSON literal into ***, which would break the event line.
+    text = json.dumps(redact.mask_obj(obj), ensure_ascii=False, default=_masked_text, separators=(",", ":"))
+    # Only inside strings, so the escape keeps the JSON valid and the data the same.
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _masked_text(value: Any) -> str:
+    return redact.mask(str(value))
+
+
+#: Terminal control sequences (ECMA-48): CSI (``ESC [`` or 8-bit ``\x9b``) with its parameters;
+#: OSC, DCS, SOS, PM and APC strings up to their terminator (they set window titles, write to
+#: the clipboard...); any other escape with its intermediate bytes.
+_ESCAPE_SEQUENCE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c)"
+    r"|\x1b[ -/]*[0-~]",
+    re.DOTALL,
+)
+#: What is left that a terminal would act on: C0 and C1 controls, DEL, and the bidirectional
+#: overrides that make text display in another order than it reads.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_KEEP_NEWLINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: Any, *, newlines: bool = False) -> str:
+    """``text`` fit for a terminal: escape sequences removed, other control characters shown
+    escaped (``\\x07``), tabs kept; newlines kept only with ``newlines`` (for text the caller
+    lays out on several lines), else shown as ``\\n`` so a value cannot forge a line of its own.
+
+    Every text printer passes server-supplied text through this; ``--format json`` does not
+    (JSON escapes control characters itself, and keeps the data exact).
+    """
+    text = _ESCAPE_SEQUENCE.sub("", str(text))
+    control = _CONTROL_KEEP_NEWLINES if newlines else _CONTROL
+    return control.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class PrintableFilter(logging.Filter):
+    """A logging filter that makes every record's message :func:`printable` (lines kept)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = printable(message, newlines=True)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
 
 
 class Reporter:
@@ -95,7 +148,7 @@ class PlainReporter(Reporter):
         self._started = time.monotonic()
 
     def _line(self, text: str) -> None:
-        self.stream.write(redact.mask(text) + "\n")
+        self.stream.write(printable(redact.mask(text), newlines=True) + "\n")
         self.stream.flush()
 
     def start(self, total: int) -> None:
@@ -106,16 +159,14 @@ class PlainReporter(Reporter):
     def event(self, event: JobEvent) -> None:
         if self.quiet and event.kind not in ("failed", "cancelled", "timed_out"):
             return
-        who = event.plan_key or event.spec_name
-        if event.kind == "submitted":
-            self._line(f"{who}: submitted job {event.job_id}")
-        elif event.kind == "status":
-            self._line(f"{who}: job {event.job_id} is {event.status}")
+        if event.kind == "status":
+            who, job_id, status = (printable(v) for v in (event.plan_key or event.spec_name, event.job_id, event.status))
+            self._line(f"{who}: job {job_id} is {status}")
         elif event.kind == "completed":
-            self._line(f"{who}: job {event.job_id} COMPLETED")
+            who, job_id = (printable(v) for v in (event.plan_key or event.spec_name, event.job_id))
+            self._line(f"{who}: job {job_id} COMPLETED")
         else:
-            detail = f": {event.error}" if event.error else ""
-            self._line(f"{who}: job {event.job_id} {event.status or event.kind.upper()}{detail}")
+            self._line(_event_text(event))
 
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         if self.quiet and level == "info":
@@ -127,9 +178,9 @@ class PlainReporter(Reporter):
 
     def rendered(self, outcome: Any, *, header: str | None = None) -> None:
         # Payloads are the command's output: stdout, like results.
-        title = f"# {outcome.plan_key}" + (f" ({header})" if header else "")
+        title = f"# {printable(outcome.plan_key)}" + (f" ({header})" if header else "")
         body = json.dumps(outcome.payload, indent=2, ensure_ascii=False, default=str)
-        sys.stdout.write(redact.mask(f"{title}\n{body}\n"))
+        sys.stdout.write(printable(redact.mask(f"{title}\n{body}\n"), newlines=True))
         sys.stdout.flush()
 
     def summary(self, rows: list[dict[str, Any]]) -> None:
@@ -187,7 +238,7 @@ class RichReporter(PlainReporter):
             text += f" · ETA {eta:.0f}s"
         lines = [text]
         if self.total == 1:
-            lines.extend(f"{key}: {node}" for key, node in self.nodes.items())
+            lines.extend(f"{printable(key)}: {node}" for key, node in self.nodes.items())
         return Text("\n".join(lines))
 
     def event(self, event: JobEvent) -> None:
@@ -201,17 +252,17 @@ class RichReporter(PlainReporter):
         # The live line shows counts; only what needs attention becomes a line of its own (and,
         # for a single job, its submission, so its id is on screen).
         if event.kind in ("failed", "cancelled", "timed_out") or (event.kind == "submitted" and self.total == 1):
-            self.live.console.print(redact.mask(_event_text(event)), highlight=False, markup=False)
+            self.live.console.print(printable(redact.mask(_event_text(event)), newlines=True), highlight=False, markup=False)
 
     def progress(self, plan_key: str, job_id: str, status: str, node: str | None, done: int, total: int) -> None:
         where = f"node {min(done + 1, total)} of {total}" if total else status
-        self.nodes[plan_key] = f"{status} · {where}" + (f" ({node})" if node else "")
+        self.nodes[plan_key] = printable(f"{status} · {where}" + (f" ({node})" if node else ""))
 
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         if self.quiet and level == "info":
             return
         prefix = {"warning": "warning: ", "error": "error: "}.get(level, "")
-        self.live.console.print(redact.mask(prefix + text), highlight=False, markup=False)
+        self.live.console.print(printable(redact.mask(prefix + text), newlines=True), highlight=False, markup=False)
 
     def summary(self, rows: list[dict[str, Any]]) -> None:
         self.live.stop()  # the table is printed below the finished display, not through it
@@ -222,11 +273,13 @@ class RichReporter(PlainReporter):
 
 
 def _event_text(event: JobEvent) -> str:
-    who = event.plan_key or event.spec_name
+    """A submitted, failed, cancelled or timed-out event as one line: the server's words in it
+    (job id, status, error) cannot break the line or reach the terminal as controls."""
+    who, job_id = printable(event.plan_key or event.spec_name), printable(event.job_id)
     if event.kind == "submitted":
-        return f"{who}: submitted job {event.job_id}"
-    detail = f": {event.error}" if event.error else ""
-    return f"{who}: job {event.job_id} {event.status or event.kind.upper()}{detail}"
+        return f"{who}: submitted job {job_id}"
+    detail = f": {printable(event.error)}" if event.error else ""
+    return f"{who}: job {job_id} {printable(event.status or event.kind.upper())}{detail}"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -234,11 +287,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     headers = ["job", "job id", "status", "duration", "results"]
     body = [
         [
-            str(r.get("plan_key") or ""),
-            str(r.get("job_id") or "-"),
-            str(r.get("status") or "-"),
+            printable(r.get("plan_key") or ""),
+            printable(r.get("job_id") or "-"),
+            printable(r.get("status") or "-"),
             f"{r['duration']:.1f}s" if r.get("duration") is not None else "-",
-            str(r.get("delivered") or "-"),
+            printable(r.get("delivered") or "-"),
         ]
         for r in rows
     ]

@@ -101,6 +101,9 @@ class RunOptions:
     verbose: bool = False
     plugins: Sequence[str] = ()
     no_local_plugins: bool = False
+    #: a checkout you do not trust (a pull request): no local plugins, none recorded in the
+    #: journal, and no project-file setting that could send the key elsewhere or run code
+    untrusted: bool = False
     state_dir: str | Path | None = None
     allow_outside_root: bool = False
     keep_going: bool = False
@@ -189,6 +192,11 @@ class Runner:
         #: submit pass does not plan and build them again; None when the batch was too large
         self._checked: list[tuple[JobPlan, dict[str, Any] | None]] | None = None
         self.log = log
+        #: what --untrusted (or --no-local-plugins, for the journal's plugins) left out, in words
+        self._ignored: list[str] = []
+        self._noticed: set[str] = set()
+        #: the run whose journal gave the base URL, when it came from there
+        self._base_url_from_journal: str | None = None
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -226,8 +234,59 @@ class Runner:
         from .plugins import make_plugin_host
 
         assert self.config is not None
-        plugins_dir = None if self.options.no_local_plugins else default_plugins_dir(self.config)
+        self._apply_trust()
+        no_local = self.options.no_local_plugins or self.options.untrusted
+        plugins_dir = None if no_local else default_plugins_dir(self.config)
         return make_plugin_host(plugins_dir=plugins_dir, modules=list(self.options.plugins), log=self.log)
+
+    def _apply_trust(self) -> None:
+        """Before any plugin is imported: drop what --untrusted ignores, and say so; else name a
+        base URL that neither the command line nor the environment gave, when it is not the
+        Opus service. Either is the first line the command prints."""
+        from .config import is_opus_service
+
+        assert self.config is not None
+        opts = self.options
+        if opts.untrusted:
+            ignored = []
+            folder = default_plugins_dir(self.config)
+            if self.config.plugins_dir is None and folder.is_dir() and any(folder.glob("*.py")):
+                ignored.append(f"the plugins folder {display_path(folder)}")
+            self.config, dropped = self.config.for_untrusted()
+            if dropped and self.config.file is not None:
+                ignored.insert(0, f"{' and '.join(dropped)} from {display_path(self.config.file)}")
+            if ignored or self._ignored:
+                self._notice("--untrusted: ignored " + "; ".join([*ignored, *self._ignored]))
+            return
+        if self._ignored:
+            self._notice("--no-local-plugins: ignored " + "; ".join(self._ignored))
+        if opts.sandbox or not self._wants_live():
+            return
+        if opts.base_url and self._base_url_from_journal and not is_opus_service(opts.base_url):
+            from .urls import display_url
+
+            # The journal's base URL wins over OPUS_BASE_URL, as the option it records did.
+            self._notice(
+                f"using base_url {display_url(opts.base_url)} recorded in the journal of run "
+                f"{self._base_url_from_journal}, not the Opus service: the service key is sent there"
+            )
+        elif not opts.base_url and not self.environ.get("OPUS_BASE_URL"):
+            notice = self.config.base_url_notice()
+            if notice:
+                self._notice(notice)
+
+    def _notice(self, text: str) -> None:
+        """A line about trust, before anything else: on stderr, or a ``message`` event under
+        --format json; once per command (resume loads the configuration twice)."""
+        if text in self._noticed:
+            return
+        self._noticed.add(text)
+        if self.options.output_format == "json":
+            from .progress import JsonReporter
+
+            JsonReporter().message(text, level="warning")
+        else:
+            self.log.warning(text)
 
     def _var_overrides(self) -> dict[str, Any]:
         opts = self.options
@@ -629,6 +688,7 @@ class Runner:
                 options={**_options_record(opts), "inputs": self._input_digests()},
             )
             report.run_id = self.run_id
+            self._journal_secrets(planner, self.run_id)
             self._batch_size = count
             self.reporter.start(count)
             async with self._owning(self.run_id):
@@ -641,6 +701,18 @@ class Runner:
             return report
         finally:
             self.journal.close()
+
+    def _journal_secrets(self, planner: Planner, run_id: str, used: Mapping[str, str] | None = None) -> None:
+        """Keep a keyed hash of every secret the run reads, now and later (resume checks them);
+        on resume, ``used`` (checked against the journal) is masked before anything is read."""
+        assert self.journal is not None
+        journal, templater = self.journal, planner.templater
+        for name, value in (used or {}).items():
+            redact.register(value)
+            templater.secrets_used[name] = value
+        for name, value in templater.secrets_used.items():
+            journal.record_secret(run_id, name, value)
+        templater.on_secret = lambda name, value: journal.record_secret(run_id, name, value)
 
     @contextlib.asynccontextmanager
     async def _owning(self, run_id: str) -> AsyncIterator[None]:
@@ -748,20 +820,30 @@ class Runner:
                     f"run {run.run_id} ran against an in-process --sandbox, which ended with it; "
                     "there is nothing left to resume"
                 )
+            # Before anything is rendered or written: with another value than the run used, an
+            # old value echoed back by a workflow would not be masked.
+            used_secrets = journal.verify_secrets(run.run_id, self.environ)
+            recorded_url = recorded.get("base_url")
+            if not self.options.base_url and isinstance(recorded_url, str) and redact.MASK in recorded_url:
+                raise UsageError(
+                    f"run {run.run_id} ran against {redact.without_userinfo(recorded_url)} with a password in "
+                    "the URL, which the journal does not keep; pass the URL again with --base-url"
+                )
             # One owner at a time: a run whose process is alive is not resumed beside it.
             journal.claim_run(run.run_id)
+            base_url, plugins, allow_outside_root = self._recorded_settings(run.run_id, recorded)
             self.options = replace(
                 self.options,
                 specs=recorded.get("specs") or [],
                 var=recorded.get("var") or [],
                 vars_file=recorded.get("vars_file"),
                 vars=recorded.get("vars"),
-                base_url=self.options.base_url or recorded.get("base_url"),
+                base_url=base_url,
                 timeout=self.options.timeout or recorded.get("timeout"),
-                plugins=list(self.options.plugins) or recorded.get("plugins") or [],
+                plugins=plugins,
                 no_local_plugins=self.options.no_local_plugins or bool(recorded.get("no_local_plugins")),
-                # From this command line only: a journal is a file of the checkout, and may lie.
-                allow_outside_root=self.options.allow_outside_root,
+                untrusted=self.options.untrusted or bool(recorded.get("untrusted")),
+                allow_outside_root=allow_outside_root,
                 only=recorded.get("only") or [],
                 shard=recorded.get("shard"),
                 limit=recorded.get("limit"),
@@ -774,6 +856,7 @@ class Runner:
             self._load()
             self.host = self._make_host()
             planner = self._planner()
+            self._journal_secrets(planner, run.run_id, used_secrets)
             records = {r.plan_key: r for r in journal.jobs(run.run_id)}
             jobs, refused, changed = self._resume_plan(planner, records, recorded.get("inputs"))
             self.run_id = run.run_id
@@ -802,6 +885,33 @@ class Runner:
             return report
         finally:
             journal.close()
+
+    def _recorded_settings(self, run_id: str, recorded: Mapping[str, Any]) -> tuple[str | None, list[str], bool]:
+        """``(base_url, plugins, allow_outside_root)`` for a resume: the command line's, else the
+        journal's. A journal comes with the checkout like any file, so with --no-local-plugins
+        (and --untrusted) the plugins it names are not imported, and with --untrusted neither
+        its base URL nor its --allow-outside-root is taken; what is left out is said."""
+        from .urls import display_url
+
+        opts = self.options
+        untrusted = opts.untrusted or bool(recorded.get("untrusted"))
+        where = f"recorded in the journal of run {run_id}"
+        plugins = list(opts.plugins) or list(recorded.get("plugins") or [])
+        if not opts.plugins and plugins and (opts.no_local_plugins or untrusted):
+            self._ignored.append(f"--plugin {', '.join(map(str, plugins))} {where} (give --plugin again to load it)")
+            plugins = []
+        base_url = opts.base_url or recorded.get("base_url")
+        if not opts.base_url and base_url:
+            if untrusted:
+                self._ignored.append(f"--base-url {display_url(base_url)} {where}")
+                base_url = None
+            else:
+                self._base_url_from_journal = run_id
+        allow_outside_root = opts.allow_outside_root or bool(recorded.get("allow_outside_root"))
+        if allow_outside_root and untrusted and not opts.allow_outside_root:
+            self._ignored.append(f"--allow-outside-root {where}")
+            allow_outside_root = False
+        return base_url, plugins, allow_outside_root
 
     def _input_digests(self) -> dict[str, str]:
         """sha256 of every file the batch is planned from: specs, foreach data, the vars file."""
@@ -1442,6 +1552,7 @@ def _options_record(opts: RunOptions) -> dict[str, Any]:
         "timeout": opts.timeout,
         "plugins": list(opts.plugins),
         "no_local_plugins": opts.no_local_plugins,
+        "untrusted": opts.untrusted,
         "allow_outside_root": opts.allow_outside_root,
         "only": list(opts.only),
         "shard": opts.shard,

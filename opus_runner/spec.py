@@ -36,6 +36,7 @@ import yaml
 from .durations import DURATION_HELP, parse_duration
 from .paths import display_path
 from .errors import SpecError, UsageError, ValidationFailed, format_key
+from .redact import mask
 
 __all__ = [
     "MAX_SPEC_BYTES",
@@ -864,6 +865,7 @@ def _one_line_message(text: str) -> str:
 def _show(value: Any) -> str:
     """A short quoted rendering of a value for messages."""
     if isinstance(value, str):
+        value = mask(value)  # before cutting, which could leave a secret's start
         return repr(value if len(value) <= 60 else value[:57] + "...")
     if isinstance(value, datetime.date):
         return value.isoformat()

@@ -13,6 +13,9 @@ submitting anything twice, so it is written defensively:
   cost about a millisecond per write on the event loop).
 - Everything stored is masked with :mod:`opus_runner.redact` first, whoever calls: the journal
   never holds a registered secret, even when a caller forgets to mask.
+- For each ``secret()`` a run read, the journal keeps a keyed hash of the value (never the
+  value), so ``resume`` can refuse a rotated secret instead of writing the old value, echoed
+  back by a workflow, unmasked. The key is in :data:`SECRETS_KEY_NAME` beside the journal.
 
 A job moves through phases, only forwards::
 
@@ -24,6 +27,9 @@ Stdlib only and cheap to import: the CLI imports this module at start-up.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import json
 import os
 import secrets as _random
@@ -31,7 +37,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,8 +51,10 @@ from .redact import mask, mask_obj
 __all__ = ["DB_NAME", "PHASES", "SCHEMA_VERSION", "JobRecord", "Journal", "RunOwned", "RunRecord"]
 
 DB_NAME = "state.db"
+#: The random key of the secret hashes, next to the journal, readable by its owner only.
+SECRETS_KEY_NAME = "secrets.key"
 #: Bumped whenever the tables change; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: A run owned from another host whose heartbeat is older than this is taken over.
 OWNER_STALE_SECONDS = 120.0
 #: How often a running run tells the journal it is alive.
@@ -112,7 +120,20 @@ CREATE TABLE deliveries (
     at     TEXT NOT NULL,
     PRIMARY KEY (row_id, target)
 );
+CREATE TABLE secrets (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    name   TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
 """
+
+
+def _table_sql(name: str) -> str:
+    """The CREATE statement of one table of :data:`_SCHEMA`, for migrations (IF NOT EXISTS: a
+    journal migrated by hand or half-way keeps what it has)."""
+    start = _SCHEMA.index(f"CREATE TABLE {name} ")
+    return "CREATE TABLE IF NOT EXISTS " + _SCHEMA[start + len("CREATE TABLE ") : _SCHEMA.index(";", start)]
 
 _JOB_COLUMNS = (
     "row_id, run_id, plan_key, spec_path, spec_digest, spec_name, workflow_key, title, phase, "
@@ -345,10 +366,12 @@ class Journal:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version == 1:
-                # Version 2 adds run owners; journals of version 1 keep every row.
-                owners = _SCHEMA[_SCHEMA.index("CREATE TABLE owners") :]
-                conn.execute(owners[: owners.index(";")])
+            elif version in (1, 2):
+                # Older journals keep every row: version 2 added run owners, version 3 the
+                # secret hashes (their runs have none, so resuming them checks no secret).
+                if version < 2:
+                    conn.execute(_table_sql("owners"))
+                conn.execute(_table_sql("secrets"))
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise ConfigError(
@@ -549,6 +572,98 @@ class Journal:
             if cur.rowcount == 0:
                 raise self._unknown_run(run_id)
             db.execute("DELETE FROM owners WHERE run_id = ? AND token = ?", (_text(run_id), self._token))
+
+    # -- secrets ------------------------------------------------------------------------
+
+    def record_secret(self, run_id: str, name: str, value: str) -> None:
+        """Keep a keyed hash of the value secret ``name`` had in run ``run_id`` (the first one)."""
+        digest = self._secret_digest(run_id, name, value, create=True)
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO secrets (run_id, name, digest) VALUES (?, ?, ?)",
+                (_text(run_id), _text(name), digest),
+            )
+
+    def verify_secrets(self, run_id: str, environ: Mapping[str, str]) -> dict[str, str]:
+        """The secrets run ``run_id`` used, by name, with their values from ``environ``.
+
+        Raises :class:`UsageError` naming every secret that is unset or has another value than
+        the run used: an output echoing the old value would not be masked.
+        """
+        rows = self._read("SELECT name, digest FROM secrets WHERE run_id = ? ORDER BY name", (_text(run_id),))
+        found: dict[str, str] = {}
+        unset: list[str] = []
+        changed: list[str] = []
+        for row in rows:
+            name, digest = row["name"], row["digest"]
+            value = environ.get(name)
+            if value is None:
+                unset.append(name)
+            elif hmac.compare_digest(self._secret_digest(run_id, name, value, create=False), digest):
+                found[name] = value
+            else:
+                changed.append(name)
+        if unset or changed:
+            problems = [f"{n} is not set" for n in unset] + [
+                f"{n} has another value than the run used" for n in changed
+            ]
+            raise UsageError(
+                f"run {run_id} cannot be resumed: {'; '.join(problems)}. Set "
+                f"{'it' if len(problems) == 1 else 'each'} to the value the run started with (a "
+                "workflow may echo a secret back, and only that value would be masked), or start a "
+                "new run"
+            )
+        return found
+
+    def _secret_digest(self, run_id: str, name: str, value: str, *, create: bool) -> str:
+        # A keyed hash, not a plain one: a plain hash of a weak secret (a short token, a
+        # password) is a lookup table away from the value, and the journal may be shared or
+        # uploaded as a CI artifact. Without the key the digests say nothing.
+        key = self._secrets_key(create=create)
+        message = "\0".join((run_id, name, value)).encode("utf-8")
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+    def _secrets_key(self, *, create: bool) -> bytes:
+        path = self.state_dir / SECRETS_KEY_NAME
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            if not create:
+                raise UsageError(
+                    f"the secrets this run used cannot be checked: {path}, the key of their hashes "
+                    "in the journal, is missing; start a new run instead of resuming this one"
+                ) from None
+            key = self._create_secrets_key(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if len(key) < 32:
+            raise ConfigError(f"{path} is not an opus-runner secrets key (too short); move it aside")
+        return key
+
+    @staticmethod
+    def _create_secrets_key(path: Path) -> bytes:
+        """Write a new random key, readable by its owner only, unless another process got there
+        first (then that one is used: the digests it wrote depend on it)."""
+        key = _random.token_bytes(32)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.{_random.token_hex(4)}")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(key)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(temp, path)  # atomic, and never replaces a key already there
+            except FileExistsError:
+                key = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the secrets key {path}: {exc.strerror or exc}; check the state folder is writable"
+            ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        return key
 
     def get_run(self, run_id: str) -> RunRecord:
         """The run ``run_id``; raises :class:`UsageError` naming the journal when unknown."""

@@ -3,7 +3,8 @@
 Rules (SPEC.md section 1): the document is parsed first and only string leaves are rendered, so a
 value can never inject structure; a string that is exactly one ``{{ expression }}`` keeps the
 expression's native type; an undefined name is an error naming the file, key path and name;
-``secret('NAME')`` reads an environment variable and marks it secret.
+``secret('NAME')`` reads an environment variable and marks it secret. The service key is never
+templated: ``env`` does not hold it and ``secret()`` refuses it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from .errors import TemplateError
 # "{{ expr }}" and nothing else (the expression itself may not close and reopen a block).
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}|\{\{|\{%|\{#).)*)\}\}\s*$", re.DOTALL)
 _TEMPLATE_MARKERS = ("{{", "{%", "{#")
+#: The environment variable the runner reads the service key from (runner.py, cli.py).
+SERVICE_KEY_VARIABLE = "OPUS_SERVICE_KEY"
+_KEY_NEVER_TEMPLATED = (
+    f"{SERVICE_KEY_VARIABLE} is the Opus service key, which is never templated (the runner sends "
+    "it itself, and never to a workflow); use secret('NAME') with another variable for credentials "
+    "a workflow needs"
+)
 
 
 class Namespace(dict):  # type: ignore[type-arg]
@@ -31,10 +39,20 @@ class Namespace(dict):  # type: ignore[type-arg]
     instead of Jinja's "'dict object' has no attribute 'mnth'".
     """
 
-    def __init__(self, label: str, data: Mapping[str, Any] | None = None, *, listed: bool = True):
-        super().__init__(data or {})
+    def __init__(
+        self,
+        label: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        listed: bool = True,
+        withheld: Mapping[str, str] | None = None,
+    ):
+        withheld = dict(withheld or {})
+        super().__init__({k: v for k, v in (data or {}).items() if k not in withheld})
         self.label = label
         self.listed = listed  # False for env: never list environment variable names in errors
+        #: names left out on purpose -> why (what a template asking for one is told)
+        self.withheld = withheld
 
 
 def is_template(text: str) -> bool:
@@ -65,6 +83,8 @@ def _make_undefined_class() -> type:
             name = self._undefined_name
             if obj is missing:
                 return f"{name!r} is undefined"
+            if isinstance(obj, Namespace) and name in obj.withheld:
+                return f"{obj.label}.{name}: {obj.withheld[name]}"
             if isinstance(obj, Namespace):
                 message = f"{obj.label} has no key {name!r}"
                 if obj.listed and isinstance(name, str):
@@ -122,9 +142,15 @@ class Templater:
         missing_secrets_ok: bool = False,
     ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
+        # Masked before anything is rendered, even when no client (which registers it) is made.
+        redact.register(self.environ.get(SERVICE_KEY_VARIABLE))
         self.missing_secrets_ok = missing_secrets_ok
         #: names of secrets that were not set while ``missing_secrets_ok`` (offline validate)
         self.missing_secrets: set[str] = set()
+        #: every secret read so far, by variable name (the journal keeps a keyed hash of each)
+        self.secrets_used: dict[str, str] = {}
+        #: called with (name, value) the first time a secret is read (the runner journals it)
+        self.on_secret: Callable[[str, str], None] | None = None
         self._env = _make_environment(_make_undefined_class())
         self._env.globals.update(
             {"now": _utc_now, "today": _utc_today, "secret": self._secret}
@@ -140,20 +166,35 @@ class Templater:
     def _secret(self, name: str) -> str:
         if not isinstance(name, str) or not name:
             raise ValueError("secret() takes the name of an environment variable, e.g. secret('API_TOKEN')")
+        if name == SERVICE_KEY_VARIABLE:
+            raise ValueError(f"secret({name!r}): {_KEY_NEVER_TEMPLATED}")
         value = self.environ.get(name)
         if value is None:
             if self.missing_secrets_ok:
                 self.missing_secrets.add(name)
                 return redact.MASK
             raise ValueError(f"secret({name!r}): the environment variable {name} is not set")
+        if not isinstance(value, str) or len(value) < redact.MIN_LENGTH:
+            # A shorter value could not be masked (it would mask ordinary words everywhere).
+            held = "is empty" if not value else f"has only {len(value)} character{'s' if len(value) > 1 else ''}"
+            raise ValueError(
+                f"secret({name!r}): the environment variable {name} {held}; a secret needs at least "
+                f"{redact.MIN_LENGTH} characters to be masked in output, so set {name} to the real value"
+            )
         redact.register(value)
+        if self.secrets_used.get(name) != value:
+            self.secrets_used[name] = value
+            if self.on_secret is not None:
+                self.on_secret(name, value)
         return value
 
     def env_namespace(self) -> Namespace:
         # One shared mapping per run: templates cannot change it (immutable sandbox), and
         # copying the environment for every job of a large foreach is measurable.
         if self._env_ns is None:
-            self._env_ns = Namespace("env", self.environ, listed=False)
+            self._env_ns = Namespace(
+                "env", self.environ, listed=False, withheld={SERVICE_KEY_VARIABLE: _KEY_NEVER_TEMPLATED}
+            )
         return self._env_ns
 
     # -- rendering ---------------------------------------------------------------------------

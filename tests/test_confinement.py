@@ -346,7 +346,7 @@ def test_real_job_ids_are_accepted(job_id: str) -> None:
 # -- resume -----------------------------------------------------------------------------------
 
 
-def test_resume_takes_allow_outside_root_from_its_own_command_line_not_the_journal(
+def test_resume_under_untrusted_does_not_take_allow_outside_root_from_the_journal(
     project: Project, tmp_path: Path
 ) -> None:
     (outside(tmp_path) / "rows.csv").write_text("customer\nacme\n")
@@ -365,11 +365,9 @@ def test_resume_takes_allow_outside_root_from_its_own_command_line_not_the_journ
         db.close()
 
     as_a_crash_leaves_it()
-    refused = project.run("resume")
-    assert refused.exit_code == 2 and "foreach.file" in refused.stderr and "--allow-outside-root" in refused.stderr
+    refused = project.run("resume", "--untrusted")
+    assert refused.exit_code == 2, refused.output
+    assert "foreach.file" in refused.stderr and "--allow-outside-root" in refused.stderr
     as_a_crash_leaves_it()
-    again = project.run("resume", "--allow-outside-root")
+    again = project.run("resume", "--untrusted", "--allow-outside-root")  # the workflow file's own choice
     assert again.exit_code == 0, again.output
-
-
-

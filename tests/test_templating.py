@@ -124,6 +124,42 @@ def test_missing_secret_is_an_error_unless_tolerated() -> None:
     assert lenient.missing_secrets == {"NOPE_TOKEN"}
 
 
+@pytest.mark.parametrize(("value", "said"), [("abc", "has only 3 characters"), ("a", "has only 1 character;"), ("", "is empty")])
+def test_a_secret_too_short_to_mask_is_an_error_naming_the_variable(value: str, said: str) -> None:
+    t = Templater(environ={"SHORT_TOKEN": value})
+    with pytest.raises(TemplateError, match=f"environment variable SHORT_TOKEN {said}.*at least 4 characters"):
+        t.render("{{ secret('SHORT_TOKEN') }}", ctx(t), file="s.yaml", key=("inputs", "t"))
+    assert t.secrets_used == {}
+
+
+def test_the_secrets_read_are_kept_by_name_and_reported_once() -> None:
+    seen = []
+    t = Templater(environ={"A_TOKEN": "value-of-a", "B_TOKEN": "value-of-b"})
+    t.on_secret = lambda name, value: seen.append((name, value))
+    for _ in range(3):
+        t.render("{{ secret('A_TOKEN') }} {{ secret('B_TOKEN') }}", ctx(t))
+    assert t.secrets_used == {"A_TOKEN": "value-of-a", "B_TOKEN": "value-of-b"}
+    assert seen == [("A_TOKEN", "value-of-a"), ("B_TOKEN", "value-of-b")]
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ env.OPUS_SERVICE_KEY }}", "k={{ env['OPUS_SERVICE_KEY'] }}", "{{ secret('OPUS_SERVICE_KEY') }}"],
+)
+def test_the_service_key_is_never_templated(source: str) -> None:
+    t = Templater(environ={"OPUS_SERVICE_KEY": "sk-never-templated-42", "OTHER": "x"})
+    assert redact.mask("sk-never-templated-42") == "***"  # registered before anything renders
+    with pytest.raises(TemplateError, match=r"OPUS_SERVICE_KEY is the Opus service key, which is never templated.*secret\('NAME'\)"):
+        t.render(source, ctx(t))
+
+
+def test_env_lists_and_gets_no_service_key() -> None:
+    t = Templater(environ={"OPUS_SERVICE_KEY": "sk-never-templated-43", "OTHER": "x"})
+    assert t.render("{{ env | list }}", ctx(t)) == ["OTHER"]
+    assert t.render("{{ env.get('OPUS_SERVICE_KEY') }}", ctx(t)) is None
+    assert t.render("{{ env.OTHER }}", ctx(t)) == "x"
+
+
 def test_plugin_globals_and_filters() -> None:
     t = Templater(environ={}, globals={"answer": lambda: 42}, filters={"shout": lambda s: s.upper() + "!"})
     assert t.render("{{ answer() }}", ctx(t)) == 42

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..hookspecs import hookimpl
 from ..models import Context, InputField
+from ..redact import mask
 
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[T ].*)?$")
 _TRUE = {"true", "yes", "1", "on"}
@@ -36,7 +37,7 @@ def describe(value: Any) -> str:
     kind = kinds.get(type(value), type(value).__name__)
     if isinstance(value, (dict, list)):
         return kind
-    text = repr(value)
+    text = mask(repr(value))  # before cutting, which could leave a secret's start
     return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
 
 

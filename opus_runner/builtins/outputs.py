@@ -78,22 +78,26 @@ def _show_value(value: Any, full: bool) -> str:
 
 def summary(result: JobResult, *, full: bool = False) -> str:
     """The text the ``stdout`` output prints for one finished job."""
+    from ..progress import printable
+
     masked: dict[str, Any] = mask_obj(result.as_dict())
     # Plan keys start with the spec name ("region-matrix[region=eu]"), so they say it all.
-    head = masked["plan_key"] or masked["spec_name"] or "job"
-    lines = [f"{head}: job {masked['job_id']} {masked['status']}"]
+    head = printable(masked["plan_key"] or masked["spec_name"] or "job")
+    # What the server sent is shown on the lines laid out here (multi-line values indented),
+    # never as terminal controls.
+    lines = [f"{head}: job {printable(masked['job_id'])} {printable(masked['status'])}"]
     if masked["url"]:
-        lines.append(f"  url: {masked['url']}")
+        lines.append(f"  url: {printable(masked['url'])}")
     if masked["error"]:
         lines.append(f"  error:{_show_value(masked['error'], full)}")
     outputs = masked["outputs"] or {}
     if outputs:
         lines.append("  outputs:")
         for name, value in outputs.items():
-            lines.append(f"  - {name}:{_show_value(value, full)}")
+            lines.append(f"  - {printable(name)}:{_show_value(value, full)}")
     elif result.ok:
         lines.append("  (no outputs)")
-    return "\n".join(lines)
+    return printable("\n".join(lines), newlines=True)
 
 
 def stdout_output(result: JobResult, config: dict[str, Any], ctx: Context) -> None:

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import IO, Any
 
-from . import redact
+from . import jsontext, redact
 from .models import JobEvent
 
 _TERMINAL_KINDS = {"completed", "failed", "cancelled", "timed_out"}
@@ -24,7 +24,7 @@ def now_iso() -> str:
 
 
 def dumps(obj: Any) -> str:
-    return redact.mask(json.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":")))
+    return redact.mask(jsontext.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":")))
 
 
 class Reporter:

@@ -621,7 +621,6 @@ class OpusClient:
                 raise AnswerTooLarge(
                     f"the answer is larger than {shown} once decompressed, more than any Opus "
                     "answer needs; it was not read further (a broken or hostile server or proxy)",
-                    status_code=response.status_code,
                     method=method,
                     endpoint=where.path if isinstance(where, httpx.URL) else where,
                 )
@@ -693,11 +692,14 @@ class OpusClient:
                     "but did not finish its answer, so it was not asked again"
                 )
             )
+        why = _describe(exc)
+        if isinstance(exc, httpx.TimeoutException) and why == type(exc).__name__:
+            phase = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "answering"
+            limit = getattr(self.http.timeout, "connect" if phase == "connecting" else "read", None)
+            if limit is not None:
+                why += f" (nothing for {limit:g} s while {phase}; the retry budget is {self.retry.budget:g} s)"
         return NetworkError(
-            redact.mask(
-                f"could not reach {target} for {label} after {_attempts(attempts)}: "
-                + _scrub(_describe(exc))
-            )
+            redact.mask(f"could not reach {target} for {label} after {_attempts(attempts)}: " + _scrub(why))
         )
 
     async def _with_retries(

@@ -57,11 +57,14 @@ from .results import ResultsData, parse_results
 from .urls import PLACEHOLDER_CALLBACK_URL, display_url, is_loopback_host
 
 __all__ = [
+    "AnswerTooLarge",
+    "AnswerTooSlow",
     "AuditProgress",
     "ExecuteOutcome",
     "OpusClient",
     "ResultsData",
     "RetryPolicy",
+    "SlowAnswerError",
     "error_from_response",
     "job_id_of",
     "parse_results",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .. import files
+from .. import files, jsontext
 from ..hookspecs import Register, hookimpl
 from ..models import Context, JobResult
 from ..errors import ApiError, NotFoundError
@@ -72,7 +72,7 @@ def resolve_path(value: str, ctx: Context) -> Path:
 
 def _as_json(result: JobResult, indent: int | None) -> str:
     # mask again: the promise is that no output file ever holds a secret, whoever built result
-    return json.dumps(mask_obj(result.as_dict()), indent=indent, ensure_ascii=False, default=str)
+    return jsontext.dumps(mask_obj(result.as_dict()), indent=indent, ensure_ascii=False, default=str)
 
 
 # -- stdout -----------------------------------------------------------------------------------

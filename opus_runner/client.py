@@ -7,7 +7,12 @@ single ``httpx.AsyncClient``. Everything a caller can rely on:
   only over https (or plain http to a loopback host), never to a presigned storage URL, and
   never into a log line, repr or exception;
 - transient failures (connect errors, timeouts, dropped connections, 429/500/502/503/504) are
-  retried with exponential backoff and full jitter, honouring ``Retry-After``;
+  retried with exponential backoff and full jitter, honouring ``Retry-After``; timeouts only
+  within the policy's ``budget``, so a server that does not answer is reported after about
+  ``budget`` plus one timeout, not after every attempt has waited its full timeout;
+- every answer must arrive whole within ``deadline`` (a server sending one byte at a time never
+  trips a per-read timeout) and be at most ``max_answer_bytes`` once decompressed; JSON nested
+  too deeply to parse is refused, and ``NaN``/``Infinity`` are read as null (:mod:`.jsontext`);
 - ``POST /job/execute`` is never resent once it may have reached the server: its outcome is
   read back from the job's status instead;
 - every error the server can answer with becomes one :mod:`opus_runner.errors` exception whose
@@ -33,7 +38,7 @@ from urllib.parse import quote
 
 import httpx
 
-from . import redact
+from . import jsontext, redact
 from .__about__ import __version__
 from .errors import (
     ApiError,
@@ -52,11 +57,14 @@ from .results import ResultsData, parse_results
 from .urls import PLACEHOLDER_CALLBACK_URL, display_url, is_loopback_host
 
 __all__ = [
+    "AnswerTooLarge",
+    "AnswerTooSlow",
     "AuditProgress",
     "ExecuteOutcome",
     "OpusClient",
     "ResultsData",
     "RetryPolicy",
+    "SlowAnswerError",
     "error_from_response",
     "job_id_of",
     "parse_results",
@@ -84,6 +92,12 @@ _NEVER_SENT: tuple[type[Exception], ...] = (
 _NOT_RETRYABLE: tuple[type[Exception], ...] = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 # Only these answers say "come back later" with a Retry-After worth honouring (RFC 9110).
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
+#: Seconds a whole exchange (request sent, answer read to its end) may take.
+DEFAULT_DEADLINE = 60.0
+#: Seconds without progress on one read (or on connecting) before it times out.
+DEFAULT_TIMEOUT = 30.0
+#: The largest answer read, counted after decompression (a gzip bomb is stopped here).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 #: Seconds a download URL from ``/job/file/download`` stays valid (the API takes 60 to 86400).
 DOWNLOAD_URL_EXPIRY = 900
 #: Who may read an uploaded file: opus-aaico's default, seen working live (opus-api.md section 4).
@@ -99,11 +113,17 @@ class RetryPolicy:
     The wait before retry ``n`` (0-based) is ``uniform(0, min(cap, base * 2**n))`` ("full
     jitter", so a crowd of clients does not retry in lockstep), or the server's
     ``Retry-After`` on a 429/503 with jitter added (:meth:`after`), capped at ``cap``.
+
+    A timed-out attempt (connect or read timeout) is retried only while the call has taken
+    less than ``budget`` seconds, wait included: a server that does not answer at all is
+    reported within ``budget`` plus one timeout. An answer that missed the whole-answer
+    deadline is not retried at all.
     """
 
     attempts: int = 6
     base: float = 0.5
     cap: float = 30.0
+    budget: float = 30.0
     statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     random: Callable[[], float] = _random.random
@@ -111,8 +131,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"RetryPolicy.attempts must be at least 1, got {self.attempts}")
-        if self.base < 0 or self.cap < 0:
-            raise ValueError("RetryPolicy.base and RetryPolicy.cap must not be negative")
+        if self.base < 0 or self.cap < 0 or self.budget < 0:
+            raise ValueError("RetryPolicy.base, RetryPolicy.cap and RetryPolicy.budget must not be negative")
 
     def after(self, wanted: float) -> float:
         """The wait for a ``Retry-After`` of ``wanted`` seconds: at least that, plus jitter of up
@@ -126,6 +146,23 @@ class RetryPolicy:
         # The exponent is bounded so a very long policy cannot overflow a float.
         ceiling = min(self.cap, self.base * (2.0 ** min(retry, 64)))
         return self.random() * ceiling
+
+
+class AnswerTooSlow(httpx.TimeoutException):
+    """The answer did not arrive whole within the client's deadline (it may still be coming)."""
+
+
+class AnswerTooLarge(ApiError):
+    """The answer was larger than the client reads (``max_answer_bytes``, after decompression)."""
+
+
+class SlowAnswerError(NetworkError):
+    """A call whose answer missed the deadline: the server is up but unusably slow.
+
+    Not ``transient``: the runner's patient loops do not keep asking a server that trickles.
+    """
+
+    transient = False
 
 
 @dataclass
@@ -267,7 +304,9 @@ def server_message(response: httpx.Response) -> str:
     if _looks_html(response, text):
         return HTML_MESSAGE
     try:
-        body = json.loads(text)
+        body = jsontext.loads(text)
+    except RecursionError:
+        return "the server answered with JSON nested too deeply to read"
     except ValueError:
         # Object stores answer in XML (<Error><Message>...</Message></Error>).
         match = _XML_MESSAGE.search(text)
@@ -451,7 +490,9 @@ class OpusClient:
         *,
         http: httpx.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
         max_connections: int = 100,
         trace: bool = False,
     ) -> None:
@@ -474,6 +515,11 @@ class OpusClient:
             )
         self._origin = (url.scheme, url.host, url.port)
         self.retry = retry or RetryPolicy()
+        if deadline <= 0 or max_answer_bytes < 1:
+            raise ValueError("OpusClient deadline and max_answer_bytes must be positive")
+        #: seconds one whole exchange may take, and the most answer bytes read
+        self.deadline = deadline
+        self.max_answer_bytes = max_answer_bytes
         self.trace = trace
         self._owns_http = http is None
         if http is None:
@@ -542,11 +588,21 @@ class OpusClient:
             kwargs["json"] = json_body
         if content is not None:
             kwargs["content"] = content
-        if api:
-            # A redirect would carry the key header to wherever it points: never follow.
-            kwargs["follow_redirects"] = False
+        request = self.http.build_request(method, request_url, **kwargs)
+        # A redirect would carry the key header to wherever it points: never follow.
+        follow = {"follow_redirects": False} if api else {}
         try:
-            response = await self.http.request(method, request_url, **kwargs)
+            try:
+                async with asyncio.timeout(self.deadline):
+                    response = await self.http.send(request, stream=True, **follow)
+                    try:
+                        await self._read_answer(response, method, request_url if api else shown)
+                    finally:
+                        await response.aclose()
+            except TimeoutError:
+                raise AnswerTooSlow(
+                    f"no complete answer within {self.deadline:g} s", request=request
+                ) from None
         except httpx.TransportError as exc:
             if tracing:
                 elapsed = (time.perf_counter() - started) * 1000
@@ -557,6 +613,25 @@ class OpusClient:
             elapsed = (time.perf_counter() - started) * 1000
             self._trace_response(method, shown, response, elapsed, api=api)
         return response
+
+    async def _read_answer(self, response: httpx.Response, method: str, where: httpx.URL | str) -> None:
+        """Read the body (decompressed) into ``response``, refusing more than ``max_answer_bytes``."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_answer_bytes:
+                limit = self.max_answer_bytes
+                shown = f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit} bytes"
+                raise AnswerTooLarge(
+                    f"the answer is larger than {shown} once decompressed, more than any Opus "
+                    "answer needs; it was not read further (a broken or hostile server or proxy)",
+                    method=method,
+                    endpoint=where.path if isinstance(where, httpx.URL) else where,
+                )
+            chunks.append(chunk)
+        # What Response.aread() would have stored: the decoded body, so .text and .content work.
+        response._content = b"".join(chunks)
 
     @staticmethod
     def _trace_request(
@@ -615,12 +690,21 @@ class OpusClient:
     def _network_error(
         self, exc: Exception, label: str, attempts: int, target: str
     ) -> NetworkError:
-        return NetworkError(
-            redact.mask(
-                f"could not reach {redact.without_userinfo(target)} for {label} after {_attempts(attempts)}: "
-                + _scrub(_describe(exc))
+        if isinstance(exc, AnswerTooSlow):
+            return SlowAnswerError(
+                redact.mask(
+                    f"{redact.without_userinfo(target)} answered too slowly for {label}: {exc}; the server is "
+                    "reachable but did not finish its answer, so it was not asked again"
+                )
             )
-        )
+        why = _describe(exc)
+        if isinstance(exc, httpx.TimeoutException) and why == type(exc).__name__:
+            phase = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "answering"
+            limit = getattr(self.http.timeout, "connect" if phase == "connecting" else "read", None)
+            if limit is not None:
+                why += f" (nothing for {limit:g} s while {phase}; the retry budget is {self.retry.budget:g} s)"
+        shown = redact.without_userinfo(target)
+        return NetworkError(redact.mask(f"could not reach {shown} for {label} after {_attempts(attempts)}: " + _scrub(why)))
 
     async def _with_retries(
         self,
@@ -630,15 +714,17 @@ class OpusClient:
     ) -> httpx.Response:
         """Run ``send`` until it answers something final; the last answer is returned as is."""
         policy = self.retry
+        started = time.monotonic()
         for attempt in range(1, policy.attempts + 1):
             try:
                 response = await send()
             except _NOT_RETRYABLE as exc:
                 raise self._network_error(exc, label, attempt, target) from exc
             except httpx.TransportError as exc:
-                if attempt == policy.attempts:
+                delay = policy.backoff(attempt - 1)
+                if attempt == policy.attempts or not self._may_retry(exc, started, delay):
                     raise self._network_error(exc, label, attempt, target) from exc
-                await self._pause(policy.backoff(attempt - 1), label, attempt, _describe(exc))
+                await self._pause(delay, label, attempt, _describe(exc))
                 continue
             if (
                 response.status_code in policy.statuses
@@ -651,6 +737,14 @@ class OpusClient:
                 continue
             return response
         raise AssertionError("unreachable: the retry loop always returns or raises")
+
+    def _may_retry(self, exc: Exception, started: float, delay: float) -> bool:
+        """Whether a transport failure is worth another attempt within the retry budget."""
+        if isinstance(exc, AnswerTooSlow):
+            return False  # it trickled for the whole deadline: another try would too
+        if isinstance(exc, httpx.TimeoutException):
+            return time.monotonic() - started + delay < self.retry.budget
+        return True
 
     def _url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -937,6 +1031,7 @@ class OpusClient:
         if workspaces:
             body["workspaces"] = ",".join(workspaces)
         policy = self.retry
+        started = time.monotonic()
         for attempt in range(1, policy.attempts + 1):
             last = attempt == policy.attempts
             response: httpx.Response | None = None
@@ -945,10 +1040,16 @@ class OpusClient:
             except _NOT_RETRYABLE as exc:
                 raise self._network_error(exc, label, attempt, self.base_url) from exc
             except _NEVER_SENT as exc:
-                if last:
+                delay = policy.backoff(attempt - 1)
+                if last or not self._may_retry(exc, started, delay):
                     raise self._network_error(exc, label, attempt, self.base_url) from exc
-                await self._pause(policy.backoff(attempt - 1), label, attempt, _describe(exc))
+                await self._pause(delay, label, attempt, _describe(exc))
                 continue
+            except AnswerTooLarge as exc:
+                # An answer came, so the request is over, but it cannot be read: the job says.
+                why, cause = exc.message, None
+            except AnswerTooSlow as exc:
+                why, cause = f"the server answered too slowly: {exc}", exc
             except httpx.TransportError as exc:
                 why, cause = _describe(exc), exc
             else:
@@ -1216,7 +1317,15 @@ def _decode_json(
     if _looks_html(response, text):
         raise ApiError(HTML_MESSAGE, method=method, endpoint=endpoint, job_id=job_id)
     try:
-        return json.loads(text)
+        return jsontext.loads(text)
+    except RecursionError:
+        raise ApiError(
+            "the server answered with JSON nested too deeply to read; no Opus answer is, so "
+            "the server or a proxy in front of it is broken or hostile",
+            method=method,
+            endpoint=endpoint,
+            job_id=job_id,
+        ) from None
     except ValueError:
         raise ApiError(
             "the server answered with something that is not JSON: "

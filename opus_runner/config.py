@@ -16,6 +16,7 @@ send anything nor run code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from dataclasses import replace
@@ -39,7 +40,45 @@ _KNOWN_KEYS = {
     "notify",
     "sandbox_workflows",
     "callback_url",
+    "timeouts",
 }
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """``[timeouts]``: seconds before the runner gives up on a server answer or on plugin code.
+
+    ``read``: one read or connect of an HTTP exchange; ``request``: a whole exchange, answer
+    read to its end; ``outputs``, ``notify``, ``hooks``: one call of an output handler, a
+    notifier, a hook implementation (``opus_payload_ready``, ``opus_job_event``...).
+    """
+
+    read: float = 30.0
+    request: float = 60.0
+    outputs: float = 60.0
+    notify: float = 10.0
+    hooks: float = 30.0
+
+
+def _timeouts(file: Path, table: Any) -> Timeouts:
+    from .durations import DURATION_HELP, parse_duration
+
+    if table is None:
+        return Timeouts()
+    known = [f.name for f in dataclasses.fields(Timeouts)]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{file}: timeouts must be a table such as [timeouts] outputs = \"60s\"")
+    values: dict[str, float] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{file}: unknown setting timeouts.{key}; known: {', '.join(known)}")
+        try:
+            values[key] = parse_duration(value)
+        except ValueError:
+            values[key] = 0.0
+        if values[key] <= 0:
+            raise ConfigError(f"{file}: timeouts.{key} must be {DURATION_HELP}, above zero; found {value!r}")
+    return Timeouts(**values)
 
 
 @dataclass(frozen=True)
@@ -58,6 +97,7 @@ class ProjectConfig:
     sandbox_workflows: Path | None = None
     #: the receiver Opus POSTs to when a spec names none (callback.url wins)
     callback_url: str | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
 
     @property
     def repo_root(self) -> Path:
@@ -212,6 +252,7 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
         notify=list(table.get("notify", [])),
         sandbox_workflows=path_of("sandbox_workflows"),
         callback_url=callback_url,
+        timeouts=_timeouts(file, table.get("timeouts")),
     )
 
 

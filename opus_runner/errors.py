@@ -7,6 +7,7 @@
     │   └── TemplateError                2  a template failed to render
     ├── ValidationFailed                 2  several SpecErrors found at once (all reported)
     ├── PluginError                      2  a plugin failed to load or registered badly
+    ├── PluginTimeout                    1  a hook implementation ran out of time ([timeouts])
     ├── ConfigError                      3  missing or unusable configuration (no service key, ...)
     ├── ApiError                         3  the Opus API answered with an error
     │   ├── AuthError                    3  the service key was rejected
@@ -126,6 +127,17 @@ class PluginError(OpusRunnerError):
     def __init__(self, message: str, *, plugin: str | None = None) -> None:
         self.plugin = plugin
         super().__init__(f"plugin {plugin}: {message}" if plugin else message)
+
+
+class PluginTimeout(OpusRunnerError):
+    """A plugin's hook implementation did not finish within its time limit (``[timeouts]``).
+
+    Like a failing output it costs exit 1, not the run: results already in the journal stay.
+    """
+
+    def __init__(self, message: str, *, plugin: str, hook: str, seconds: float) -> None:
+        self.plugin, self.hook, self.seconds = plugin, hook, seconds
+        super().__init__(message)
 
 
 class ConfigError(OpusRunnerError):

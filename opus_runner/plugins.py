@@ -15,11 +15,16 @@ every test gets a fresh host, so nothing leaks between them.
 Hook implementations may be plain or ``async def``; :meth:`PluginHost.first` and
 :meth:`PluginHost.each` await what needs awaiting and can move blocking third-party code off the
 event loop. This module stays cheap to import: jsonschema is loaded only to check configs.
+
+Plugin code gets a time limit (``[timeouts]`` in opus-runner.toml): blocking code runs in a
+daemon thread, which cannot be stopped but never keeps the process alive after the run, and
+whose late result is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import difflib
 import importlib
 import importlib.util
@@ -28,6 +33,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +44,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, SpecError
+from .errors import PluginError, PluginTimeout, SpecError
 from .models import EVENT_KINDS
 from .redact import mask
 
@@ -222,6 +228,10 @@ class PluginHost:
         self.notifiers: dict[str, Handler] = {}
         self._loaded: dict[str, _Loaded] = {}  # insertion order is load order
         self._validators: dict[tuple[str, str], Any] = {}
+        #: seconds one offloaded hook implementation may take (None: no limit)
+        self.hook_timeout: float | None = None
+        #: every hook implementation that ran out of time, also the ones ``each`` isolated
+        self.timed_out: list[PluginTimeout] = []
 
     # -- what is loaded -------------------------------------------------------------------
 
@@ -274,14 +284,30 @@ class PluginHost:
     async def _call_impl(self, hook_name: str, impl: Any, kwargs: Mapping[str, Any], offload: bool) -> Any:
         args = [kwargs[name] for name in impl.argnames]
         func = impl.function
+        third_party = self.origin_of(impl.plugin_name) != "builtin"
+        limit = self.hook_timeout if offload and third_party else None
         try:
-            if offload and not _is_async(func) and self.origin_of(impl.plugin_name) != "builtin":
+            if offload and not _is_async(func) and third_party:
                 # Third-party sync code may block (boto3, requests); built-ins never do.
-                result = await asyncio.to_thread(func, *args)
+                work = _in_thread(func, *args)
             else:
-                result = func(*args)
-            if inspect.isawaitable(result):
-                result = await result
+                work = func(*args)
+            if inspect.isawaitable(work):
+                try:
+                    result = await asyncio.wait_for(work, limit)
+                except TimeoutError:
+                    assert limit is not None
+                    timed_out = PluginTimeout(
+                        f"plugin {self.source_of(impl.plugin_name)} did not finish {hook_name} within "
+                        f"{limit:g} s (timeouts.hooks in opus-runner.toml); the run went on without it",
+                        plugin=self.source_of(impl.plugin_name),
+                        hook=hook_name,
+                        seconds=limit,
+                    )
+                    self.timed_out.append(timed_out)
+                    raise timed_out from None
+            else:
+                result = work
         except Exception as exc:
             self._trace(hook_name, impl, kwargs, "raised", exc)
             raise
@@ -313,6 +339,9 @@ class PluginHost:
             except Exception as exc:
                 if not isolate:
                     raise
+                if isinstance(exc, PluginTimeout):
+                    self.log.error("%s", exc)  # it names the plugin, the hook and the limit
+                    continue
                 self.log.error(
                     "plugin %s failed in %s: %s",
                     self.source_of(impl.plugin_name),
@@ -505,7 +534,36 @@ def _explain(error: Any) -> list[tuple[tuple[str | int, ...], str]]:
 
 
 async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
-    result = await asyncio.to_thread(func, *args)
+    """``func(*args)`` in a daemon thread (with this context's variables), awaited.
+
+    Not ``asyncio.to_thread``: the default executor's threads are joined when the loop and the
+    interpreter shut down, so one stuck plugin call would keep the process alive forever.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():  # timed out and cancelled: the late result is dropped
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def work() -> None:
+        try:
+            outcome = (True, func(*args))
+        except BaseException as exc:  # handed to the awaiting task, which re-raises it
+            outcome = (False, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:
+            pass  # the loop is closed: the run ended without waiting for this call
+
+    context = contextvars.copy_context()
+    name = f"opus-plugin-{getattr(func, '__name__', 'call')}"
+    threading.Thread(target=context.run, args=(work,), name=name, daemon=True).start()
+    result = await future
     if inspect.isawaitable(result):
         result = await result
     return result
@@ -515,7 +573,8 @@ async def call_handler(handler: Handler, *args: Any, timeout: float | None = Non
     """Run an output or notifier handler: await an async one, run a plain one in a worker thread.
 
     ``timeout`` (seconds, None for no limit) raises :class:`TimeoutError` when exceeded. A
-    plain handler's thread cannot be stopped; it finishes in the background.
+    plain handler's thread cannot be stopped: it is a daemon thread, so it never keeps the
+    process alive, and whatever it returns late is dropped.
     """
     work = handler.func(*args) if _is_async(handler.func) else _in_thread(handler.func, *args)
     return await asyncio.wait_for(work, timeout)

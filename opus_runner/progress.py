@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from typing import IO, Any
 
-from . import redact
+from . import jsontext, redact
 from .models import JobEvent
 
 _TERMINAL_KINDS = {"completed", "failed", "cancelled", "timed_out"}
@@ -32,7 +32,7 @@ _C1 = re.compile("[\x7f-\x9f]")
 def dumps(obj: Any) -> str:
     # Masked as data, not as the JSON text: a secret such as "null" or "true" must not turn a
     # JSON literal into ***, which would break the event line.
-    text = json.dumps(redact.mask_obj(obj), ensure_ascii=False, default=_masked_text, separators=(",", ":"))
+    text = jsontext.dumps(redact.mask_obj(obj), ensure_ascii=False, default=_masked_text, separators=(",", ":"))
     # Only inside strings, so the escape keeps the JSON valid and the data the same.
     return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 

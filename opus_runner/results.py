@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import redact
+from . import jsontext, redact
 from .models import FILE_TYPES
 
 __all__ = ["FileOutput", "ResultsData", "parse_results"]
@@ -79,9 +79,9 @@ def _decode_json_text(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        return json.loads(value)
-    except ValueError:
-        return value  # not JSON after all: kept as the text it is
+        return jsontext.loads(value)
+    except (ValueError, RecursionError):
+        return value  # not JSON after all (or too deep to read): kept as the text it is
 
 
 def _typed_entries(schema: Mapping[str, Any], out: ResultsData) -> None:

@@ -64,7 +64,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("opus_runner")
 _T = TypeVar("_T")
 
-NOTIFIER_TIMEOUT = 10.0
 #: validated plans kept between the check pass and the submit pass (beyond, plans are re-made)
 MAX_CHECKED_PLANS = 5000
 #: the status a job gets in the journal and outputs when the runner stopped waiting for it
@@ -237,7 +236,9 @@ class Runner:
         self._apply_trust()
         no_local = self.options.no_local_plugins or self.options.untrusted
         plugins_dir = None if no_local else default_plugins_dir(self.config)
-        return make_plugin_host(plugins_dir=plugins_dir, modules=list(self.options.plugins), log=self.log)
+        host = make_plugin_host(plugins_dir=plugins_dir, modules=list(self.options.plugins), log=self.log)
+        host.hook_timeout = self.config.timeouts.hooks
+        return host
 
     def _apply_trust(self) -> None:
         """Before any plugin is imported: drop what --untrusted ignores, and say so; else name a
@@ -382,6 +383,8 @@ class Runner:
                 # One request at a time per job in flight; httpcore scans its whole pool on
                 # every request, so a pool larger than needed costs CPU on each call.
                 max_connections=concurrency + 2,
+                timeout=self.config.timeouts.read,
+                deadline=self.config.timeouts.request,
                 trace=opts.verbose,
                 retry=opts.retry,
             )
@@ -1000,7 +1003,9 @@ class Runner:
         except OpusRunnerError as exc:
             outcome.error = redact.mask(str(exc))
             outcome.exit_code = exc.exit_code
-            if outcome.status is None or outcome.status not in TERMINAL_STATUSES:
+            # A job that ended is reported with its result; one whose results could not be read
+            # (COMPLETED, no result yet) is not, so its error is.
+            if outcome.status is None or outcome.status not in TERMINAL_STATUSES or outcome.result is None:
                 self.reporter.message(f"{plan.key}: {outcome.error}", level="error")
         except asyncio.CancelledError:
             raise
@@ -1287,7 +1292,10 @@ class Runner:
                 # the wait). "No input" allows sending again only when the request is over (an
                 # HTTP answer came); after an answer-less one it may still land, so the job
                 # stays unconfirmed for resume, never sent twice.
-                received, status = await self._patiently(plan, lambda: client.execute_received(job_id))
+                try:
+                    received, status = await self._patiently(plan, lambda: client.execute_received(job_id))
+                except (ApiError, NetworkError):
+                    raise exc from None  # it says what matters: the outcome is unknown, nothing was resent
                 if received:
                     from .client import ExecuteOutcome
 
@@ -1353,7 +1361,10 @@ class Runner:
         assert self.host is not None
         event.time = event.time or now_iso()
         self.reporter.event(event)
+        late = len(self.host.timed_out)
         await self.host.each("opus_job_event", offload=True, isolate=True, event=event, ctx=ctx)
+        if len(self.host.timed_out) > late:
+            self._notify_failed = True  # an observer ran out of time: exit 1, as for a notifier
         if event.kind == "status":
             return
         from .plugins import notify_events
@@ -1402,15 +1413,19 @@ class Runner:
             # Intended before it is written: a crash between the write and its record leaves
             # this mark, and the redelivery then checks the target first (ctx.redelivery).
             self.journal.record_delivery(row_id, target, ok=False)
+        assert self.config is not None
+        timeout = self.config.timeouts.notify if kind == "notify" else self.config.timeouts.outputs
         try:
             config = self._render_target(entry, plan, result, ctx, (kind, index))
-            timeout = NOTIFIER_TIMEOUT if kind == "notify" else None
             await call_handler(handler, subject, config, ctx, timeout=timeout)
         except Exception as exc:
             if isinstance(exc, OutsideRoot):  # the handler knows its key ("path"), not its entry
                 key = (kind, index, *exc.key)
                 exc = exc.under(kind, index, file=display_path(plan.spec.path), line=plan.spec.line_of(key))
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else redact.mask(str(exc) or type(exc).__name__)
+            if isinstance(exc, TimeoutError):
+                reason = f"did not finish within {timeout:g} s (timeouts.{kind} in opus-runner.toml); the result is kept"
+            else:
+                reason = redact.mask(str(exc) or type(exc).__name__)
             message = f"{kind[:-1] if kind == 'outputs' else 'notifier'} {type_name!r} (plugin {handler.plugin}) failed for {plan.key}: {reason}"
             self.reporter.message(message, level="error")
             if self.journal is not None and row_id is not None:
@@ -1505,7 +1520,7 @@ def _check_as_recorded(
 def _transient(exc: OpusRunnerError) -> bool:
     """A failure that says "not now" rather than "no": the network, a rate limit, a gateway."""
     if isinstance(exc, NetworkError):
-        return True
+        return getattr(exc, "transient", True)  # not an answer that trickled past its deadline
     status = getattr(exc, "status_code", None)
     return status in (408, 425, 429, 500, 502, 503, 504)
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import jsontext
 from .errors import ConfigError, UsageError
 from .redact import mask, mask_obj
 
@@ -261,7 +262,7 @@ def _json_default(value: Any) -> str:
 
 
 def _dump(value: Any) -> str:
-    return json.dumps(mask_obj(value), ensure_ascii=False, default=_json_default)
+    return jsontext.dumps(mask_obj(value), ensure_ascii=False, default=_json_default)
 
 
 def _load(text: str | None) -> Any:

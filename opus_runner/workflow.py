@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from . import jsontext
 from .errors import ApiError
 from .models import FILE_TYPES, INPUT_TYPES, InputField, WorkflowSchema
 
@@ -192,8 +193,8 @@ def _decode_schema(value: Any, what: str) -> Any:
     # Some deployments serialise the schema as a JSON string inside the JSON body.
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except ValueError:
+            return jsontext.loads(value)
+        except (ValueError, RecursionError):
             raise ApiError(
                 f"{what} is a string that is not JSON; the API answer cannot be used"
             ) from None

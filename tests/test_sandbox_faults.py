@@ -348,6 +348,7 @@ def test_faults_over_http(server: SandboxServer, client: httpx.Client) -> None:
     assert bad.status_code == 400
     assert bad.json()["message"] == [
         "rule 1: 'kind' must be one of status, rate_limit, delay, drop, lose_response, inner_error, "
+        "trickle, gzip_bomb, deep_json, nan, "
         "found 'explode'"
     ]
     assert len(server.faults) == 1  # a bad list adds nothing
@@ -420,6 +421,13 @@ def test_faults_file_errors_name_the_file_and_rule(tmp_path: Path) -> None:
         ({"kind": "drop", "every": True}, "every", "at least 1"),
         ({"kind": "drop", "probability": 1.5}, "probability", "from 0 to 1"),
         ({"kind": "drop", "seed": "x"}, "seed", "whole number"),
+        ({"kind": "trickle"}, "seconds", "a 'trickle' rule needs 'seconds'"),
+        ({"kind": "status", "seconds": 1}, "seconds", "only applies to kinds delay, trickle"),
+        ({"kind": "gzip_bomb", "size": 0}, "size", "at least 1"),
+        ({"kind": "deep_json", "depth": "deep"}, "depth", "at least 1"),
+        ({"kind": "nan", "depth": 3}, "depth", "only applies to kind 'deep_json'"),
+        ({"kind": "deep_json", "size": 3}, "size", "only applies to kind 'gzip_bomb'"),
+        ({"kind": "nan", "process": True}, "process", "only applies to kinds"),
     ],
 )
 def test_rule_validation(rule: dict[str, Any], field: str, message: str) -> None:
@@ -439,3 +447,66 @@ def test_fault_set_api() -> None:
     assert rules.pick("execute", "POST") is rule and rule.fired == 1 and rule.seen == 1
     rules.clear()
     assert rules.pick("execute", "POST") is None and len(rules) == 0
+
+
+# -- hostile answers: each over real HTTP, read with a plain client that has no defences -------
+
+
+def test_trickle_sends_the_real_answer_one_byte_at_a_time(server: SandboxServer, client: httpx.Client) -> None:
+    job_id = initiate(client)
+    rule = server.faults.add(route="status", kind="trickle", seconds=0.01, times=1)
+    with client.stream("GET", f"/job/{job_id}/status") as response:
+        chunks = list(response.iter_raw())
+    assert len(chunks) > 10 and all(len(chunk) == 1 for chunk in chunks)
+    assert json.loads(b"".join(chunks)) == {"status": "PENDING"}
+    assert rule.as_dict()["seconds"] == 0.01 and rule.fired == 1
+
+
+def test_trickle_stops_when_the_client_leaves(server: SandboxServer) -> None:
+    """The sandbox does not dribble on to a closed connection (it would outlive the test)."""
+    server.faults.add(route="search", kind="trickle", seconds=0.05)
+    with httpx.Client(base_url=server.base_url, headers={"x-service-key": server.key}) as c:
+        with c.stream("GET", "/job/search") as response:
+            next(response.iter_raw())
+    assert server.faults.rules[0].fired == 1
+
+
+def test_gzip_bomb_inflates_far_beyond_its_size(server: SandboxServer, client: httpx.Client) -> None:
+    server.faults.add(route="workflow", kind="gzip_bomb", size=8 * 1024 * 1024, times=1)
+    with client.stream("GET", f"/workflow/{WORKFLOW}") as response:
+        assert response.headers["content-encoding"] == "gzip"
+        sent = int(response.headers["content-length"])
+        inflated = sum(len(chunk) for chunk in response.iter_bytes())
+    assert inflated == 8 * 1024 * 1024 and sent < inflated // 500
+    assert server.state.count("GET", "workflow") == 1
+
+
+def test_deep_json_nests_depth_levels(server: SandboxServer, client: httpx.Client) -> None:
+    server.faults.add(route="workflow", kind="deep_json", depth=50, times=1)
+    body = client.get(f"/workflow/{WORKFLOW}").text
+    assert body == "[" * 50 + "]" * 50
+    server.faults.add(route="workflow", kind="deep_json", times=1)
+    with pytest.raises(RecursionError):
+        json.loads(client.get(f"/workflow/{WORKFLOW}").text)
+
+
+def test_nan_spoils_the_numbers_of_a_real_answer(server: SandboxServer, client: httpx.Client) -> None:
+    initiate(client)
+    server.faults.add(route="search", kind="nan", times=1)
+    text = client.get("/job/search", params={"maxResults": 5}).text
+    assert "NaN" in text
+    spoiled = json.loads(text)  # Python reads the literals; strict JSON parsers do not
+    assert all(v != v or v in (float("inf"), float("-inf")) for v in _numbers(spoiled))
+    clean = json.loads(client.get("/job/search", params={"maxResults": 5}).text)
+    assert len(list(_numbers(clean))) == len(list(_numbers(spoiled))) > 0
+
+
+def _numbers(value: Any) -> Iterator[float]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value

@@ -12,11 +12,11 @@ service key, and show URLs without the parts that tend to be credentials.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .. import jsontext
 from ..errors import DeliveryFailed
 from ..redact import mask, mask_obj
 from ..urls import display_url, is_loopback_host
@@ -109,7 +109,7 @@ async def post_json(
     import httpx
 
     check_url(url, what=f"{what} url")
-    body = json.dumps(mask_obj(payload), ensure_ascii=False, default=str).encode("utf-8")
+    body = jsontext.dumps(mask_obj(payload), ensure_ascii=False, default=str).encode("utf-8")
     sent_headers = httpx.Headers({"content-type": "application/json"})
     sent_headers.update(dict(headers or {}))  # case-insensitive: the caller's Content-Type wins
     async with http_client(ctx) as client:

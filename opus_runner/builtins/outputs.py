@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import files
+from .. import files, jsontext
 from ..hookspecs import Register, hookimpl
 from ..models import Context, JobResult
 from ..paths import PATH_KEYWORD, resolve_spec_path
@@ -57,7 +57,7 @@ def resolve_path(value: str, ctx: Context, key: str = "path") -> Path:
 
 def _as_json(result: JobResult, indent: int | None) -> str:
     # mask again: the promise is that no output file ever holds a secret, whoever built result
-    return json.dumps(mask_obj(result.as_dict()), indent=indent, ensure_ascii=False, default=str)
+    return jsontext.dumps(mask_obj(result.as_dict()), indent=indent, ensure_ascii=False, default=str)
 
 
 # -- stdout -----------------------------------------------------------------------------------

@@ -27,15 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hashlib
 import hmac
+import itertools
 import json
 import logging
+import math
 import mimetypes
 import re
 import secrets
+import struct
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
@@ -118,6 +123,26 @@ async def _buffered(receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+@functools.lru_cache(maxsize=4)
+def _gzip_bomb(size: int) -> bytes:
+    """A gzip stream of ``size`` spaces (rounded up to whole MiB), about 1 KiB per MiB.
+
+    Deflate blocks after a full flush do not refer back, so one compressed MiB is repeated
+    instead of compressing gigabytes; only the CRC is computed over the whole.
+    """
+    chunk = b" " * (1 << 20)
+    count = -(-size // len(chunk))
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    block = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
+    end = compressor.flush()
+    crc = 0
+    for _ in range(count):
+        crc = zlib.crc32(chunk, crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    trailer = struct.pack("<II", crc, (count * len(chunk)) & 0xFFFFFFFF)
+    return header + block * count + end + trailer
 
 
 class _BodyTracker:
@@ -634,6 +659,12 @@ class SandboxApp:
             await self._lose_response(scope, _BodyTracker(receive), send, route)
         elif rule.kind == "inner_error":
             await self._inner_error(rule, scope, _BodyTracker(receive), send, route)
+        elif rule.kind == "trickle":
+            await self._trickle(rule, scope, _BodyTracker(receive), send, route)
+        elif rule.kind == "nan":
+            await self._nan(scope, _BodyTracker(receive), send, route)
+        elif rule.kind in ("gzip_bomb", "deep_json"):
+            await self._hostile_body(rule, scope, _BodyTracker(receive), send)
         else:
             await self._inject(rule, scope, _BodyTracker(receive), send)
 
@@ -728,6 +759,75 @@ class SandboxApp:
         else:
             body = {"statusCode": rule.inner_status, "message": rule.message}
         await _json(body, rule.status)(scope, receive, send)
+
+    async def _trickle(
+        self, rule: FaultRule, scope: Scope, receive: _BodyTracker, send: Send, route: str
+    ) -> None:
+        """Process the request for real, then send the answer one byte every ``rule.seconds``."""
+        captured = await self._capture(scope, receive, route)
+        start = next((m for m in captured if m["type"] == "http.response.start"), None)
+        body = b"".join(m.get("body", b"") for m in captured if m["type"] == "http.response.body")
+        await send(start or {"type": "http.response.start", "status": 200, "headers": []})
+
+        async def dribble() -> None:
+            for index in range(len(body)):
+                await asyncio.sleep(rule.seconds)
+                await send({"type": "http.response.body", "body": body[index : index + 1], "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        # uvicorn drops writes to a closed connection silently: without watching for the
+        # client leaving, a gone client would keep this request alive for len(body) ticks.
+        dribbling = asyncio.ensure_future(dribble())
+        leaving = asyncio.ensure_future(receive())
+        try:
+            await asyncio.wait({dribbling, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (dribbling, leaving):
+                task.cancel()
+            await asyncio.gather(dribbling, leaving, return_exceptions=True)
+
+    async def _nan(self, scope: Scope, receive: _BodyTracker, send: Send, route: str) -> None:
+        """Process the request for real; answer its 2xx JSON with NaN and infinities for numbers."""
+        captured = await self._capture(scope, receive, route)
+        start = next((m for m in captured if m["type"] == "http.response.start"), None)
+        body = b"".join(m.get("body", b"") for m in captured if m["type"] == "http.response.body")
+        status = start["status"] if start else 500
+        try:
+            data = json.loads(body) if 200 <= status < 300 else None
+        except ValueError:
+            data = None
+        if data is None:
+            # Nothing numeric to spoil: the real answer goes out unchanged.
+            headers = [(k, v) for k, v in (start or {}).get("headers", [])]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        spoilers = itertools.cycle((math.nan, math.inf, -math.inf))
+
+        def spoil(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: spoil(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [spoil(v) for v in value]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return next(spoilers)
+            return value
+
+        text = json.dumps(spoil(data))  # allow_nan (the default) writes the bare literals
+        await Response(text, status_code=status, media_type="application/json")(scope, receive, send)
+
+    async def _hostile_body(self, rule: FaultRule, scope: Scope, receive: _BodyTracker, send: Send) -> None:
+        """Answer 200 with a gzip bomb or deeply nested JSON; the request is not processed."""
+        await receive.drain()
+        headers = {}
+        if rule.kind == "gzip_bomb":
+            body = await asyncio.to_thread(_gzip_bomb, rule.size)  # the CRC takes a second
+            headers["content-encoding"] = "gzip"
+        else:
+            body = b"[" * rule.depth + b"]" * rule.depth
+        await Response(body, status_code=200, headers=headers, media_type="application/json")(
+            scope, receive, send
+        )
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:

@@ -19,6 +19,15 @@ A rule names the route it applies to (or ``*``), the kind of fault, and how ofte
   ``inner_status`` defaults to 500 and ``message`` to ``"Request failed with status code 422"``.
   The request is not processed, unless ``process: true``: then it is processed for real and the
   answer still says it failed (the worst case for an execute).
+- ``trickle``: process the request, then send the real answer one byte every ``seconds``: every
+  read succeeds, so per-read timeouts never fire, but the whole answer takes forever.
+- ``gzip_bomb``: answer 200 with ``Content-Encoding: gzip`` and a small body (about 1 KiB per
+  MiB) that inflates to ``size`` bytes (default 2 GiB) of spaces. The request is not processed.
+- ``deep_json``: answer 200 with a JSON body of ``depth`` nested lists (default 100000). The
+  request is not processed.
+- ``nan``: process the request, then answer its real 2xx body with every number replaced by
+  ``NaN``, ``Infinity`` and ``-Infinity`` in turn (literals Python's json reads, JSON does not);
+  a results answer gets them in its outputs too, as an extra output named ``nan``.
 
 How often: ``times: N`` fires on the first N matching calls; ``every: N`` fires on every N-th
 matching call; ``probability: p`` (with ``seed`` for a repeatable sequence) fires at random.
@@ -29,8 +38,9 @@ then the fault's answer replaces the server's (a gateway 502 in front of a serve
 execute the job).
 
 Rules are checked in order and the first that fires wins; a rule only counts the calls that
-reached it. Except for ``delay``, ``lose_response`` and ``inner_error`` with ``process: true``, a
-faulted request is never processed: an injected 503 on execute does not start the job.
+reached it. Except for ``delay``, ``lose_response``, ``trickle``, ``nan`` and the kinds given
+``process: true``, a faulted request is never processed: an injected 503 on execute does not
+start the job.
 
 This module has no third-party imports: it is shared by the server, the fixture loader and the CLI.
 """
@@ -74,7 +84,22 @@ ROUTE_NAMES = (
 #: Kinds that may process the request for real before answering (``process: true``): a gateway
 #: that times out or is rate limited in front of a server that did the work.
 PROCESSING_KINDS = ("status", "rate_limit", "inner_error")
-FAULT_KINDS = ("status", "rate_limit", "delay", "drop", "lose_response", "inner_error")
+FAULT_KINDS = (
+    "status",
+    "rate_limit",
+    "delay",
+    "drop",
+    "lose_response",
+    "inner_error",
+    "trickle",
+    "gzip_bomb",
+    "deep_json",
+    "nan",
+)
+#: Kinds that wait ``seconds`` (required): before the answer, or between its bytes.
+TIMED_KINDS = ("delay", "trickle")
+DEFAULT_BOMB_SIZE = 2 * 1024**3
+DEFAULT_JSON_DEPTH = 100_000
 INNER_VARIANTS = ("status_code", "success_false", "error_object")
 DEFAULT_INNER_MESSAGE = "Request failed with status code 422"
 BODY_KINDS = ("json", "html", "empty")
@@ -86,6 +111,8 @@ _FIELDS = (
     "body",
     "retry_after",
     "seconds",
+    "size",
+    "depth",
     "variant",
     "inner_status",
     "message",
@@ -117,6 +144,8 @@ class FaultRule:
     body: str = "json"
     retry_after: str | None = None
     seconds: float = 0.0
+    size: int = DEFAULT_BOMB_SIZE
+    depth: int = DEFAULT_JSON_DEPTH
     variant: str = "status_code"
     inner_status: int = 500
     message: str = DEFAULT_INNER_MESSAGE
@@ -167,8 +196,12 @@ class FaultRule:
             data.update(status=self.status, body=self.body)
         elif self.kind == "rate_limit":
             data.update(retry_after=self.retry_after, body=self.body)
-        elif self.kind == "delay":
+        elif self.kind in TIMED_KINDS:
             data["seconds"] = self.seconds
+        elif self.kind == "gzip_bomb":
+            data["size"] = self.size
+        elif self.kind == "deep_json":
+            data["depth"] = self.depth
         elif self.kind == "inner_error":
             data.update(
                 status=self.status,
@@ -306,13 +339,22 @@ def parse_rule(data: Mapping[str, Any] | FaultRule) -> FaultRule:
     retry_after = _retry_after(data.get("retry_after"))
 
     seconds = 0.0
-    if kind == "delay":
+    if kind in TIMED_KINDS:
         if "seconds" not in data:
-            raise FaultRuleError("a 'delay' rule needs 'seconds', e.g. seconds: 0.5", field="seconds")
+            raise FaultRuleError(f"a {kind!r} rule needs 'seconds', e.g. seconds: 0.5", field="seconds")
         try:
             seconds = parse_duration(data["seconds"])
         except ValueError as exc:
             raise FaultRuleError(f"'seconds' is not valid: {exc}", field="seconds") from None
+    elif "seconds" in data:
+        raise FaultRuleError(
+            f"'seconds' only applies to kinds {', '.join(TIMED_KINDS)}, not {kind!r}", field="seconds"
+        )
+    for name, owner in (("size", "gzip_bomb"), ("depth", "deep_json")):
+        if name in data and kind != owner:
+            raise FaultRuleError(f"'{name}' only applies to kind {owner!r}, not {kind!r}", field=name)
+    size = _positive_int(data, "size") or DEFAULT_BOMB_SIZE
+    depth = _positive_int(data, "depth") or DEFAULT_JSON_DEPTH
 
     probability = data.get("probability")
     if probability is not None:
@@ -337,6 +379,8 @@ def parse_rule(data: Mapping[str, Any] | FaultRule) -> FaultRule:
         body=body,
         retry_after=retry_after,
         seconds=seconds,
+        size=size,
+        depth=depth,
         variant=variant,
         inner_status=inner_status,
         message=message,

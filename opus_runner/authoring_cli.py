@@ -20,7 +20,7 @@ __all__ = ["register"]
 
 def _runner(base_url: str | None, sandbox: bool, sandbox_workflows: Path | None, plugins: tuple[str, ...],
             no_local_plugins: bool, verbose: bool, specs: tuple[str, ...] = (), var: tuple[str, ...] = (),
-            vars_file: Path | None = None, untrusted: bool = False) -> Any:
+            vars_file: Path | None = None, untrusted: bool = False, allow_outside_root: bool = False) -> Any:
     from .runner import RunOptions, Runner
 
     return Runner(
@@ -28,6 +28,7 @@ def _runner(base_url: str | None, sandbox: bool, sandbox_workflows: Path | None,
             specs=list(specs),
             var=list(var),
             vars_file=vars_file,
+            allow_outside_root=allow_outside_root,
             base_url=base_url,
             sandbox=sandbox,
             sandbox_workflows=sandbox_workflows,
@@ -178,7 +179,7 @@ def _schema(workflow_id: str, version: int | None, version_id: str | None, outpu
 
 def register(main: click.Group) -> None:
     """Add ``schema``, ``init``, ``lock`` and ``drift`` to the ``opus-run`` group."""
-    from .cli import CONTEXT_SETTINGS, UNTRUSTED_HELP, _setup_logging, connection_options, handle_errors
+    from .cli import ALLOW_OUTSIDE_ROOT_HELP, CONTEXT_SETTINGS, UNTRUSTED_HELP, _setup_logging, connection_options, handle_errors
 
     def plugin_options(func: Callable[..., Any]) -> Callable[..., Any]:
         func = click.option("--untrusted", is_flag=True, help=UNTRUSTED_HELP)(func)
@@ -207,6 +208,7 @@ def register(main: click.Group) -> None:
         return decorate
 
     def var_options(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option("--allow-outside-root", is_flag=True, help=ALLOW_OUTSIDE_ROOT_HELP)(func)
         func = click.option("--vars-file", type=click.Path(path_type=Path), metavar="FILE", help="YAML or JSON mapping of template variables.")(func)
         func = click.option("--var", "var", multiple=True, metavar="KEY=VALUE", help="Set a template variable (repeatable; wins over --vars-file).")(func)
         return func

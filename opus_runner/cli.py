@@ -139,6 +139,11 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+ALLOW_OUTSIDE_ROOT_HELP = (
+    "Allow paths outside the project root: file inputs, foreach data, --vars-file, output files and download folders."
+)
+
+
 def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--var", "var", multiple=True, metavar="KEY=VALUE", help="Set a template variable (repeatable; wins over --vars-file)."),
@@ -146,7 +151,7 @@ def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module or .py file (repeatable)."),
         click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder (for untrusted specs)."),
         click.option("--untrusted", is_flag=True, help=UNTRUSTED_HELP),
-        click.option("--allow-outside-root", is_flag=True, help="Allow file inputs outside the spec repository root."),
+        click.option("--allow-outside-root", is_flag=True, help=ALLOW_OUTSIDE_ROOT_HELP),
         click.option("--limit", type=int, metavar="N", help="Run only the first N jobs of the plan."),
         click.option("--only", multiple=True, metavar="KEY=VALUE", help="Run only jobs whose matrix or row value KEY equals VALUE (repeatable)."),
         click.option("--shard", metavar="K/N", help="Run the K-th of N deterministic shards of the plan."),
@@ -342,6 +347,7 @@ def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module or .py file (repeatable).")
 @click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder, nor the plugins the run's journal names.")
 @click.option("--untrusted", is_flag=True, help=UNTRUSTED_HELP)
+@click.option("--allow-outside-root", is_flag=True, help=ALLOW_OUTSIDE_ROOT_HELP + " Without it, the flag the run was started with (not under --untrusted).")
 @click.option("--replan", is_flag=True, help="Plan jobs the run never started from its spec and data files as they are now, though they changed since the run began.")
 @output_options
 @handle_errors

@@ -880,7 +880,14 @@ class OpusClient:
             subject=f"workflow {workflow_id}",
             workspace=", ".join(workspaces) or None,
         )
-        job_id = job_id_of(data.get("jobExecutionId") if isinstance(data, Mapping) else None)
+        try:
+            job_id = job_id_of(data.get("jobExecutionId") if isinstance(data, Mapping) else None)
+        except ValueError as exc:
+            raise ApiError(
+                f"the answer's jobExecutionId {exc}, so the job is not followed",
+                method="POST",
+                endpoint="/job/initiate",
+            ) from None
         if job_id is None:
             raise ApiError(
                 "the answer has no jobExecutionId, so the job cannot be followed",
@@ -1253,15 +1260,25 @@ class OpusClient:
 # Body decoding
 
 
+#: What a job id may be: live ids are numeric strings, other deployments UUID-like tokens.
+#: It names files (``results/{{ job.id }}.json``) and URL paths, so nothing else is accepted.
+_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
 def job_id_of(value: Any) -> str | None:
     """A job id as a string: live ids are numeric strings (``"72964"``); a JSON number is kept
-    as its digits. None for anything that is not an id."""
+    as its digits. None for anything that is not an id; ``ValueError`` for a string that is
+    not a safe token (letters, digits, ``-``, ``_``, ``.``, not starting with a dot, at most
+    128 characters), which would otherwise end up in paths."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, (int, str)):
         text = str(value).strip()
+        if text and not _JOB_ID.fullmatch(text):
+            shown = repr(text[:60]) + ("…" if len(text) > 60 else "")
+            raise ValueError(f"{shown} is not a job id (expected letters, digits, '-', '_' or '.')")
         return text or None
     return None
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError, ValidationFailed
 from .models import Context, InputField, WireValue, WorkflowSchema
-from .paths import display_path
+from .paths import display_path, outside_root, project_root_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plugins import PluginHost
@@ -93,13 +93,10 @@ def resolve_local(source: str, ctx: Context) -> Path:
 def check_local_file(path: Path, spec_field: InputField, ctx: Context) -> str | None:
     """Why ``path`` may not be sent for ``spec_field``, or None when it may."""
     real = path.resolve()
-    root = (ctx.root or ctx.spec_dir).resolve()
-    if not ctx.allow_outside_root and not real.is_relative_to(root):
-        via = f" (through a symlink to {real})" if real != Path(os.path.normpath(path)) else ""
-        return (
-            f"{path} lies outside the spec repository root {root}{via}; keep input files inside "
-            "the repository, or pass --allow-outside-root"
-        )
+    if not ctx.allow_outside_root:
+        problem = outside_root(path, project_root_of(ctx))
+        if problem is not None:
+            return problem
     if not real.exists():
         return f"file {path} does not exist"
     if not real.is_file():

@@ -19,7 +19,8 @@ from typing import Any
 from .durations import parse_duration
 from .errors import SpecError, TemplateError, UsageError
 from .models import UploadSettings, WorkflowRef
-from .paths import display_path
+from .config import load_project_config
+from .paths import confine, display_path
 from .spec import Spec
 from .templating import Templater, build_context
 from .workflow import workflow_id_problem
@@ -154,8 +155,10 @@ class Planner:
         default_notify: Sequence[Mapping[str, Any]] = (),
         timeout: float | None = None,
         no_wait: bool = False,
+        allow_outside_root: bool = False,
     ) -> None:
         self.templater = templater
+        self.allow_outside_root = allow_outside_root
         self.var_overrides = dict(var_overrides or {})
         self.default_outputs = [dict(o) for o in default_outputs] or [{"type": "stdout"}]
         self.default_notify = [dict(n) for n in default_notify]
@@ -236,6 +239,14 @@ class Planner:
                 yield number, _check_row(spec, row, number, "foreach.rows")
             return
         source = foreach["file"]
+        confine(
+            spec.dir / source,
+            root=load_project_config(spec.dir).repo_root,
+            allow_outside_root=self.allow_outside_root,
+            file=_rel(spec),
+            key=("foreach", "file"),
+            line=spec.line_of(("foreach", "file")),
+        )
         path = (spec.dir / source).resolve()
         if not path.is_file():
             raise spec.error(f"foreach file {source!r} does not exist (looked for {path})", ("foreach", "file"))
@@ -261,7 +272,7 @@ class Planner:
         except (ValueError, OSError) as exc:
             raise spec.error(f"cannot read foreach file {source!r}: {exc}", ("foreach", "file")) from None
         except Exception as exc:  # yaml.YAMLError
-            raise spec.error(f"foreach file {source!r} is not valid YAML: {exc}", ("foreach", "file")) from None
+            raise spec.error(f"foreach file {source!r} is not valid YAML: {_yaml_problem(exc)}", ("foreach", "file")) from None
         if not isinstance(data, list):
             raise spec.error(f"foreach file {source!r} must hold a list of rows, found {type(data).__name__}", ("foreach", "file"))
         for number, row in enumerate(data, start=1):
@@ -425,8 +436,9 @@ def row_identity(spec: Spec, foreach: Mapping[str, Any], row: Mapping[str, Any],
 def _duplicate_row(spec: Spec, foreach: Mapping[str, Any], identity: str, first: int, again: int) -> SpecError:
     source = foreach.get("file") or "foreach.rows"
     if foreach.get("key"):
+        # Named by row and column, not quoted: a message must not carry a data file's content.
         return spec.error(
-            f"rows {first} and {again} of {source} have the same key {identity!r} in column "
+            f"rows {first} and {again} of {source} have the same value in the key column "
             f"{foreach['key']!r}; each row's key must be unique",
             ("foreach", "key"),
         )
@@ -474,6 +486,13 @@ def _csv_rows(spec: Spec, path: Path, source: str) -> Iterator[tuple[int, dict[s
                 yield number, {k: ("" if v is None else v) for k, v in record.items()}
         except csv.Error as exc:
             raise spec.error(f"foreach file {source!r}, line {reader.line_num}: {exc}", ("foreach", "file")) from None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """Where and what a YAML error is, without the snippet of the file PyYAML quotes."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
 
 
 def _check_row(spec: Spec, row: Any, number: int, source: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from .errors import (
     UsageError,
     ValidationFailed,
 )
-from .paths import display_path
+from .paths import PATH_KEYWORD, OutsideRoot, confine, display_path
 from .models import (
     CANCELLED_STATUSES,
     TERMINAL_STATUSES,
@@ -293,7 +293,16 @@ class Runner:
         opts = self.options
         overrides: dict[str, Any] = {}
         if opts.vars_file is not None:
-            overrides.update(load_vars_file(Path(opts.vars_file)))
+            assert self.config is not None
+            path = Path(opts.vars_file)
+            if path.exists():  # a missing file is "no such file", wherever it was looked for
+                confine(
+                    path.absolute(),
+                    root=self.config.repo_root,
+                    allow_outside_root=opts.allow_outside_root,
+                    label=f"--vars-file {path}:",
+                )
+            overrides.update(load_vars_file(path))
         overrides.update(dict(parse_assignments(list(opts.var), "--var")))
         if opts.vars:
             overrides.update(opts.vars)
@@ -323,6 +332,7 @@ class Runner:
             default_notify=self.config.notify,
             timeout=timeout,
             no_wait=self.options.no_wait,
+            allow_outside_root=self.options.allow_outside_root,
         )
 
     def _plan_filter(self) -> PlanFilter:
@@ -541,8 +551,39 @@ class Runner:
                 for err in self.host.check_config(kind, list(entries), file=display_path(spec.path), key=kind):
                     err.line = err.line or spec.line_of(err.key)
                     errors.append(err)
+                if kind == "outputs" and isinstance(entries, list):
+                    errors.extend(self._static_paths_outside(spec, entries))
         if errors:
             raise ValidationFailed(errors)
+
+    def _static_paths_outside(self, spec: Spec, entries: list[Any]) -> list[SpecError]:
+        """Output paths written without a template, refused now rather than after the job ran
+        (a templated one is checked when its output is written)."""
+        assert self.host is not None
+        errors: list[SpecError] = []
+        for index, entry in enumerate(entries):
+            handler = self.host.outputs.get(entry.get("type")) if isinstance(entry, dict) else None
+            properties = (getattr(handler, "schema", None) or {}).get("properties") or {}
+            for name, rule in properties.items():
+                value = entry.get(name)
+                if not (isinstance(rule, dict) and rule.get(PATH_KEYWORD)) or not isinstance(value, str):
+                    continue
+                if "{{" in value or "{%" in value:
+                    continue
+                path = Path(value).expanduser()
+                key = ("outputs", index, name)
+                try:
+                    confine(
+                        path if path.is_absolute() else spec.dir / path,
+                        root=self._repo_root(spec),
+                        allow_outside_root=self.options.allow_outside_root,
+                        file=display_path(spec.path),
+                        key=key,
+                        line=spec.line_of(key),
+                    )
+                except OutsideRoot as exc:
+                    errors.append(exc)
+        return errors
 
     async def _validate_plans(
         self, planner: Planner, plan_filter: PlanFilter, *, keep: bool, remember: bool = False
@@ -869,8 +910,8 @@ class Runner:
                 base_url = None
             else:
                 self._base_url_from_journal = run_id
-        allow_outside_root = bool(recorded.get("allow_outside_root"))
-        if allow_outside_root and untrusted:
+        allow_outside_root = opts.allow_outside_root or bool(recorded.get("allow_outside_root"))
+        if allow_outside_root and untrusted and not opts.allow_outside_root:
             self._ignored.append(f"--allow-outside-root {where}")
             allow_outside_root = False
         return base_url, plugins, allow_outside_root
@@ -1378,6 +1419,9 @@ class Runner:
             config = self._render_target(entry, plan, result, ctx, (kind, index))
             await call_handler(handler, subject, config, ctx, timeout=timeout)
         except Exception as exc:
+            if isinstance(exc, OutsideRoot):  # the handler knows its key ("path"), not its entry
+                key = (kind, index, *exc.key)
+                exc = exc.under(kind, index, file=display_path(plan.spec.path), line=plan.spec.line_of(key))
             if isinstance(exc, TimeoutError):
                 reason = f"did not finish within {timeout:g} s (timeouts.{kind} in opus-runner.toml); the result is kept"
             else:

@@ -42,12 +42,13 @@ from opus_runner import hookimpl
 from opus_runner.files import locked_append
 from opus_runner.hookspecs import Register
 from opus_runner.models import Context, JobResult
+from opus_runner.paths import PATH_KEYWORD, resolve_spec_path
 from opus_runner.redact import mask_obj
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "path": {"type": "string", "minLength": 1, "description": "CSV file; relative to the spec's folder."},
+        "path": {"type": "string", "minLength": 1, "description": "CSV file; relative to the spec's folder.", PATH_KEYWORD: True},
         "columns": {
             "type": "array",
             "items": {"type": "string", "minLength": 1},
@@ -103,9 +104,7 @@ def csv_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path 
     """Append ``result`` as one row to ``config["path"]``, writing the header first if the file is new."""
     if not result.final:
         return None
-    path = Path(config["path"]).expanduser()
-    if not path.is_absolute():
-        path = Path(ctx.spec_dir) / path
+    path = resolve_spec_path(config["path"], ctx)  # relative to the spec, confined to the project
     wanted = list(config.get("columns") or [])
     with locked_append(path) as handle:
         if handle.size == 0:

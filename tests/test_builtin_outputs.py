@@ -301,6 +301,7 @@ def test_file_urls_reads_both_result_shapes() -> None:
 def test_download_saves_file_outputs_safely_without_the_service_key(
     host: PluginHost, tmp_path: Path, receiver: Receiver
 ) -> None:
+    # Without a run's client there is no service host: the receiver is listed in allow_hosts.
     receiver.routes = {
         "/files/report.pdf": (200, b"%PDF-1.7 report"),
         "/other/report.pdf": (200, b"%PDF-1.7 second report"),
@@ -322,7 +323,7 @@ def test_download_saves_file_outputs_safely_without_the_service_key(
     async def go() -> list[Path]:
         async with keyed_client() as client:
             ctx = make_ctx(tmp_path, http=client)
-            return await call_handler(host.outputs["download"], result, {"type": "download", "dir": "dl"}, ctx)
+            return await call_handler(host.outputs["download"], result, {"type": "download", "dir": "dl", "allow_hosts": ["127.0.0.1"]}, ctx)
 
     written = asyncio.run(go())
     folder = tmp_path / "dl"
@@ -345,7 +346,7 @@ def test_download_failure_leaves_no_partial_file_and_hides_the_query(
     async def go() -> None:
         async with keyed_client() as client:
             await call_handler(
-                host.outputs["download"], result, {"type": "download", "dir": "dl"}, make_ctx(tmp_path, http=client)
+                host.outputs["download"], result, {"type": "download", "dir": "dl", "allow_hosts": ["127.0.0.1"]}, make_ctx(tmp_path, http=client)
             )
 
     with pytest.raises(RuntimeError) as info:
@@ -363,7 +364,7 @@ def test_a_download_cut_short_leaves_no_file(host: PluginHost, tmp_path: Path, r
     (tmp_path / "dl" / "big.pdf").write_bytes(b"previous run")
     result = make_result(raw={"results": {"outputFiles": [f"{receiver.url}/big.pdf"]}})
     with pytest.raises(RuntimeError, match=r"could not download output 'outputFiles' \(big.pdf\) of job job-123: RemoteProtocolError"):
-        run_output(host, "download", result, {"dir": "dl"}, make_ctx(tmp_path))
+        run_output(host, "download", result, {"dir": "dl", "allow_hosts": ["127.0.0.1"]}, make_ctx(tmp_path))
     assert [p.name for p in (tmp_path / "dl").iterdir()] == ["big.pdf"]
     assert (tmp_path / "dl" / "big.pdf").read_bytes() == b"previous run"
 
@@ -381,7 +382,7 @@ def test_download_with_only_selected_outputs_and_no_run_client(
         }
     )
     written = run_output(
-        host, "download", result, {"dir": str(tmp_path / "only"), "outputs": ["Keep"]}, make_ctx(tmp_path)
+        host, "download", result, {"dir": str(tmp_path / "only"), "outputs": ["Keep"], "allow_hosts": ["127.0.0.1"]}, make_ctx(tmp_path)
     )
     assert [p.name for p in written] == ["keep.txt"]
     assert [r["path"] for r in receiver.requests] == ["/keep.txt"]

@@ -204,7 +204,7 @@ def test_json_events(project: Project) -> None:
         ("Title: t\nBudget: 1\nApproved: true\nDue date: 2026-01-01\nContract: data/big.pdf\n", {"data/big.pdf": b"%PDF" + b"0" * (10 * 1024 * 1024 + 1)}, "at most 10 MB"),
         ("Title: t\nBudget: 1\nApproved: true\nDue date: 2026-01-01\nContract: data/c.csv\n", {"data/c.csv": b"a\n"}, "accepts only PDF, TXT"),
         ("Title: t\nBudget: 1\nApproved: true\nDue date: 2026-01-01\nContract: data/c.exe\n", {"data/c.exe": b"MZ"}, "which Opus does not accept"),
-        ("Title: t\nBudget: 1\nApproved: true\nDue date: 2026-01-01\nContract: ../../etc/passwd\n", {}, "outside the spec repository root"),
+        ("Title: t\nBudget: 1\nApproved: true\nDue date: 2026-01-01\nContract: ../../etc/passwd\n", {}, "outside the project root"),
         ("Title: t\nBudget: 1\nApproved: true\nDue date: 2026-01-01\nContract: data/contract.pdf\nNope: 1\n", {}, "'Nope'"),
     ],
 )

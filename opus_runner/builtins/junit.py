@@ -31,6 +31,7 @@ from .. import files
 from ..hookspecs import Register, hookimpl
 from ..models import TERMINAL_STATUSES, Context, JobEvent, JobResult
 from ..redact import mask, mask_obj
+from ..paths import PATH_KEYWORD
 from .outputs import resolve_path
 
 DEFAULT_SUITE = "opus-runner"
@@ -40,7 +41,7 @@ FAILURE_STATUSES = TERMINAL_STATUSES - {"COMPLETED"}
 JUNIT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "path": {"type": "string", "minLength": 1, "description": "The XML report file; relative to the spec's folder."},
+        "path": {"type": "string", "minLength": 1, "description": "The XML report file; relative to the spec's folder.", PATH_KEYWORD: True},
         "suite": {"type": "string", "minLength": 1, "description": "The testsuite name (default: opus-runner)."},
     },
     "required": ["path"],

@@ -8,26 +8,24 @@ templating. Relative paths resolve against the spec's folder; every file is writ
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from .. import files, jsontext
 from ..hookspecs import Register, hookimpl
 from ..models import Context, JobResult
-from ..errors import ApiError, NotFoundError
+from ..paths import PATH_KEYWORD, resolve_spec_path
 from ..redact import mask_obj
-from ..results import parse_results
-from . import display_url, http_client, request_without_key
+
+# The download output lives in its own module; its names stay importable from here.
+from .download import DOWNLOAD_SCHEMA, download_output, file_urls, plan_downloads, safe_file_name
 
 #: Longest value the stdout summary shows before cutting (``full: true`` shows everything).
 SUMMARY_LIMIT = 500
 
-_PATH = {"type": "string", "minLength": 1, "description": "File path; relative to the spec's folder."}
+_PATH = {"type": "string", "minLength": 1, "description": "File path; relative to the spec's folder.", PATH_KEYWORD: True}
 
 STDOUT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -49,25 +47,12 @@ NDJSON_SCHEMA: dict[str, Any] = {
     "required": ["path"],
     "additionalProperties": False,
 }
-DOWNLOAD_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "dir": {"type": "string", "minLength": 1, "description": "Folder for the files; relative to the spec."},
-        "outputs": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "Only these outputs (variable or display names); default: every file output.",
-        },
-    },
-    "required": ["dir"],
-    "additionalProperties": False,
-}
 
 
-def resolve_path(value: str, ctx: Context) -> Path:
-    """``value`` as a path, relative ones against the spec's folder."""
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else Path(ctx.spec_dir) / path
+def resolve_path(value: str, ctx: Context, key: str = "path") -> Path:
+    """``value`` as a path, relative ones against the spec's folder, confined to the project
+    root (:func:`opus_runner.paths.resolve_spec_path`); ``key`` names the entry's key in a refusal."""
+    return resolve_spec_path(value, ctx, key=key)
 
 
 def _as_json(result: JobResult, indent: int | None) -> str:
@@ -170,151 +155,6 @@ def _same_delivery(result: JobResult) -> Callable[[bytes], bool]:
         return isinstance(old, dict) and (old.get("job_id"), old.get("plan_key"), old.get("status")) == wanted
 
     return seen
-
-
-# -- download ---------------------------------------------------------------------------------
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_MAX_NAME = 150
-
-
-def _file_outputs(result: JobResult) -> list[tuple[str, str | None, list[str]]]:
-    """``(variable name, display name, urls)`` of each file-typed output, in every results shape
-    (:mod:`opus_runner.results`): typed ``file``/``array_files`` entries and the older
-    ``outputFiles`` list."""
-    return [(f.name, f.display_name, list(f.urls)) for f in parse_results(result.raw or {}).files]
-
-
-def file_urls(result: JobResult, only: list[str] | None = None) -> list[tuple[str, str]]:
-    """``(output name, url)`` for every file-typed output of ``result``.
-
-    ``only`` keeps the outputs whose variable or display name it lists (``outputFiles`` names
-    the legacy list).
-    """
-    return [
-        (name, url)
-        for name, display, urls in _file_outputs(result)
-        if only is None or name in only or display in only
-        for url in urls
-    ]
-
-
-def safe_file_name(url: str, fallback: str = "download") -> str:
-    """A file name from the URL's last path segment that cannot leave its folder.
-
-    Percent-escapes are decoded first, then only letters, digits, ``.``, ``_`` and ``-`` are
-    kept; leading dots go, so neither ``..`` nor hidden files can come out.
-    """
-    segment = unquote(urlsplit(url).path).replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE.sub("_", segment).lstrip("._-")
-    if len(name) > _MAX_NAME:
-        stem, dot, ext = name.rpartition(".")
-        name = (stem[: _MAX_NAME - len(ext) - 1] + dot + ext) if dot and len(ext) <= 10 else name[:_MAX_NAME]
-    return name or fallback
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:
-        stem, ext = name, ""
-    candidate, n = name, 1
-    while candidate.lower() in taken:
-        n += 1
-        candidate = f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}"
-    taken.add(candidate.lower())
-    return candidate
-
-
-def plan_downloads(urls: list[tuple[str, str]], folder: Path) -> Iterator[tuple[str, Path]]:
-    """Pair each URL with a distinct, safe path inside ``folder``."""
-    taken: set[str] = set()
-    root = folder.resolve()
-    for output_name, url in urls:
-        target = root / _unique(safe_file_name(url, fallback=output_name), taken)
-        if target.parent != root:  # cannot happen with safe names; refuse rather than trust
-            raise ValueError(f"refusing to write {target} outside {root}")
-        yield url, target
-
-
-def _check_names(result: JobResult, names: list[str]) -> None:
-    """A name in ``outputs:`` that matches no file output is a typo, not "nothing to do"."""
-    known = {n for name, display, _ in _file_outputs(result) for n in (name, display) if n}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(
-            f"download: job {result.job_id} has no file output named {', '.join(map(repr, unknown))}; "
-            f"its file outputs are: {', '.join(sorted(known)) or 'none'}"
-        )
-
-
-async def _presigned_for(ctx: Context, url: str) -> str:
-    """Where to GET the bytes of output file ``url``.
-
-    Output files are references that live clients could not fetch directly (opus-api.md section
-    4): ``POST /job/file/download`` turns one into a presigned URL. Only a URL the API does not
-    know as a file (404, 400), or a run without a client, is fetched as it is.
-    """
-    client = getattr(ctx, "client", None)
-    if client is None:
-        return url
-    try:
-        answer = await client.file_download_url(url)
-    except NotFoundError:
-        return url
-    except ApiError as exc:
-        if exc.status_code == 400:
-            return url
-        raise
-    return str(answer["presignedUrl"])
-
-
-async def _download(http: Any, url: str, target: Path) -> None:
-    request = request_without_key(http, "GET", url)
-    response = await http.send(request, stream=True, follow_redirects=True, auth=None)
-    try:
-        if not response.is_success:
-            raise RuntimeError(f"{display_url(url)} answered HTTP {response.status_code}")
-        writer = await asyncio.to_thread(files.AtomicFile, target)
-        try:
-            async for chunk in response.aiter_bytes(1 << 16):
-                await asyncio.to_thread(writer.write, chunk)
-            await asyncio.to_thread(writer.commit)
-        except BaseException:
-            writer.abort()
-            raise
-    finally:
-        await response.aclose()
-
-
-async def download_output(result: JobResult, config: dict[str, Any], ctx: Context) -> list[Path]:
-    """Download every file-typed output into ``config["dir"]``; return the written paths.
-
-    Each file reference is exchanged for a presigned URL (``POST /job/file/download``, with the
-    key), then fetched without the key. Each file is streamed to a temporary file and renamed
-    into place, so a failed download leaves nothing half-written; a failure names the output
-    and the file.
-    """
-    only = config.get("outputs")
-    if only is not None and result.ok:
-        _check_names(result, list(only))
-    folder = resolve_path(config["dir"], ctx)
-    names = {url: name for name, url in file_urls(result, only)}
-    planned = list(plan_downloads(file_urls(result, only), folder))
-    written: list[Path] = []
-    async with http_client(ctx) as http:
-        for url, target in planned:
-            try:
-                await _download(http, await _presigned_for(ctx, url), target)
-            except Exception as exc:  # noqa: BLE001 - named with the file, then raised as one sentence
-                reason = str(exc) if isinstance(exc, (ApiError, RuntimeError)) else f"{type(exc).__name__}: {exc}"
-                raise RuntimeError(
-                    f"could not download output {names.get(url, '?')!r} ({target.name}) of job "
-                    f"{result.job_id}: {reason}"
-                ) from None
-            written.append(target)
-    if written:
-        ctx.log.info("downloaded %d file(s) of job %s into %s", len(written), result.job_id, folder)
-    return written
 
 
 _OUTPUTS: tuple[tuple[str, Callable[..., Any], dict[str, Any]], ...] = (

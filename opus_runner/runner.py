@@ -813,6 +813,7 @@ class Runner:
         self.config = load_project_config()
         journal = self._open_journal()
         self.journal = journal
+        claimed: str | None = None
         try:
             run = journal.get_run(run_id) if run_id else journal.latest_run(unfinished_only=True)
             if run is None:
@@ -834,6 +835,7 @@ class Runner:
                 )
             # One owner at a time: a run whose process is alive is not resumed beside it.
             journal.claim_run(run.run_id)
+            claimed = run.run_id
             base_url, plugins, allow_outside_root = self._recorded_settings(run.run_id, recorded)
             self.options = replace(
                 self.options,
@@ -887,6 +889,11 @@ class Runner:
             self.reporter.summary([o.row() for o in report.outcomes])
             return report
         finally:
+            if claimed is not None:
+                # However the resume ended (a spec that no longer loads, a refusal, Ctrl-C),
+                # the claim goes with it: only a process that is still running holds a run.
+                with contextlib.suppress(OpusRunnerError):
+                    journal.release_run(claimed)
             journal.close()
 
     def _recorded_settings(self, run_id: str, recorded: Mapping[str, Any]) -> tuple[str | None, list[str], bool]:

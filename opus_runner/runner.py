@@ -249,6 +249,7 @@ class Runner:
             filters=self.host.template_filters(None),
             environ=self.environ,
             missing_secrets_ok=offline_validate,
+            budget=self.config.template_budget,
         )
         timeout = None
         if self.options.timeout is not None:
@@ -1304,6 +1305,7 @@ class Runner:
                 globals=self.host.template_globals(None),
                 filters=self.host.template_filters(None),
                 environ=self.environ,
+                budget=self.config.template_budget if self.config else None,
             )
             self.shared["opus_runner.target_templater"] = cached
         return cached

@@ -20,7 +20,7 @@ from .durations import parse_duration
 from .errors import SpecError, TemplateError, UsageError
 from .models import UploadSettings, WorkflowRef
 from .paths import display_path
-from .spec import Spec
+from .spec import Spec, load_data
 from .templating import Templater, build_context
 from .workflow import workflow_id_problem
 
@@ -252,16 +252,12 @@ class Planner:
             return
         try:
             text = path.read_text(encoding="utf-8")
-            if kind == "json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
         except (ValueError, OSError) as exc:
             raise spec.error(f"cannot read foreach file {source!r}: {exc}", ("foreach", "file")) from None
-        except Exception as exc:  # yaml.YAMLError
-            raise spec.error(f"foreach file {source!r} is not valid YAML: {exc}", ("foreach", "file")) from None
+        try:
+            data = load_data(text, display=source, json_format=kind == "json")
+        except SpecError as exc:
+            raise spec.error(f"foreach file {source!r}: {exc.message}", ("foreach", "file")) from None
         if not isinstance(data, list):
             raise spec.error(f"foreach file {source!r} must hold a list of rows, found {type(data).__name__}", ("foreach", "file"))
         for number, row in enumerate(data, start=1):

@@ -1407,20 +1407,19 @@ def _options_record(opts: RunOptions) -> dict[str, Any]:
 
 
 def load_vars_file(path: Path) -> dict[str, Any]:
-    """Variables from a YAML or JSON mapping (``--vars-file``)."""
-    import json
-
-    import yaml
+    """Variables from a YAML or JSON mapping (``--vars-file``), read like a spec (spec.load_data)."""
+    from .spec import load_data
 
     if not path.is_file():
         raise UsageError(f"--vars-file {path}: no such file")
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--vars-file {path}: cannot read it: {exc}") from None
-    except (ValueError, yaml.YAMLError) as exc:
-        raise UsageError(f"--vars-file {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
+    try:
+        data = load_data(text, display=str(path), json_format=path.suffix.lower() == ".json")
+    except SpecError as exc:
+        raise UsageError(f"--vars-file {path}: {exc.message}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -29,6 +29,9 @@ ROW_DIGEST_LENGTH = 12
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_POLL = 2.0
 DEFAULT_MAX_INTERVAL = 30.0
+#: Jobs one run may plan (matrix combinations times foreach rows, over every spec): a typo such
+#: as a range too many turns into a refusal before anything is built, not a run that never ends.
+MAX_JOBS_PER_RUN = 100_000
 
 
 @dataclass(frozen=True)
@@ -167,8 +170,16 @@ class Planner:
     def plans(self, specs: Sequence[Spec], plan_filter: PlanFilter | None = None) -> Iterator[JobPlan]:
         """Every job of the batch, in spec order, filtered; ``--limit`` applies last."""
         produced = 0
+        planned = 0
         for spec in specs:
             for plan in self.plan_spec(spec):
+                planned += 1
+                if planned > MAX_JOBS_PER_RUN:
+                    raise spec.error(
+                        f"with this spec the run would plan more than {MAX_JOBS_PER_RUN} jobs, the limit "
+                        "per run; run the specs in several runs",
+                        (),
+                    )
                 if plan_filter is not None and not plan_filter.admits(plan):
                     continue
                 if plan_filter is not None and plan_filter.limit is not None and produced >= plan_filter.limit:
@@ -188,6 +199,11 @@ class Planner:
                 continue
             seen: dict[str, int] = {}
             for number, row in self._rows(spec, foreach):
+                if number * len(combos) > MAX_JOBS_PER_RUN:
+                    what = f"{foreach.get('file') or 'foreach.rows'} (more than {number - 1} rows)"
+                    if len(combos) > 1:
+                        what += f" times {len(combos)} matrix combinations"
+                    raise _too_many_jobs(spec, ("foreach",), what)
                 identity = row_identity(spec, foreach, row, number)
                 if identity in seen:
                     raise _duplicate_row(spec, foreach, identity, seen[identity], number)
@@ -213,10 +229,17 @@ class Planner:
         context = build_context(self.templater, vars=variables)
         rendered = self.templater.render(matrix, context, file=_rel(spec), key=("matrix",))
         names = list(rendered)
+        combinations = 1
         for name in names:
             values = rendered[name]
             if not isinstance(values, list) or not values:
                 raise spec.error(f"matrix values must be a non-empty list, found {values!r}", ("matrix", name))
+            combinations *= len(values)
+        if combinations > MAX_JOBS_PER_RUN:
+            sizes = " x ".join(f"{len(rendered[n])} {n}" for n in names)
+            raise _too_many_jobs(spec, ("matrix",), f"{combinations} matrix combinations ({sizes})")
+        for name in names:
+            values = rendered[name]
             seen: set[str] = set()
             for value in values:
                 text = _scalar(value)  # what the plan key holds: 1 and "1" would collide
@@ -416,6 +439,14 @@ def row_identity(spec: Spec, foreach: Mapping[str, Any], row: Mapping[str, Any],
         return _scalar(value).strip()
     text = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ROW_DIGEST_LENGTH]
+
+
+def _too_many_jobs(spec: Spec, key: tuple[str, ...], what: str) -> SpecError:
+    return spec.error(
+        f"{what} would make more jobs than the {MAX_JOBS_PER_RUN} a run may plan; shrink the lists "
+        "or split the work over several specs run separately",
+        key,
+    )
 
 
 def _duplicate_row(spec: Spec, foreach: Mapping[str, Any], identity: str, first: int, again: int) -> SpecError:

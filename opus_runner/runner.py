@@ -34,6 +34,7 @@ from .errors import (
     ExecuteOutcomeUnknown,
     ExecuteRefused,
     NetworkError,
+    NotFoundError,
     OpusRunnerError,
     SpecError,
     UsageError,
@@ -388,10 +389,8 @@ class Runner:
         try:
             schema = await self.schema_for(plan.workflow, ctx)
         except ApiError as exc:
-            if exc.status_code == 404:
-                raise ValidationFailed(
-                    [plan.spec.error(f"workflow {plan.workflow.id!r} was not found: {exc.message}", ("workflow", "id"))]
-                ) from None
+            if exc.status_code == 404 or isinstance(exc, NotFoundError):
+                raise ValidationFailed([await self._not_found(plan, exc)]) from None
             raise
         ctx.workflow = schema
         lines = {str(k): plan.spec.line_of(("inputs", k)) for k in plan.inputs}
@@ -399,6 +398,26 @@ class Runner:
         # file URLs), so the JSON Schema check runs once per job, in the check pass.
         built = await build_payload(plan.inputs, schema, self.host, ctx, input_lines=lines, check_schema=dry_run)
         return built, ctx
+
+    async def _not_found(self, plan: JobPlan, exc: ApiError) -> SpecError:
+        """A pinned version the workflow does not have is named as such, with the versions it has
+        (when the versions route answers); anything else is an unknown workflow."""
+        ref = plan.workflow
+        if (ref.version is not None or ref.version_id) and self.client is not None:
+            from .builtins.schema import pick_version, version_list
+
+            try:
+                versions = await self.client.list_versions(ref.id)
+            except (ApiError, NetworkError):
+                versions = None
+            if versions is not None and pick_version(versions, ref) is None:
+                pin, key = (f"version id {ref.version_id}", "versionId") if ref.version_id else (f"version {ref.version}", "version")
+                return plan.spec.error(
+                    f"workflow {ref.id} has no {pin}; its versions are {version_list(versions) or 'none listed'}; "
+                    f"fix workflow.{key} or remove it to run the current version",
+                    ("workflow", key),
+                )
+        return plan.spec.error(f"workflow {ref.id!r} was not found: {exc.message}", ("workflow", "id"))
 
     async def collect_schemas(self, *, live: bool = True) -> list[tuple[Spec, WorkflowRef, WorkflowSchema | None]]:
         """Every (spec, workflow ref) the specs use, with the live schema of each (``opus-run
@@ -935,7 +954,12 @@ class Runner:
                 )
                 journal.set_job_id(row_id, job_id)  # durable before execute is sent
             outcome.job_id = ctx.job_id = job_id
-            await self.host.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
+            try:
+                await self.host.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
+            except OpusRunnerError:
+                raise
+            except Exception as exc:
+                raise self.host.hook_failure("opus_payload_ready", exc, "the job was not executed") from None
             journal.mark_executing(row_id)
             try:
                 execution = await self._execute_patiently(plan, job_id, payload, workspaces)

@@ -164,22 +164,18 @@ class Planner:
         self.default_notify = [dict(n) for n in default_notify]
         self.timeout = timeout
         self.no_wait = no_wait
+        # Jobs planned per spec, over every spec of the run: a spec planned again (the runner
+        # checks, then submits) replaces its count rather than adding to it.
+        self._jobs_of: dict[Path, int] = {}
+        self._jobs_planned = 0
 
     # -- expansion ---------------------------------------------------------------------------
 
     def plans(self, specs: Sequence[Spec], plan_filter: PlanFilter | None = None) -> Iterator[JobPlan]:
         """Every job of the batch, in spec order, filtered; ``--limit`` applies last."""
         produced = 0
-        planned = 0
         for spec in specs:
             for plan in self.plan_spec(spec):
-                planned += 1
-                if planned > MAX_JOBS_PER_RUN:
-                    raise spec.error(
-                        f"with this spec the run would plan more than {MAX_JOBS_PER_RUN} jobs, the limit "
-                        "per run; run the specs in several runs",
-                        (),
-                    )
                 if plan_filter is not None and not plan_filter.admits(plan):
                     continue
                 if plan_filter is not None and plan_filter.limit is not None and produced >= plan_filter.limit:
@@ -188,6 +184,19 @@ class Planner:
                 yield plan
 
     def plan_spec(self, spec: Spec) -> Iterator[JobPlan]:
+        self._jobs_planned -= self._jobs_of.get(spec.path, 0)
+        self._jobs_of[spec.path] = 0
+        for plan in self._expand(spec):
+            self._jobs_of[spec.path] += 1
+            self._jobs_planned += 1
+            if self._jobs_planned > MAX_JOBS_PER_RUN:
+                raise spec.error(
+                    f"with this spec the run would plan more than {MAX_JOBS_PER_RUN} jobs, the limit per "
+                    "run; run the specs in separate runs",
+                )
+            yield plan
+
+    def _expand(self, spec: Spec) -> Iterator[JobPlan]:
         base = build_context(self.templater)
         spec_vars = self.templater.render(spec.data.get("vars") or {}, base, file=_rel(spec), key=("vars",))
         variables = {**spec_vars, **self.var_overrides}

@@ -355,7 +355,7 @@ def _parse_yaml(text: str, display: str) -> tuple[Any, dict[Key, int], list[Spec
             line = _find_bad_scalar(loader, root)
             where = f" at line {line}" if line else ""
             raise SpecError(
-                f"cannot read a value{where}: {_one_line(exc)}; quote it to keep it as text",
+                f"cannot read a value{where}: {_value_problem(exc)}; quote it to keep it as text",
                 file=display,
                 line=line,
             ) from None
@@ -385,6 +385,13 @@ def _yaml_error(exc: yaml.MarkedYAMLError, text: str, display: str, what: str) -
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
+
+
+def _value_problem(exc: BaseException) -> str:
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        # Python's own words advise sys.set_int_max_str_digits(), which a spec author cannot call.
+        return "a number has more than 4300 digits"
+    return _one_line(exc)
 
 
 def _children(node: yaml.Node) -> Iterator[yaml.Node]:
@@ -587,7 +594,7 @@ def load_data(text: str, *, display: str, json_format: bool = False) -> Any:
         except json.JSONDecodeError as exc:
             raise SpecError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=display, line=exc.lineno) from None
         except ValueError as exc:  # e.g. an integer of more than 4300 digits
-            raise SpecError(f"not valid JSON: {exc}", file=display) from None
+            raise SpecError(f"cannot read a value: {_value_problem(exc)}; quote it to keep it as text", file=display) from None
         except RecursionError:
             raise SpecError(_too_deep_message("the file"), file=display) from None
         if _too_deep(data):
@@ -627,7 +634,7 @@ def load_data(text: str, *, display: str, json_format: bool = False) -> Any:
             line = _find_bad_scalar(loader, root)
             where = f" at line {line}" if line else ""
             raise SpecError(
-                f"cannot read a value{where}: {_one_line(exc)}; quote it to keep it as text",
+                f"cannot read a value{where}: {_value_problem(exc)}; quote it to keep it as text",
                 file=display,
                 line=line,
             ) from None
@@ -662,7 +669,7 @@ def _parse_json(text: str, display: str) -> tuple[Any, dict[Key, int], list[Spec
         line = _json_error_line(text, exc)
         raise SpecError(_json_error_message(text, exc), file=display, line=line) from None
     except ValueError as exc:
-        raise SpecError(f"JSON syntax error: {exc}", file=display) from None
+        raise SpecError(f"JSON syntax error: {_value_problem(exc)}", file=display) from None
     except RecursionError:
         raise SpecError(_too_deep_message("the spec"), file=display) from None
     if _too_deep(data):

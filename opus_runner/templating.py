@@ -153,11 +153,7 @@ def _checked_product(left: Any, right: Any) -> Any:
     # "x" * 10**10 or [0] * 10**10 would also be built in one uninterruptible step.
     for sized, count in ((left, right), (right, left)):
         if isinstance(count, int) and isinstance(sized, (str, list, tuple)):
-            if len(sized) * count > MAX_RENDERED_CHARS:
-                raise OverflowError(
-                    f"the product would hold more than {MAX_RENDERED_CHARS} items; "
-                    "templates build values of at most that size"
-                )
+            _check_size(len(sized) * count)
     return left * right
 
 
@@ -168,7 +164,31 @@ def _checked_int(value: Any) -> Any:
 
 
 def _checked_sum(left: Any, right: Any) -> Any:
+    if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+        _check_size(len(left) + len(right))
     return _checked_int(left + right)
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_RENDERED_CHARS:
+        raise OverflowError(
+            f"the value would hold more than {MAX_RENDERED_CHARS} items; templates build values of at most that size"
+        )
+
+
+def _make_namespace_class() -> type:
+    from jinja2.utils import Namespace as JinjaNamespace
+
+    class BoundedNamespace(JinjaNamespace):
+        """``namespace()``: the one place a template keeps a value across loop steps, so the one
+        place ``{% set ns.s = ns.s ~ ns.s %}`` could double a string until memory runs out."""
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            if isinstance(value, (str, list, tuple, dict)):
+                _check_size(len(value))
+            super().__setitem__(name, value)
+
+    return BoundedNamespace
 
 
 def _checked_difference(left: Any, right: Any) -> Any:
@@ -237,6 +257,7 @@ def _make_environment(undefined: type) -> Any:
             super().__init__(**options)
             self.budget = _Budget()
             self.globals["range"] = functools.partial(_BudgetRange, self.budget)
+            self.globals["namespace"] = _make_namespace_class()
             self.binop_table.update(
                 {"**": _checked_power, "*": _checked_product, "+": _checked_sum, "-": _checked_difference}
             )

@@ -253,3 +253,8 @@ def test_a_missing_pinned_version_names_the_versions_there_are(project: Project)
 def test_a_missing_workflow_is_still_not_found(project: Project) -> None:
     spec = project.spec("gone.yaml", header("gone", "00000000-0000-4000-8000-0000000000ff") + "  version: 7\ninputs:\n  Q: x\n")
     assert_refused(project.run("validate", spec), "workflow.id:", "was not found")
+
+
+def test_a_value_doubled_in_a_namespace_stops_at_the_size_cap(project: Project) -> None:
+    doubling = "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"
+    assert_refused(project.run("render", quick_spec(project, doubling), "--offline"), "inputs.Question", "more than 10485760 items")

@@ -67,18 +67,16 @@ class _Budget:
     on one thread at a time (the run's event loop).
     """
 
-    __slots__ = ("deadline", "left", "limit")
+    __slots__ = ("deadline", "left")
 
     def __init__(self) -> None:
         self.deadline: float | None = None
         self.left = _CHECK_EVERY
-        self.limit = DEFAULT_TEMPLATE_BUDGET
 
     def start(self, limit: float) -> float | None:
         previous = self.deadline
         if previous is None:  # a nested render (a filter that renders) keeps the outer deadline
             self.deadline = time.thread_time() + limit
-            self.limit = limit
         return previous
 
     def stop(self, previous: float | None) -> None:

@@ -112,6 +112,14 @@ class _BudgetRange:
         return self._steps(self._range[::-1])
 
     def _steps(self, items: range) -> Any:
+        # A short range is counted once, as it starts (nested short loops tick at every start);
+        # a long one is checked every _CHECK_EVERY steps.
+        self._budget.tick()
+        if len(items) <= _CHECK_EVERY:
+            return iter(items)
+        return self._checked_steps(items)
+
+    def _checked_steps(self, items: range) -> Any:
         for start in range(0, len(items), _CHECK_EVERY):
             self._budget.check()
             yield from items[start : start + _CHECK_EVERY]
@@ -127,6 +135,27 @@ class _BudgetRange:
 
     def __repr__(self) -> str:
         return repr(self._range)
+
+
+def _loop_steps(context: Any, iterable: Any) -> Any:
+    """What every ``{% for %}`` iterates (see SpecEnvironment._parse): the iterable itself when it
+    is short, else the same items with a budget check every _CHECK_EVERY steps, so nested loops
+    over data (``{% for a in rows %}{% for b in rows %}``) stop at the budget too."""
+    budget: _Budget = context.environment.budget
+    budget.tick()
+    if isinstance(iterable, _BudgetRange) or (hasattr(iterable, "__len__") and len(iterable) <= _CHECK_EVERY):
+        return iterable
+    return _checked_items(budget, iterable)
+
+
+def _checked_items(budget: _Budget, iterable: Any) -> Any:
+    items = iter(iterable)
+    while True:
+        budget.check()
+        batch = list(itertools.islice(items, _CHECK_EVERY))
+        if not batch:
+            return
+        yield from batch
 
 
 _MAX_INT_BITS = int(MAX_INT_DIGITS / 0.30103)  # log10(2): digits -> bits
@@ -237,7 +266,11 @@ def _make_undefined_class() -> type:
     return SpecUndefined
 
 
+_LOOP_FILTER = "_opus_loop_steps"
+
+
 def _make_environment(undefined: type) -> Any:
+    from jinja2 import pass_context
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class SpecEnvironment(ImmutableSandboxedEnvironment):
@@ -256,9 +289,20 @@ def _make_environment(undefined: type) -> Any:
             self.budget = _Budget()
             self.globals["range"] = functools.partial(_BudgetRange, self.budget)
             self.globals["namespace"] = _make_namespace_class()
+            self.filters[_LOOP_FILTER] = pass_context(_loop_steps)
             self.binop_table.update(
                 {"**": _checked_power, "*": _checked_product, "+": _checked_sum, "-": _checked_difference}
             )
+
+        def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
+            # Every for loop iterates through _loop_steps: the one place a loop over plain data
+            # (no range, no attribute access inside) can be made to check the budget.
+            from jinja2 import nodes
+
+            tree = super()._parse(source, name, filename)
+            for loop in tree.find_all(nodes.For):
+                loop.iter = nodes.Filter(loop.iter, _LOOP_FILTER, [], [], None, None, lineno=loop.iter.lineno)
+            return tree
 
         def getattr(self, obj: Any, attribute: str) -> Any:
             self.budget.tick()

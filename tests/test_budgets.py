@@ -43,6 +43,17 @@ def test_a_template_that_never_ends_stops_at_its_cpu_budget(project: Project, co
     assert_refused(result, "budget.yaml", "inputs.Question", "0.2 s CPU budget", "template_budget in opus-runner.toml")
 
 
+def test_nested_loops_over_data_stop_at_the_cpu_budget(project: Project) -> None:
+    set_config(project, 'template_budget = "200ms"')
+    spec = project.spec(
+        "data.yaml",
+        header("data", "quick")
+        + 'vars:\n  rows: "{{ range(1000) | list }}"\n'
+        + "inputs:\n  Question: \"{% set rows = vars.rows %}{% for a in rows %}{% for b in rows %}{% for c in rows %}{% endfor %}{% endfor %}{% endfor %}\"\n",
+    )
+    assert_refused(project.run("render", spec, "--offline"), "data.yaml", "inputs.Question", "CPU budget")
+
+
 def test_a_template_that_writes_gigabytes_stops_at_the_size_cap(project: Project) -> None:
     spec = quick_spec(project, '{% for a in range(1000) %}{{ "x" * 1000000 }}{% endfor %}')
     assert_refused(project.run("render", spec), "inputs.Question", "renders more than 10 MB of text")

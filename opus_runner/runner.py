@@ -373,7 +373,12 @@ class Runner:
         assert self.host is not None
         if self.lock is not None:
             return self.lock.require(ref, spec=ctx.spec)
-        schema = await self.host.first("opus_workflow_schema", offload=True, workflow_ref=ref, ctx=ctx)
+        try:
+            schema = await self.host.first("opus_workflow_schema", offload=True, workflow_ref=ref, ctx=ctx)
+        except OpusRunnerError:
+            raise
+        except Exception as exc:
+            raise self.host.hook_failure("opus_workflow_schema", exc, f"the inputs of workflow {ref.id} are unknown") from None
         if schema is None:
             raise ConfigError(f"no plugin could describe workflow {ref.id}")
         for f in schema.inputs:

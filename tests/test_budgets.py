@@ -237,6 +237,15 @@ def test_a_raising_payload_ready_hook_is_named_with_its_plugin(project: Project)
     assert "calm.py" not in result.output
 
 
+def test_a_raising_schema_hook_is_named_with_its_plugin(project: Project) -> None:
+    project.file(
+        "plugins/schemas.py",
+        "from opus_runner import hookimpl\n\n\n@hookimpl(tryfirst=True)\ndef opus_workflow_schema(workflow_ref, ctx):\n    raise ValueError('catalogue offline')\n",
+    )
+    for command in ("validate", "run"):
+        assert_refused(project.run(command, quick_spec(project, "hello")), "schemas.py: failed in opus_workflow_schema: ValueError: catalogue offline")
+
+
 def test_a_raising_job_event_observer_is_named_and_the_run_goes_on(project: Project) -> None:
     project.file(
         "plugins/watch.py",

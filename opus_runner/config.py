@@ -42,6 +42,8 @@ _KNOWN_KEYS = {
     "callback_url",
     "timeouts",
 }
+# Limits on what one spec may make the runner do (docs/spec.md, "Limits").
+_KNOWN_KEYS |= {"template_budget"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class ProjectConfig:
     #: the receiver Opus POSTs to when a spec names none (callback.url wins)
     callback_url: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: CPU seconds one template value may take to render; None: the default (2 s)
+    template_budget: float | None = None
 
     @property
     def repo_root(self) -> Path:
@@ -240,6 +244,7 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
             f"{file}: callback_url must be an https URL that Opus can reach, found {callback_url!r}; "
             "remove it to send the never-resolving placeholder"
         )
+    template_budget = _template_budget(file, table.get("template_budget"))
     return ProjectConfig(
         root=root,
         start=start,
@@ -253,7 +258,22 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
         sandbox_workflows=path_of("sandbox_workflows"),
         callback_url=callback_url,
         timeouts=_timeouts(file, table.get("timeouts")),
+        template_budget=template_budget,
     )
+
+
+def _template_budget(file: Path, value: Any) -> float | None:
+    from .durations import parse_duration
+
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{file}: template_budget: {exc}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{file}: template_budget must be more than 0 seconds, found {value!r}")
+    return seconds
 
 
 def default_plugins_dir(config: ProjectConfig) -> Path:

@@ -217,6 +217,8 @@ def load_lock(project_root: str | Path) -> Lock:
         data = json.loads(text)
     except ValueError as exc:
         raise _corrupt(path, f"not JSON: {exc}") from None
+    except RecursionError:
+        raise _corrupt(path, "nested too deeply") from None
     if not isinstance(data, dict) or set(data) != {"lockVersion", "workflows"}:
         raise _corrupt(path, "expected an object with exactly lockVersion and workflows")
     version = data["lockVersion"]

@@ -21,7 +21,7 @@ from .errors import SpecError, TemplateError, UsageError
 from .models import UploadSettings, WorkflowRef
 from .config import load_project_config
 from .paths import confine, display_path
-from .spec import Spec
+from .spec import Spec, load_data
 from .templating import Templater, build_context
 from .workflow import workflow_id_problem
 
@@ -30,6 +30,9 @@ ROW_DIGEST_LENGTH = 12
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_POLL = 2.0
 DEFAULT_MAX_INTERVAL = 30.0
+#: Jobs one run may plan (matrix combinations times foreach rows, over every spec): a typo such
+#: as a range too many turns into a refusal before anything is built, not a run that never ends.
+MAX_JOBS_PER_RUN = 100_000
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,10 @@ class Planner:
         self.default_notify = [dict(n) for n in default_notify]
         self.timeout = timeout
         self.no_wait = no_wait
+        # Jobs planned per spec, over every spec of the run: a spec planned again (the runner
+        # checks, then submits) replaces its count rather than adding to it.
+        self._jobs_of: dict[Path, int] = {}
+        self._jobs_planned = 0
 
     # -- expansion ---------------------------------------------------------------------------
 
@@ -180,6 +187,19 @@ class Planner:
                 yield plan
 
     def plan_spec(self, spec: Spec) -> Iterator[JobPlan]:
+        self._jobs_planned -= self._jobs_of.get(spec.path, 0)
+        self._jobs_of[spec.path] = 0
+        for plan in self._expand(spec):
+            self._jobs_of[spec.path] += 1
+            self._jobs_planned += 1
+            if self._jobs_planned > MAX_JOBS_PER_RUN:
+                raise spec.error(
+                    f"with this spec the run would plan more than {MAX_JOBS_PER_RUN} jobs, the limit per "
+                    "run; run the specs in separate runs",
+                )
+            yield plan
+
+    def _expand(self, spec: Spec) -> Iterator[JobPlan]:
         base = build_context(self.templater)
         spec_vars = self.templater.render(spec.data.get("vars") or {}, base, file=_rel(spec), key=("vars",))
         variables = {**spec_vars, **self.var_overrides}
@@ -191,6 +211,11 @@ class Planner:
                 continue
             seen: dict[str, int] = {}
             for number, row in self._rows(spec, foreach):
+                if number * len(combos) > MAX_JOBS_PER_RUN:
+                    what = f"{foreach.get('file') or 'foreach.rows'} (more than {number - 1} rows)"
+                    if len(combos) > 1:
+                        what += f" times {len(combos)} matrix combinations"
+                    raise _too_many_jobs(spec, ("foreach",), what)
                 identity = row_identity(spec, foreach, row, number)
                 if identity in seen:
                     raise _duplicate_row(spec, foreach, identity, seen[identity], number)
@@ -216,10 +241,17 @@ class Planner:
         context = build_context(self.templater, vars=variables)
         rendered = self.templater.render(matrix, context, file=_rel(spec), key=("matrix",))
         names = list(rendered)
+        combinations = 1
         for name in names:
             values = rendered[name]
             if not isinstance(values, list) or not values:
                 raise spec.error(f"matrix values must be a non-empty list, found {values!r}", ("matrix", name))
+            combinations *= len(values)
+        if combinations > MAX_JOBS_PER_RUN:
+            sizes = " x ".join(f"{len(rendered[n])} {n}" for n in names)
+            raise _too_many_jobs(spec, ("matrix",), f"{combinations} matrix combinations ({sizes})")
+        for name in names:
+            values = rendered[name]
             seen: set[str] = set()
             for value in values:
                 text = _scalar(value)  # what the plan key holds: 1 and "1" would collide
@@ -263,16 +295,12 @@ class Planner:
             return
         try:
             text = path.read_text(encoding="utf-8")
-            if kind == "json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
         except (ValueError, OSError) as exc:
             raise spec.error(f"cannot read foreach file {source!r}: {exc}", ("foreach", "file")) from None
-        except Exception as exc:  # yaml.YAMLError
-            raise spec.error(f"foreach file {source!r} is not valid YAML: {_yaml_problem(exc)}", ("foreach", "file")) from None
+        try:
+            data = load_data(text, display=source, json_format=kind == "json")
+        except SpecError as exc:
+            raise spec.error(f"foreach file {source!r}: {exc.message}", ("foreach", "file")) from None
         if not isinstance(data, list):
             raise spec.error(f"foreach file {source!r} must hold a list of rows, found {type(data).__name__}", ("foreach", "file"))
         for number, row in enumerate(data, start=1):
@@ -433,6 +461,14 @@ def row_identity(spec: Spec, foreach: Mapping[str, Any], row: Mapping[str, Any],
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ROW_DIGEST_LENGTH]
 
 
+def _too_many_jobs(spec: Spec, key: tuple[str, ...], what: str) -> SpecError:
+    return spec.error(
+        f"{what} would make more jobs than the {MAX_JOBS_PER_RUN} a run may plan; shrink the lists "
+        "or split the work over several specs run separately",
+        key,
+    )
+
+
 def _duplicate_row(spec: Spec, foreach: Mapping[str, Any], identity: str, first: int, again: int) -> SpecError:
     source = foreach.get("file") or "foreach.rows"
     if foreach.get("key"):
@@ -486,13 +522,6 @@ def _csv_rows(spec: Spec, path: Path, source: str) -> Iterator[tuple[int, dict[s
                 yield number, {k: ("" if v is None else v) for k, v in record.items()}
         except csv.Error as exc:
             raise spec.error(f"foreach file {source!r}, line {reader.line_num}: {exc}", ("foreach", "file")) from None
-
-
-def _yaml_problem(exc: Exception) -> str:
-    """Where and what a YAML error is, without the snippet of the file PyYAML quotes."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or type(exc).__name__
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
 
 
 def _check_row(spec: Spec, row: Any, number: int, source: str) -> dict[str, Any]:

@@ -262,6 +262,21 @@ class PluginHost:
         rec = self._loaded.get(plugin_name)
         return rec.source if rec else plugin_name
 
+    def hook_failure(self, hook_name: str, exc: BaseException, consequence: str) -> PluginError:
+        """The error for an implementation of ``hook_name`` that raised ``exc``, naming its plugin.
+
+        The implementation is the one whose code is in the traceback (the host calls them one by
+        one, so exactly one raised); ``consequence`` says what it means for the run.
+        """
+        impls = self._impls(hook_name)
+        codes = {getattr(i.function, "__code__", None): i for i in impls}
+        raised = next(
+            (codes[frame.f_code] for frame, _ in traceback.walk_tb(exc.__traceback__) if frame.f_code in codes),
+            impls[0] if len(impls) == 1 else None,
+        )
+        plugin = self.source_of(raised.plugin_name) if raised is not None else None
+        return PluginError(f"failed in {hook_name}: {_describe_exc(exc)}; {consequence}", plugin=plugin)
+
     # -- calling hooks ----------------------------------------------------------------------
 
     def _impls(self, hook_name: str, kwargs: Mapping[str, Any] | None = None) -> list[Any]:

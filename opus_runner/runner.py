@@ -34,6 +34,7 @@ from .errors import (
     ExecuteOutcomeUnknown,
     ExecuteRefused,
     NetworkError,
+    NotFoundError,
     OpusRunnerError,
     SpecError,
     UsageError,
@@ -318,6 +319,7 @@ class Runner:
             filters=self.host.template_filters(None),
             environ=self.environ,
             missing_secrets_ok=offline_validate,
+            budget=self.config.template_budget,
         )
         timeout = None
         if self.options.timeout is not None:
@@ -443,7 +445,12 @@ class Runner:
         assert self.host is not None
         if self.lock is not None:
             return self.lock.require(ref, spec=ctx.spec)
-        schema = await self.host.first("opus_workflow_schema", offload=True, workflow_ref=ref, ctx=ctx)
+        try:
+            schema = await self.host.first("opus_workflow_schema", offload=True, workflow_ref=ref, ctx=ctx)
+        except OpusRunnerError:
+            raise
+        except Exception as exc:
+            raise self.host.hook_failure("opus_workflow_schema", exc, f"the inputs of workflow {ref.id} are unknown") from None
         if schema is None:
             raise ConfigError(f"no plugin could describe workflow {ref.id}")
         for f in schema.inputs:
@@ -459,10 +466,8 @@ class Runner:
         try:
             schema = await self.schema_for(plan.workflow, ctx)
         except ApiError as exc:
-            if exc.status_code == 404:
-                raise ValidationFailed(
-                    [plan.spec.error(f"workflow {plan.workflow.id!r} was not found: {exc.message}", ("workflow", "id"))]
-                ) from None
+            if exc.status_code == 404 or isinstance(exc, NotFoundError):
+                raise ValidationFailed([await self._not_found(plan, exc)]) from None
             raise
         ctx.workflow = schema
         lines = {str(k): plan.spec.line_of(("inputs", k)) for k in plan.inputs}
@@ -470,6 +475,26 @@ class Runner:
         # file URLs), so the JSON Schema check runs once per job, in the check pass.
         built = await build_payload(plan.inputs, schema, self.host, ctx, input_lines=lines, check_schema=dry_run)
         return built, ctx
+
+    async def _not_found(self, plan: JobPlan, exc: ApiError) -> SpecError:
+        """A pinned version the workflow does not have is named as such, with the versions it has
+        (when the versions route answers); anything else is an unknown workflow."""
+        ref = plan.workflow
+        if (ref.version is not None or ref.version_id) and self.client is not None:
+            from .builtins.schema import pick_version, version_list
+
+            try:
+                versions = await self.client.list_versions(ref.id)
+            except (ApiError, NetworkError):
+                versions = None
+            if versions is not None and pick_version(versions, ref) is None:
+                pin, key = (f"version id {ref.version_id}", "versionId") if ref.version_id else (f"version {ref.version}", "version")
+                return plan.spec.error(
+                    f"workflow {ref.id} has no {pin}; its versions are {version_list(versions) or 'none listed'}; "
+                    f"fix workflow.{key} or remove it to run the current version",
+                    ("workflow", key),
+                )
+        return plan.spec.error(f"workflow {ref.id!r} was not found: {exc.message}", ("workflow", "id"))
 
     async def collect_schemas(self, *, live: bool = True) -> list[tuple[Spec, WorkflowRef, WorkflowSchema | None]]:
         """Every (spec, workflow ref) the specs use, with the live schema of each (``opus-run
@@ -1098,7 +1123,12 @@ class Runner:
                 )
                 journal.set_job_id(row_id, job_id)  # durable before execute is sent
             outcome.job_id = ctx.job_id = job_id
-            await self.host.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
+            try:
+                await self.host.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
+            except OpusRunnerError:
+                raise
+            except Exception as exc:
+                raise self.host.hook_failure("opus_payload_ready", exc, "the job was not executed") from None
             journal.mark_executing(row_id)
             try:
                 execution = await self._execute_patiently(plan, job_id, payload, workspaces)
@@ -1481,6 +1511,7 @@ class Runner:
                 globals=self.host.template_globals(None),
                 filters=self.host.template_filters(None),
                 environ=self.environ,
+                budget=self.config.template_budget if self.config else None,
             )
             self.shared["opus_runner.target_templater"] = cached
         return cached
@@ -1583,20 +1614,19 @@ def _options_record(opts: RunOptions) -> dict[str, Any]:
 
 
 def load_vars_file(path: Path) -> dict[str, Any]:
-    """Variables from a YAML or JSON mapping (``--vars-file``)."""
-    import json
-
-    import yaml
+    """Variables from a YAML or JSON mapping (``--vars-file``), read like a spec (spec.load_data)."""
+    from .spec import load_data
 
     if not path.is_file():
         raise UsageError(f"--vars-file {path}: no such file")
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--vars-file {path}: cannot read it: {exc}") from None
-    except (ValueError, yaml.YAMLError) as exc:
-        raise UsageError(f"--vars-file {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
+    try:
+        data = load_data(text, display=str(path), json_format=path.suffix.lower() == ".json")
+    except SpecError as exc:
+        raise UsageError(f"--vars-file {path}: {exc.message}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

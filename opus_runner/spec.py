@@ -39,12 +39,14 @@ from .errors import SpecError, UsageError, ValidationFailed, format_key
 from .redact import mask
 
 __all__ = [
+    "MAX_NESTING",
     "MAX_SPEC_BYTES",
     "MAX_YAML_NODES",
     "SPEC_SUFFIXES",
     "SUPPORTED_API_VERSIONS",
     "Spec",
     "find_specs",
+    "load_data",
     "load_spec",
     "spec_schema",
 ]
@@ -52,6 +54,7 @@ __all__ = [
 SUPPORTED_API_VERSIONS: tuple[str, ...] = ("opus-runner/v1",)
 MAX_SPEC_BYTES = 1 * 1024 * 1024  # larger files are refused before parsing
 MAX_YAML_NODES = 100_000  # expanded node count (alias bombs)
+MAX_NESTING = 100  # lists and mappings inside each other: deeper is refused, not a RecursionError
 #: File extensions read as specs, and the parser each one selects.
 SPEC_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
 
@@ -298,6 +301,15 @@ class _Recursive(Exception):
         self.node = node
 
 
+class _TooDeep(Exception):
+    def __init__(self, line: int | None = None) -> None:
+        self.line = line
+
+
+def _too_deep_message(what: str) -> str:
+    return f"{what} nests lists and mappings more than {MAX_NESTING} levels deep; flatten it"
+
+
 def _parse_yaml(text: str, display: str) -> tuple[Any, dict[Key, int], list[SpecError]]:
     loader = _SpecLoader(text)
     try:
@@ -328,6 +340,8 @@ def _parse_yaml(text: str, display: str) -> tuple[Any, dict[Key, int], list[Spec
                 file=display,
                 line=exc.node.start_mark.line + 1,
             ) from None
+        except _TooDeep as exc:
+            raise SpecError(_too_deep_message("the spec"), file=display, line=exc.line) from None
 
         lines, found = _walk_nodes(root)
         problems = [SpecError(m, file=display, key=k, line=ln) for k, m, ln in found]
@@ -342,7 +356,7 @@ def _parse_yaml(text: str, display: str) -> tuple[Any, dict[Key, int], list[Spec
             line = _find_bad_scalar(loader, root)
             where = f" at line {line}" if line else ""
             raise SpecError(
-                f"cannot read a value{where}: {_one_line(exc)}; quote it to keep it as text",
+                f"cannot read a value{where}: {_value_problem(exc)}; quote it to keep it as text",
                 file=display,
                 line=line,
             ) from None
@@ -374,6 +388,13 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _value_problem(exc: BaseException) -> str:
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        # Python's own words advise sys.set_int_max_str_digits(), which a spec author cannot call.
+        return "a number has more than 4300 digits"
+    return _one_line(exc)
+
+
 def _children(node: yaml.Node) -> Iterator[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
@@ -383,14 +404,16 @@ def _children(node: yaml.Node) -> Iterator[yaml.Node]:
         yield from node.value
 
 
-def _expanded_size(root: yaml.Node) -> int:
-    """How many nodes the document has once every alias is expanded.
+def _expanded_size(root: yaml.Node, limit: int | None = MAX_YAML_NODES) -> tuple[int, int]:
+    """How many nodes the document has once every alias is expanded, and how many it has as
+    written; more than ``limit`` expanded nodes, or nesting deeper than MAX_NESTING, is refused.
 
     Memoised on node identity (an alias is the same node object as its anchor), so a
     billion-laughs document is measured in a few thousand steps rather than expanded.
     Iterative, so deep nesting cannot exhaust the Python stack.
     """
     memo: dict[int, int] = {}
+    heights: dict[int, int] = {}
     active: set[int] = set()  # the current depth-first path: an alias to one of these is a cycle
     shared = False
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -399,10 +422,14 @@ def _expanded_size(root: yaml.Node) -> int:
         nid = id(node)
         if finished:
             total = 1 + sum(memo[id(child)] for child in _children(node))
+            height = 1 + max((heights[id(child)] for child in _children(node)), default=0)
             active.discard(nid)
             memo[nid] = total
-            if total > MAX_YAML_NODES:
+            heights[nid] = height
+            if limit is not None and total > limit:
                 raise _TooManyNodes(shared)
+            if height > MAX_NESTING:
+                raise _TooDeep(node.start_mark.line + 1)
             continue
         if nid in memo:
             shared = True
@@ -419,7 +446,7 @@ def _expanded_size(root: yaml.Node) -> int:
                 shared = True
             else:
                 stack.append((child, False))
-    return memo[id(root)]
+    return memo[id(root)], len(memo)
 
 
 def _walk_nodes(root: yaml.Node) -> tuple[dict[Key, int], list[tuple[Key, str, int]]]:
@@ -532,6 +559,90 @@ def _find_bad_scalar(loader: Any, root: yaml.Node) -> int | None:
     return None
 
 
+def _too_deep(data: Any) -> bool:
+    """True if lists and mappings nest more than MAX_NESTING deep (iterative: any depth is safe)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_NESTING:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Data files: vars files, foreach data, sandbox fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+def load_data(text: str, *, display: str, json_format: bool = False) -> Any:
+    """One YAML or JSON document of data, read with the protections of spec files.
+
+    YAML 1.2 scalars, as in specs (a vars file means what the same ``vars:`` in a spec means);
+    aliases may not add more than MAX_YAML_NODES values nor refer to themselves; nesting deeper
+    than MAX_NESTING is refused. The document's own size is the caller's to bound. Raises
+    :class:`SpecError` with ``file=display`` and the line when known; callers re-word it.
+    """
+    if json_format:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=display, line=exc.lineno) from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise SpecError(f"cannot read a value: {_value_problem(exc)}; quote it to keep it as text", file=display) from None
+        except RecursionError:
+            raise SpecError(_too_deep_message("the file"), file=display) from None
+        if _too_deep(data):
+            raise SpecError(_too_deep_message("the file"), file=display)
+        return data
+    loader = _SpecLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            raise _yaml_error(exc, text, display, "not valid YAML") from None
+        except yaml.YAMLError as exc:
+            raise SpecError(f"not valid YAML: {_one_line(exc)}", file=display) from None
+        if root is None:
+            return None
+        try:
+            expanded, written = _expanded_size(root, limit=None)
+        except _Recursive as exc:
+            raise SpecError(
+                "a YAML alias refers to the node that contains it (a recursive structure)",
+                file=display,
+                line=exc.node.start_mark.line + 1,
+            ) from None
+        except _TooDeep as exc:
+            raise SpecError(_too_deep_message("the file"), file=display, line=exc.line) from None
+        # Only what aliases add counts: a long file of plain rows is fine, a "billion laughs" is not.
+        if expanded - written > MAX_YAML_NODES:
+            raise SpecError(
+                f"YAML aliases expand to more than {MAX_YAML_NODES} values; refusing to load it",
+                file=display,
+            )
+        try:
+            return loader.construct_document(root)
+        except yaml.MarkedYAMLError as exc:
+            raise _yaml_error(exc, text, display, "not valid YAML") from None
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            line = _find_bad_scalar(loader, root)
+            where = f" at line {line}" if line else ""
+            raise SpecError(
+                f"cannot read a value{where}: {_value_problem(exc)}; quote it to keep it as text",
+                file=display,
+                line=line,
+            ) from None
+    finally:
+        loader.dispose()
+
+
 # ---------------------------------------------------------------------------------------------
 # JSON
 # ---------------------------------------------------------------------------------------------
@@ -559,9 +670,11 @@ def _parse_json(text: str, display: str) -> tuple[Any, dict[Key, int], list[Spec
         line = _json_error_line(text, exc)
         raise SpecError(_json_error_message(text, exc), file=display, line=line) from None
     except ValueError as exc:
-        raise SpecError(f"JSON syntax error: {exc}", file=display) from None
+        raise SpecError(f"JSON syntax error: {_value_problem(exc)}", file=display) from None
     except RecursionError:
-        raise SpecError("the spec is nested too deeply to read", file=display) from None
+        raise SpecError(_too_deep_message("the spec"), file=display) from None
+    if _too_deep(data):
+        raise SpecError(_too_deep_message("the spec"), file=display)
 
     # Lines come from composing the same text with the YAML composer (JSON is YAML); when it
     # cannot (rare: very long keys, deep nesting), errors simply carry no line.

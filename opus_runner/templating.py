@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import functools
+import itertools
 import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,188 @@ class Namespace(dict):  # type: ignore[type-arg]
         self.listed = listed  # False for env: never list environment variable names in errors
         #: names left out on purpose -> why (what a template asking for one is told)
         self.withheld = withheld
+
+
+#: CPU seconds one template value may take to render (``template_budget`` in opus-runner.toml).
+DEFAULT_TEMPLATE_BUDGET = 2.0
+#: Characters one rendered value may hold: a loop that writes gigabytes is stopped early.
+MAX_RENDERED_CHARS = 10 * 1024 * 1024
+#: Digits an integer built by template arithmetic may have: Python refuses to print more than
+#: 4300, and computing far larger powers takes minutes in one uninterruptible step.
+MAX_INT_DIGITS = 4300
+#: Budget checks read the thread's CPU clock once per this many sandbox operations.
+_CHECK_EVERY = 64
+#: Pieces of output read between two checks of the size cap (each piece is at most
+#: MAX_RENDERED_CHARS, see _checked_product, so little is held past the cap).
+_BATCH = 8
+
+
+class _OverBudget(Exception):
+    """Raised inside a render that used up its CPU budget or output size (never leaves render_str)."""
+
+
+class _Budget:
+    """When the render in progress must stop, checked from inside the sandbox.
+
+    Checks happen where a sandboxed template does work (every ``range`` step, attribute and item
+    access, calls, intercepted operators, output): no signals and no tracing, which would break
+    renders in worker threads and slow every template. One per environment: a Templater renders
+    on one thread at a time (the run's event loop).
+    """
+
+    __slots__ = ("deadline", "left")
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.left = _CHECK_EVERY
+
+    def start(self, limit: float) -> float | None:
+        previous = self.deadline
+        if previous is None:  # a nested render (a filter that renders) keeps the outer deadline
+            self.deadline = time.thread_time() + limit
+        return previous
+
+    def stop(self, previous: float | None) -> None:
+        self.deadline = previous
+
+    def tick(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.check()
+
+    def check(self) -> None:
+        self.left = _CHECK_EVERY
+        if self.deadline is not None and time.thread_time() > self.deadline:
+            raise _OverBudget("time")
+
+
+class _BudgetRange:
+    """``range`` for templates: Jinja's MAX_RANGE cap, and budget checks while it is iterated."""
+
+    __slots__ = ("_budget", "_range")
+
+    def __init__(self, budget: _Budget, *args: int) -> None:
+        from jinja2.sandbox import safe_range
+
+        budget.tick()
+        self._budget = budget
+        self._range = safe_range(*args)
+
+    def __iter__(self) -> Any:
+        return self._steps(self._range)
+
+    def __reversed__(self) -> Any:
+        return self._steps(self._range[::-1])
+
+    def _steps(self, items: range) -> Any:
+        # A short range is counted once, as it starts (nested short loops tick at every start);
+        # a long one is checked every _CHECK_EVERY steps.
+        self._budget.tick()
+        if len(items) <= _CHECK_EVERY:
+            return iter(items)
+        return self._checked_steps(items)
+
+    def _checked_steps(self, items: range) -> Any:
+        for start in range(0, len(items), _CHECK_EVERY):
+            self._budget.check()
+            yield from items[start : start + _CHECK_EVERY]
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._range[index]
+
+    def __contains__(self, item: Any) -> bool:
+        return item in self._range
+
+    def __repr__(self) -> str:
+        return repr(self._range)
+
+
+def _loop_steps(context: Any, iterable: Any) -> Any:
+    """What every ``{% for %}`` iterates (see SpecEnvironment._parse): the iterable itself when it
+    is short, else the same items with a budget check every _CHECK_EVERY steps, so nested loops
+    over data (``{% for a in rows %}{% for b in rows %}``) stop at the budget too."""
+    budget: _Budget = context.environment.budget
+    budget.tick()
+    if isinstance(iterable, _BudgetRange) or (hasattr(iterable, "__len__") and len(iterable) <= _CHECK_EVERY):
+        return iterable
+    return _checked_items(budget, iterable)
+
+
+def _checked_items(budget: _Budget, iterable: Any) -> Any:
+    items = iter(iterable)
+    while True:
+        budget.check()
+        batch = list(itertools.islice(items, _CHECK_EVERY))
+        if not batch:
+            return
+        yield from batch
+
+
+_MAX_INT_BITS = int(MAX_INT_DIGITS / 0.30103)  # log10(2): digits -> bits
+
+
+def _too_big_int() -> OverflowError:
+    return OverflowError(f"the result would have more than {MAX_INT_DIGITS} digits; templates compute numbers of at most that size")
+
+
+def _checked_power(left: Any, right: Any) -> Any:
+    # Refused before computing: 2 ** 10**10 would run for minutes in one step nothing interrupts.
+    if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+        if right * (abs(left).bit_length() - 1) > _MAX_INT_BITS:
+            raise _too_big_int()
+    return _checked_int(left**right)
+
+
+def _checked_product(left: Any, right: Any) -> Any:
+    if isinstance(left, int) and isinstance(right, int):
+        if left.bit_length() + right.bit_length() - 1 > _MAX_INT_BITS:
+            raise _too_big_int()
+    # "x" * 10**10 or [0] * 10**10 would also be built in one uninterruptible step.
+    for sized, count in ((left, right), (right, left)):
+        if isinstance(count, int) and isinstance(sized, (str, list, tuple)):
+            _check_size(len(sized) * count)
+    return left * right
+
+
+def _checked_int(value: Any) -> Any:
+    if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        raise _too_big_int()
+    return value
+
+
+def _checked_sum(left: Any, right: Any) -> Any:
+    if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+        _check_size(len(left) + len(right))
+    return _checked_int(left + right)
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_RENDERED_CHARS:
+        raise OverflowError(
+            f"the value would hold more than {MAX_RENDERED_CHARS} items; templates build values of at most that size"
+        )
+
+
+def _make_namespace_class() -> type:
+    from jinja2.utils import Namespace as JinjaNamespace
+
+    class BoundedNamespace(JinjaNamespace):
+        """``namespace()``: the one place a template keeps a value across loop steps, so the one
+        place ``{% set ns.s = ns.s ~ ns.s %}`` could double a string until memory runs out."""
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            if isinstance(value, (str, list, tuple, dict)):
+                _check_size(len(value))
+            super().__setitem__(name, value)
+
+    return BoundedNamespace
+
+
+def _checked_difference(left: Any, right: Any) -> Any:
+    return _checked_int(left - right)
 
 
 def is_template(text: str) -> bool:
@@ -101,16 +286,61 @@ def _make_undefined_class() -> type:
     return SpecUndefined
 
 
+_LOOP_FILTER = "_opus_loop_steps"
+
+
 def _make_environment(undefined: type) -> Any:
+    from jinja2 import pass_context
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class SpecEnvironment(ImmutableSandboxedEnvironment):
-        """Keys of the context mappings win over dict methods: ``vars.items`` is the var."""
+        """Keys of the context mappings win over dict methods: ``vars.items`` is the var.
+
+        Attribute and item access, calls and the operators that can build huge values also
+        count against the render's budget (see :class:`_Budget`).
+        """
+
+        # Intercepted operators are also never folded at compile time, where 10 ** 5000 would
+        # be computed (and fail to print) while the template is still being parsed.
+        intercepted_binops = frozenset({"**", "*", "+", "-"})
+
+        def __init__(self, **options: Any) -> None:
+            super().__init__(**options)
+            self.budget = _Budget()
+            self.globals["range"] = functools.partial(_BudgetRange, self.budget)
+            self.globals["namespace"] = _make_namespace_class()
+            self.filters[_LOOP_FILTER] = pass_context(_loop_steps)
+            self.binop_table.update(
+                {"**": _checked_power, "*": _checked_product, "+": _checked_sum, "-": _checked_difference}
+            )
+
+        def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
+            # Every for loop iterates through _loop_steps: the one place a loop over plain data
+            # (no range, no attribute access inside) can be made to check the budget.
+            from jinja2 import nodes
+
+            tree = super()._parse(source, name, filename)
+            for loop in tree.find_all(nodes.For):
+                loop.iter = nodes.Filter(loop.iter, _LOOP_FILTER, [], [], None, None, lineno=loop.iter.lineno)
+            return tree
 
         def getattr(self, obj: Any, attribute: str) -> Any:
+            self.budget.tick()
             if isinstance(obj, Namespace) and attribute in obj:
                 return dict.__getitem__(obj, attribute)
             return super().getattr(obj, attribute)
+
+        def getitem(self, obj: Any, argument: Any) -> Any:
+            self.budget.tick()
+            return super().getitem(obj, argument)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            __self.budget.tick()
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            self.budget.tick()
+            return super().call_binop(context, operator, left, right)
 
     return SpecEnvironment(undefined=undefined, autoescape=False, keep_trailing_newline=True)
 
@@ -140,7 +370,10 @@ class Templater:
         filters: Mapping[str, Callable[..., Any]] | None = None,
         environ: Mapping[str, str] | None = None,
         missing_secrets_ok: bool = False,
+        budget: float | None = None,
     ) -> None:
+        #: CPU seconds one value may take to render (opus-runner.toml ``template_budget``)
+        self.budget = DEFAULT_TEMPLATE_BUDGET if budget is None else budget
         self.environ = dict(os.environ if environ is None else environ)
         # Masked before anything is rendered, even when no client (which registers it) is made.
         redact.register(self.environ.get(SERVICE_KEY_VARIABLE))
@@ -234,6 +467,8 @@ class Templater:
         from jinja2.exceptions import SecurityError
         from jinja2.runtime import Undefined
 
+        budget = self._env.budget
+        outer = budget.start(self.budget)
         try:
             match = _SINGLE_EXPRESSION.match(text)
             if match:
@@ -248,12 +483,32 @@ class Templater:
                 result = compiled(**context)
                 if isinstance(result, Undefined):
                     str(result)  # raises UndefinedError with our readable message
-                return _plain(result)
+                if isinstance(result, str) and len(result) > MAX_RENDERED_CHARS:
+                    raise _OverBudget("size")
+                return _plain(_checked_int(result))
             template = self._templates.get(text)
             if template is None:
                 template = self._env.from_string(text)
                 self._templates[text] = template
-            return template.render(**context)
+            return _bounded_render(template, context, budget)
+        except _OverBudget as exc:
+            if str(exc) == "size":
+                problem = f"renders more than {MAX_RENDERED_CHARS // (1024 * 1024)} MB of text"
+            else:
+                problem = (
+                    f"did not finish within its {_seconds(self.budget)} CPU budget "
+                    "(template_budget in opus-runner.toml)"
+                )
+            raise TemplateError(
+                f"template {_short(text)} {problem}; loop over less, or move the work out of the spec",
+                file=file,
+                key=key,
+            ) from None
+        except (MemoryError, RecursionError) as exc:
+            what = "too much memory" if isinstance(exc, MemoryError) else "too deep a recursion"
+            raise TemplateError(
+                f"template {_short(text)} needs {what} to render; simplify it", file=file, key=key
+            ) from None
         except UndefinedError as exc:
             raise TemplateError(
                 f"undefined name in template {_short(text)}: {exc.message}", file=file, key=key
@@ -272,11 +527,44 @@ class Templater:
         except TemplateError:
             raise
         except Exception as exc:  # a filter or global raised: name it with the template
+            if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+                raise TemplateError(
+                    f"template {_short(text)} produces a number of more than {MAX_INT_DIGITS} digits; "
+                    "compute a smaller number",
+                    file=file,
+                    key=key,
+                ) from None
             raise TemplateError(
                 f"template {_short(text)} failed: {redact.mask(str(exc)) or type(exc).__name__}",
                 file=file,
                 key=key,
             ) from None
+        finally:
+            budget.stop(outer)
+
+
+def _bounded_render(template: Any, context: Mapping[str, Any], budget: _Budget) -> str:
+    """``template.render(**context)``, stopped once the output outgrows the size cap.
+
+    Read in small batches (``render`` would hold every piece before joining them): a loop that
+    writes gigabytes stops at the cap, and the batches keep the per-piece cost in C.
+    """
+    pieces = template.root_render_func(template.new_context(dict(context)))
+    out: list[str] = []
+    size = 0
+    while True:
+        batch = list(itertools.islice(pieces, _BATCH))
+        if not batch:
+            return "".join(out)
+        size += sum(map(len, batch))
+        if size > MAX_RENDERED_CHARS:
+            raise _OverBudget("size")
+        out += batch
+        budget.check()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
 
 
 _MISSING = object()

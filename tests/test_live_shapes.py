@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from opus_runner.builtins.coerce import to_int, to_json_string
-from opus_runner.builtins.schema import _pick_version
+from opus_runner.builtins.schema import pick_version as _pick_version
 from opus_runner.models import InputField, WorkflowRef
 from opus_runner.payload import wire_entry
 from opus_runner.results import parse_results

@@ -41,7 +41,8 @@ def _ids(entry: Mapping[str, Any]) -> list[str]:
     return [str(entry[key]) for key in _ID_KEYS if entry.get(key) not in (None, "")]
 
 
-def _pick_version(versions: list[dict[str, Any]], ref: WorkflowRef) -> dict[str, Any] | None:
+def pick_version(versions: list[dict[str, Any]], ref: WorkflowRef) -> dict[str, Any] | None:
+    """The entry of ``versions`` (the versions route's list) that ``ref`` pins, else None."""
     for entry in versions:
         if ref.version_id:
             if ref.version_id in _ids(entry):
@@ -51,19 +52,23 @@ def _pick_version(versions: list[dict[str, Any]], ref: WorkflowRef) -> dict[str,
     return None
 
 
+def version_list(versions: list[dict[str, Any]]) -> str:
+    """``1, 2, 3``: the numbers of the versions route's entries (ids for unnumbered ones)."""
+    numbers = sorted(n for n in map(_number, versions) if n is not None)
+    unnumbered = [(_ids(v) or ["?"])[0] for v in versions if _number(v) is None]
+    return ", ".join([*map(str, numbers), *unnumbered])
+
+
 async def _from_workflow_object(client: Any, ref: WorkflowRef) -> WorkflowSchema:
     if not ref.version_id and ref.version is None:
         return schema_from_workflow_object(await client.get_workflow_object(ref.id), ref.id)
 
     versions = await client.list_versions(ref.id)
-    entry = _pick_version(versions, ref)
+    entry = pick_version(versions, ref)
     pin = f"version id {ref.version_id}" if ref.version_id else f"version {ref.version}"
     if entry is None:
-        numbers = sorted(n for n in map(_number, versions) if n is not None)
-        unnumbered = [(_ids(v) or ["?"])[0] for v in versions if _number(v) is None]
-        listed = ", ".join([*map(str, numbers), *unnumbered])
         raise NotFoundError(
-            f"workflow {ref.id} has no {pin} (its versions: {listed or 'none listed'}); fix "
+            f"workflow {ref.id} has no {pin} (its versions: {version_list(versions) or 'none listed'}); fix "
             "workflow.version or workflow.versionId in the spec",
             method="GET",
             endpoint=f"/executor/workflow/{ref.id}/versions",

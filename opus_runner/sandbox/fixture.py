@@ -478,21 +478,13 @@ def load_fixture(source: str | Path | Mapping[str, Any] | Fixture | None = None)
 
 
 def _parse(text: str, path: Path) -> Any:
-    if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FixtureError(f"not valid JSON: {exc.msg}", file=str(path), line=exc.lineno) from None
-    import yaml
+    from ..errors import SpecError
+    from ..spec import load_data
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise FixtureError(
-            f"not valid YAML: {problem}", file=str(path), line=mark.line + 1 if mark is not None else None
-        ) from None
+        return load_data(text, display=str(path), json_format=path.suffix.lower() == ".json")
+    except SpecError as exc:
+        raise FixtureError(exc.message, file=str(path), line=exc.line) from None
 
 
 def _build(data: Any, file: str | None) -> Fixture:

@@ -348,19 +348,7 @@ def _parse_yaml(text: str, display: str) -> tuple[Any, dict[Key, int], list[Spec
         if problems:
             return None, lines, _sorted_problems(problems)
 
-        try:
-            data = loader.construct_document(root)
-        except yaml.MarkedYAMLError as exc:
-            raise _yaml_error(exc, text, display, "YAML error") from None
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-            line = _find_bad_scalar(loader, root)
-            where = f" at line {line}" if line else ""
-            raise SpecError(
-                f"cannot read a value{where}: {_value_problem(exc)}; quote it to keep it as text",
-                file=display,
-                line=line,
-            ) from None
-        return data, lines, []
+        return _construct(loader, root, text, display, "YAML error"), lines, []
     finally:
         loader.dispose()
 
@@ -368,6 +356,23 @@ def _parse_yaml(text: str, display: str) -> tuple[Any, dict[Key, int], list[Spec
 def _char_at(text: str, line: int, column: int) -> str:
     rows = text.split("\n", line + 1)
     return rows[line][column : column + 1] if line < len(rows) else ""
+
+
+def _construct(loader: Any, root: yaml.Node, text: str, display: str, what: str) -> Any:
+    """Build the Python data of a checked node tree; a value YAML cannot build (a giant number,
+    a bad timestamp) is one sentence naming its line."""
+    try:
+        return loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_error(exc, text, display, what) from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        line = _find_bad_scalar(loader, root)
+        where = f" at line {line}" if line else ""
+        raise SpecError(
+            f"cannot read a value{where}: {_value_problem(exc)}; quote it to keep it as text",
+            file=display,
+            line=line,
+        ) from None
 
 
 def _yaml_error(exc: yaml.MarkedYAMLError, text: str, display: str, what: str) -> SpecError:
@@ -627,18 +632,7 @@ def load_data(text: str, *, display: str, json_format: bool = False) -> Any:
                 f"YAML aliases expand to more than {MAX_YAML_NODES} values; refusing to load it",
                 file=display,
             )
-        try:
-            return loader.construct_document(root)
-        except yaml.MarkedYAMLError as exc:
-            raise _yaml_error(exc, text, display, "not valid YAML") from None
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-            line = _find_bad_scalar(loader, root)
-            where = f" at line {line}" if line else ""
-            raise SpecError(
-                f"cannot read a value{where}: {_value_problem(exc)}; quote it to keep it as text",
-                file=display,
-                line=line,
-            ) from None
+        return _construct(loader, root, text, display, "not valid YAML")
     finally:
         loader.dispose()
 

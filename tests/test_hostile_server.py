@@ -57,6 +57,16 @@ def settings(project: Project, **timeouts: str) -> None:
     (project.root / "opus-runner.toml").write_text("\n".join(lines) + "\n")
 
 
+def ended(child: subprocess.Popen[str]) -> tuple[str, str]:
+    """The child's output once it exits; a child that never exits fails the test (hang guard)."""
+    try:
+        return child.communicate(timeout=HANG_GUARD)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        out, err = child.communicate()
+        pytest.fail(f"the run never exited:\n{out}\n{err}")
+
+
 def quick_spec(project: Project, extra: str = "", workflow: str = "quick") -> Path:
     return project.spec("job.yaml", header("job", workflow, "inputs: {Question: hi}\n" + textwrap.dedent(extra)))
 
@@ -311,12 +321,7 @@ def test_a_stuck_handler_or_hook_is_cut_and_the_process_exits(project: Project, 
     (project.root / "plugins" / "sleeper.py").write_text(textwrap.dedent(source))
     spec = quick_spec(project, outputs)
     child = opus_run(project, "run", str(spec))
-    try:
-        out, err = child.communicate(timeout=HANG_GUARD)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        out, err = child.communicate()
-        pytest.fail(f"the run never exited:\n{out}\n{err}")
+    out, err = ended(child)
     assert child.returncode == 1, out + err
     assert named in out + err and "0.5 s" in out + err and "sleeper" in out + err
     (row,) = journal_jobs(project)
@@ -340,12 +345,7 @@ def test_a_stuck_payload_ready_hook_stops_its_job_before_execute(project: Projec
         )
     )
     child = opus_run(project, "run", str(quick_spec(project)))
-    try:
-        out, err = child.communicate(timeout=HANG_GUARD)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        out, err = child.communicate()
-        pytest.fail(f"the run never exited:\n{out}\n{err}")
+    out, err = ended(child)
     assert child.returncode == 1, out + err
     assert "opus_payload_ready" in out + err and "0.5 s" in out + err and "sleeper" in out + err
     assert project.sandbox.state.count("POST", "execute") == 0

@@ -1,4 +1,4 @@
-"""The one exception tree of opus-runner. Only ``cli.py`` turns these into messages and exit codes.
+"""The one exception tree of opus-runner. Only ``cli/console.py`` turns these into messages and exit codes.
 
     OpusRunnerError                      exit 1 unless a subclass says otherwise
     ├── UsageError                       2  bad command-line use (``--var`` without ``=``, ...)

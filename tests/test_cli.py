@@ -152,6 +152,35 @@ def test_spec_schema_version_and_module_entry() -> None:
     assert "opus-run" in out.stdout
 
 
+def test_console_script_is_the_click_group() -> None:
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attr = scripts["opus-run"].partition(":")
+    assert getattr(importlib.import_module(module), attr) is main
+
+
+def test_a_flag_is_spelled_the_same_in_every_command() -> None:
+    """Shared flags come from one factory each (opus_runner/cli/options.py): only the help text
+    may say more in one command than in another."""
+    import click
+
+    ctx = click.Context(main, info_name="opus-run")
+    spellings: dict[str, dict[tuple, list[str]]] = {}
+    for name in main.list_commands(ctx):
+        command = main.get_command(ctx, name)
+        assert command is not None
+        for param in command.params:
+            if isinstance(param, click.Option):
+                kind = (type(param.type).__name__, repr(param.type.to_info_dict()))
+                spelling = (tuple(param.opts), param.name, kind, param.metavar, param.is_flag, param.multiple, param.default)
+                spellings.setdefault(param.opts[-1], {}).setdefault(spelling, []).append(name)
+    differing = {flag: list(found.values()) for flag, found in spellings.items() if len(found) > 1}
+    assert not differing, f"flags spelled differently by these commands: {differing}"
+    assert len(next(iter(spellings["--plugin"].values()))) >= 8  # run, resume, lock, plugins...
+
+
 def test_default_command_is_run(spec: Path) -> None:
     result = invoke(str(spec), "--var", "who=x")
     assert result.exit_code == 3 and "OPUS_SERVICE_KEY" in result.stderr and "--sandbox" in result.stderr

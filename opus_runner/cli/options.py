@@ -1,0 +1,196 @@
+"""Every option more than one command takes, written once, and the one base URL and key
+resolution of the commands that talk to the API without a runner (``status``, ``results``,
+``audit``).
+
+Each flag has one factory; a command whose flag means a little more (``resume --no-local-plugins``
+also skips the journal's plugins) passes its own ``help``. The groups (:func:`spec_options`,
+:func:`connection_options`, ...) list their options in the order ``--help`` shows them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+UNTRUSTED_HELP = (
+    "For a checkout you do not trust (a pull request): implies --no-local-plugins, ignores the "
+    "plugins a resumed run's journal names and the base_url and plugins_dir of opus-runner.toml, "
+    "and says what it ignored."
+)
+ALLOW_OUTSIDE_ROOT_HELP = (
+    "Allow paths outside the project root: file inputs, foreach data, --vars-file, output files and download folders."
+)
+BASE_URL_HELP = "Opus API base URL [env: OPUS_BASE_URL; default https://operator.opus.com]."
+#: Without the default: ``resume`` uses the journal's URL first, the job commands share it.
+BASE_URL_ENV_HELP = "Opus API base URL [env: OPUS_BASE_URL]."
+PLUGIN_HELP = "Load a plugin module or .py file (repeatable)."
+NO_LOCAL_PLUGINS_HELP = "Do not load the project's plugins folder (for untrusted specs)."
+VERBOSE_HELP = "Debug logging and HTTP trace (key redacted); tracebacks on errors."
+
+
+def together(*options: Decorator) -> Decorator:
+    """One decorator applying ``options`` so that ``--help`` lists them in the order given."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+# -- one factory per flag ----------------------------------------------------------------------
+
+
+def verbose_option() -> Decorator:
+    return click.option("--verbose", "-v", is_flag=True, help=VERBOSE_HELP)
+
+
+def quiet_option(help: str = "Only errors and results.") -> Decorator:
+    return click.option("--quiet", "-q", is_flag=True, help=help)
+
+
+def format_option(help: str = "json: one JSON object per event line on stdout, for CI.") -> Decorator:
+    return click.option(
+        "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help=help
+    )
+
+
+def base_url_option(help: str = BASE_URL_HELP) -> Decorator:
+    return click.option("--base-url", metavar="URL", help=help)
+
+
+def plugin_option(help: str = PLUGIN_HELP) -> Decorator:
+    return click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help=help)
+
+
+def no_local_plugins_option(help: str = NO_LOCAL_PLUGINS_HELP) -> Decorator:
+    return click.option("--no-local-plugins", is_flag=True, help=help)
+
+
+def untrusted_option(help: str = UNTRUSTED_HELP) -> Decorator:
+    return click.option("--untrusted", is_flag=True, help=help)
+
+
+def var_option() -> Decorator:
+    return click.option("--var", "var", multiple=True, metavar="KEY=VALUE", help="Set a template variable (repeatable; wins over --vars-file).")
+
+
+def vars_file_option() -> Decorator:
+    return click.option("--vars-file", type=click.Path(path_type=Path), metavar="FILE", help="YAML or JSON mapping of template variables.")
+
+
+def allow_outside_root_option(help: str = ALLOW_OUTSIDE_ROOT_HELP) -> Decorator:
+    return click.option("--allow-outside-root", is_flag=True, help=help)
+
+
+def state_dir_option() -> Decorator:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Journal folder [default: .opus-run in the project root].",
+    )
+
+
+def timeout_option() -> Decorator:
+    return click.option("--timeout", metavar="DURATION", help="Give up waiting after this long (45s, 5m, 1h30m).")
+
+
+def concurrency_option() -> Decorator:
+    return click.option("--concurrency", type=click.IntRange(min=1), metavar="N", help="Jobs in flight at once [default: 4].")
+
+
+# -- the groups --------------------------------------------------------------------------------
+
+
+def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--format (an event stream), --quiet, --verbose: the commands that follow jobs."""
+    return together(format_option(), quiet_option(), verbose_option())(func)
+
+
+def report_options(what: str) -> Decorator:
+    """--format (one JSON document of ``what``) and --verbose: the commands that print one report."""
+    return together(format_option(help=f"json: {what} as one JSON document on stdout."), verbose_option())
+
+
+def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    return together(
+        click.option(
+            "--sandbox-workflows",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Fixture file of the --sandbox's workflows [default: sandbox_workflows of opus-runner.toml, else the built-in demo workflows].",
+        ),
+        click.option("--sandbox", is_flag=True, help="Start a local Opus-compatible sandbox for this command and run against it."),
+        base_url_option(),
+    )(func)
+
+
+def plugin_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    return together(plugin_option(), no_local_plugins_option(), untrusted_option())(func)
+
+
+def var_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    return together(var_option(), vars_file_option(), allow_outside_root_option())(func)
+
+
+def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """What picks the jobs of a spec: variables, plugins, trust, confinement and the plan filter."""
+    return together(
+        var_option(),
+        vars_file_option(),
+        plugin_option(),
+        no_local_plugins_option(),
+        untrusted_option(),
+        allow_outside_root_option(),
+        click.option("--limit", type=int, metavar="N", help="Run only the first N jobs of the plan."),
+        click.option("--only", multiple=True, metavar="KEY=VALUE", help="Run only jobs whose matrix or row value KEY equals VALUE (repeatable)."),
+        click.option("--shard", metavar="K/N", help="Run the K-th of N deterministic shards of the plan."),
+    )(func)
+
+
+def version_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Which version of a workflow ``schema`` and ``init`` read."""
+    return together(
+        click.option("--version", type=click.IntRange(min=1), metavar="N", help="Use this version number of the workflow [default: the latest active version]."),
+        click.option("--version-id", metavar="UUID", help="Use this version uuid of the workflow."),
+    )(func)
+
+
+def schema_source_options(verb: str) -> Decorator:
+    """--offline and --locked: where validate and render take the workflow schema from."""
+    return together(
+        click.option("--offline", is_flag=True, help="Do not contact the API even if a service key is set."),
+        click.option("--locked", is_flag=True, help=f"{verb} against opus-runner.lock instead of the live API (no key, no network)."),
+    )
+
+
+# -- where the key goes ------------------------------------------------------------------------
+
+
+def client_from(base_url: str | None) -> Any:
+    """An OpusClient for ``--base-url``, else OPUS_BASE_URL, else the project file's ``base_url``
+    (named on stderr when it is not the Opus service), else the service; the key from
+    OPUS_SERVICE_KEY, or the sentence saying how to set it."""
+    import os
+
+    from ..client import NO_KEY_MESSAGE, OpusClient
+    from ..config import DEFAULT_BASE_URL, load_project_config
+    from ..errors import ConfigError
+
+    key = os.environ.get("OPUS_SERVICE_KEY")
+    if not key:
+        raise ConfigError(NO_KEY_MESSAGE)
+    from ..progress import printable
+
+    config = load_project_config()
+    notice = None if base_url or os.environ.get("OPUS_BASE_URL") else config.base_url_notice()
+    if notice:
+        click.echo(printable(notice), err=True)
+    url = base_url or os.environ.get("OPUS_BASE_URL") or config.base_url or DEFAULT_BASE_URL
+    return OpusClient(url, key)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError, ValidationFailed
-from .models import Context, InputField, WireValue, WorkflowSchema
+from .models import Context, InputField, WorkflowSchema
 from .paths import display_path, outside_root, project_root_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -240,26 +240,27 @@ async def build_payload(
             urls: list[str] = []
             for source in sources_by_var[var]:
                 try:
-                    url = await host.first("opus_upload_file", offload=True, field=spec_field, source=source, ctx=ctx)
+                    url = await host.upload_file(spec_field, source, ctx)
                 except Exception as exc:  # a plugin's words, with our location
                     problem(item.key, f"could not upload {source!r}: {_reason(exc)}")
                     continue
                 if url is None:
                     problem(item.key, f"no uploader handles {source!r}; install or enable a plugin for it")
                     continue
-                urls.append(str(url))
+                urls.append(url)
                 uploads += 1
             value = urls[0] if spec_field.type == "file" and len(urls) == 1 else urls
         try:
-            sent = await host.first("opus_coerce_value", field=spec_field, value=value, ctx=ctx)
+            sent = await host.coerce_value(spec_field, value, ctx)
         except (ValueError, TypeError) as exc:
             problem(item.key, f"input {spec_field.display_name!r} ({spec_field.type}): {_reason(exc)}")
             continue
-        if isinstance(sent, WireValue):
-            payload[var] = wire_entry(spec_field, sent.value, sent.type, sent.type_definition)
+        if sent is None:
+            payload[var] = wire_entry(spec_field, None)
+            continue
+        payload[var] = wire_entry(spec_field, sent.value, sent.type, sent.type_definition)
+        if sent.type is not None:  # without one, the type sent is the schema's own
             chosen_wire.add(var)
-        else:
-            payload[var] = wire_entry(spec_field, sent)
 
     # Nullable inputs the spec leaves out are sent as null, so the payload names every input.
     for spec_field in schema.inputs:

@@ -804,3 +804,121 @@ def test_the_guides_hook_examples_load_and_work(
     payload = {"v": {"type": "str", "value": "  padded  ", "displayName": "V"}}
     asyncio.run(host.each("opus_payload_ready", payload=payload, ctx=ctx))
     assert payload["v"]["value"] == "padded"
+
+
+# -- the typed facade ----------------------------------------------------------------------------
+
+FACADE_PLUGIN = plugin_source(
+    """
+    from pathlib import PurePosixPath
+
+    from opus_runner.models import WireValue, WorkflowSchema
+
+    HEARD = []
+
+    @hookimpl
+    def opus_workflow_schema(workflow_ref, ctx):
+        if workflow_ref.id == "not-a-schema":
+            return {"workflow_id": workflow_ref.id}
+        return WorkflowSchema(workflow_id=workflow_ref.id, name="From the plugin")
+
+    @hookimpl
+    def opus_upload_file(field, source, ctx):
+        # Not a str: the facade hands callers the URL as text.
+        return PurePosixPath("/uploaded") / source if source != "pass" else None
+
+    @hookimpl
+    def opus_coerce_value(field, value, ctx):
+        if field.variable_name == "plain":
+            return value * 2
+        if field.variable_name == "wired":
+            return WireValue([value], type="array", type_definition={"items": "str"})
+        return None
+
+    @hookimpl
+    def opus_payload_ready(payload, ctx):
+        payload["seen"] = True
+
+    @hookimpl
+    def opus_job_event(event, ctx):
+        HEARD.append(event.kind)
+        raise RuntimeError("observers never stop a run")
+    """
+)
+
+
+def test_the_facade_calls_each_hook_and_returns_the_hookspecs_types(
+    plugins_dir: Path, tmp_path: Path, own_builtins: Any
+) -> None:
+    from opus_runner.models import JobEvent, WireValue, WorkflowRef, WorkflowSchema
+
+    (plugins_dir / "facade.py").write_text(FACADE_PLUGIN)
+    host = make_plugin_host(plugins_dir=plugins_dir, entrypoints=False)
+    ctx = ctx_for(tmp_path)
+
+    async def calls() -> list[Any]:
+        payload: dict[str, Any] = {}
+        await host.payload_ready(payload, ctx)
+        await host.job_event(JobEvent(kind="submitted", job_id="j1", spec_name="s"), ctx)
+        return [
+            await host.workflow_schema(WorkflowRef("wf-1"), ctx),
+            await host.upload_file(field("doc"), "a.pdf", ctx),
+            await host.upload_file(field("doc"), "pass", ctx),
+            await host.coerce_value(field("plain"), 21, ctx),
+            await host.coerce_value(field("wired"), "x", ctx),
+            await host.coerce_value(field("other"), "x", ctx),
+            payload,
+        ]
+
+    schema, url, passed, plain, wired, uncoerced, payload = asyncio.run(calls())
+    assert isinstance(schema, WorkflowSchema) and schema.name == "From the plugin"
+    assert url == "/uploaded/a.pdf" and isinstance(url, str)
+    assert passed is None
+    # A plain value comes back wrapped without a type: sent with the type the schema states.
+    assert plain == WireValue(42)
+    assert wired == WireValue(["x"], type="array", type_definition={"items": "str"})
+    assert uncoerced is None
+    assert payload == {"seen": True}
+    assert sys.modules["opus_runner_local.facade"].HEARD == ["submitted"]  # isolated, not raised
+
+
+def test_a_facade_answer_of_the_wrong_type_names_the_plugin(
+    plugins_dir: Path, tmp_path: Path, own_builtins: Any
+) -> None:
+    from opus_runner.models import WorkflowRef
+
+    (plugins_dir / "facade.py").write_text(FACADE_PLUGIN)
+    host = make_plugin_host(plugins_dir=plugins_dir, entrypoints=False)
+    with pytest.raises(PluginError) as info:
+        asyncio.run(host.workflow_schema(WorkflowRef("not-a-schema"), ctx_for(tmp_path)))
+    assert info.value.plugin == str(plugins_dir / "facade.py")
+    assert "opus_workflow_schema must return a WorkflowSchema or None, it returned dict" in str(info.value)
+
+
+def test_a_hook_raising_through_the_facade_is_named_with_its_plugin(
+    plugins_dir: Path, tmp_path: Path, own_builtins: Any
+) -> None:
+    (plugins_dir / "a_quiet.py").write_text(
+        plugin_source(
+            """
+            @hookimpl
+            def opus_payload_ready(payload, ctx):
+                payload["quiet"] = True
+            """
+        )
+    )
+    (plugins_dir / "b_loud.py").write_text(
+        plugin_source(
+            """
+            @hookimpl
+            def opus_payload_ready(payload, ctx):
+                raise KeyError("workflow_input_secretless")
+            """
+        )
+    )
+    host = make_plugin_host(plugins_dir=plugins_dir, entrypoints=False)
+    with pytest.raises(KeyError) as info:
+        asyncio.run(host.payload_ready({}, ctx_for(tmp_path)))  # offloaded to a thread, and still named
+    error = host.hook_failure("opus_payload_ready", info.value, "the job was not executed")
+    assert error.plugin == str(plugins_dir / "b_loud.py")
+    assert "failed in opus_payload_ready: KeyError: 'workflow_input_secretless'; the job was not executed" in str(error)

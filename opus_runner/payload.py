@@ -16,6 +16,8 @@ from __future__ import annotations
 import glob
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,7 +299,35 @@ def wire_entry(
     return entry
 
 
-_VALIDATORS: dict[int, Any] = {}
+#: Compiled payload validators kept at once, most recently used first. A batch validates
+#: thousands of payloads against a handful of workflows; a process that sees ever new schemas
+#: (a long-lived service, a test suite) keeps only this many, never all of them.
+VALIDATOR_CACHE_SIZE = 64
+# By identity, holding the schema so that its id cannot be reused while the entry lives:
+# equal schemas from two fetches compile twice, which is cheap, where hashing a plugin's
+# WorkflowSchema (whose fields may be lists) could fail.
+_VALIDATORS: OrderedDict[int, tuple[WorkflowSchema, Any]] = OrderedDict()
+_VALIDATORS_LOCK = threading.Lock()
+
+
+def _payload_validator(schema: WorkflowSchema) -> Any:
+    """The compiled validator of ``schema``'s payloads, from the bounded cache."""
+    from jsonschema import Draft202012Validator
+
+    from .workflow import payload_json_schema
+
+    with _VALIDATORS_LOCK:
+        cached = _VALIDATORS.get(id(schema))
+        if cached is not None and cached[0] is schema:
+            _VALIDATORS.move_to_end(id(schema))
+            return cached[1]
+    validator = Draft202012Validator(payload_json_schema(schema))
+    with _VALIDATORS_LOCK:
+        _VALIDATORS[id(schema)] = (schema, validator)
+        _VALIDATORS.move_to_end(id(schema))
+        while len(_VALIDATORS) > VALIDATOR_CACHE_SIZE:
+            _VALIDATORS.popitem(last=False)
+    return validator
 
 
 def validate_payload(
@@ -314,16 +344,7 @@ def validate_payload(
     ``plugin_wire`` names inputs whose wire form a coercion plugin chose (a WireValue): their
     ``type`` is the plugin's business, their value is still checked.
     """
-    from jsonschema import Draft202012Validator
-
-    from .workflow import payload_json_schema
-
-    # One compiled validator per workflow schema object: a batch validates thousands of payloads.
-    cached = _VALIDATORS.get(id(schema))
-    if cached is None or cached[0] is not schema:
-        cached = (schema, Draft202012Validator(payload_json_schema(schema)))
-        _VALIDATORS[id(schema)] = cached
-    validator = cached[1]
+    validator = _payload_validator(schema)
     found: list[SpecError] = []
     for err in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path))):
         var = str(err.path[0]) if err.path else None

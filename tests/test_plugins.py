@@ -922,3 +922,72 @@ def test_a_hook_raising_through_the_facade_is_named_with_its_plugin(
     error = host.hook_failure("opus_payload_ready", info.value, "the job was not executed")
     assert error.plugin == str(plugins_dir / "b_loud.py")
     assert "failed in opus_payload_ready: KeyError: 'workflow_input_secretless'; the job was not executed" in str(error)
+
+
+# -- the template hooks' ctx ---------------------------------------------------------------------
+
+CTX_TEMPLATE_PLUGIN = plugin_source(
+    """
+    CALLS = []
+
+    @hookimpl
+    def opus_template_globals(ctx):
+        CALLS.append(("globals", ctx.spec.name if ctx.spec is not None else None, ctx.spec_dir))
+        return {"spec_folder": lambda: ctx.spec_dir.name}
+
+    @hookimpl
+    def opus_template_filters(ctx):
+        CALLS.append(("filters", ctx.spec.name if ctx.spec is not None else None, ctx.spec_dir))
+        owner = ctx.spec.name if ctx.spec is not None else "the run"
+        return {"signed": lambda text: f"{text} (for {owner})"}
+    """
+)
+
+
+def test_the_template_hooks_get_a_context_for_the_spec_being_rendered(
+    plugins_dir: Path, tmp_path: Path, own_builtins: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opus_runner.planning import Planner
+    from opus_runner.spec import load_spec
+    from opus_runner.templating import Templater
+
+    (plugins_dir / "ctx_templates.py").write_text(CTX_TEMPLATE_PLUGIN)
+    host = make_plugin_host(plugins_dir=plugins_dir, entrypoints=False)
+    specs = []
+    for name in ("alpha", "beta"):
+        folder = tmp_path / f"{name}-specs"
+        folder.mkdir()
+        path = folder / f"{name}.yaml"
+        path.write_text(
+            "apiVersion: opus-runner/v1\nkind: Job\n"
+            f"metadata: {{name: {name}, title: \"{{{{ 'Report' | signed }}}} in {{{{ spec_folder() }}}}\"}}\n"
+            "workflow: {id: 5a0d7e3c-8b21-4c6f-9e4a-2f7b1d0c8e93}\n"
+            "matrix: {n: [1, 2]}\n"
+        )
+        specs.append(load_spec(path))
+    monkeypatch.chdir(tmp_path)
+    templater = Templater(environ={}, plugins=host)
+    plans = list(Planner(templater).plans(specs))
+
+    assert [p.title for p in plans] == [
+        "Report (for alpha) in alpha-specs",
+        "Report (for alpha) in alpha-specs",
+        "Report (for beta) in beta-specs",
+        "Report (for beta) in beta-specs",
+    ]
+    # Outside any spec the hooks get the documented run-level context; then once per spec.
+    calls = sys.modules["opus_runner_local.ctx_templates"].CALLS
+    assert calls == [
+        ("globals", None, tmp_path),
+        ("filters", None, tmp_path),
+        ("globals", "alpha", tmp_path / "alpha-specs"),
+        ("filters", "alpha", tmp_path / "alpha-specs"),
+        ("globals", "beta", tmp_path / "beta-specs"),
+        ("filters", "beta", tmp_path / "beta-specs"),
+    ]
+    assert templater.render_str("{{ 'x' | signed }}", {}) == "x (for the run)"
+    # The spec's templater shares the run's secrets: one read there is the run's.
+    monkeypatch.setenv("SIGNING_TOKEN", "tok-signing-0123456789")
+    shared = Templater(plugins=host)
+    assert shared.for_spec(specs[0]).render_str("{{ secret('SIGNING_TOKEN') }}", {}) == "tok-signing-0123456789"
+    assert shared.secrets_used == {"SIGNING_TOKEN": "tok-signing-0123456789"}

@@ -374,12 +374,24 @@ def resume_command(run_id: str | None, output_format: str, quiet: bool, verbose:
 
 
 @main.command("spec-schema", context_settings=CONTEXT_SETTINGS)
-def spec_schema_command() -> None:
-    """Print the JSON Schema of the spec format (for editors)."""
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Also load this plugin module or .py file.")
+@click.option("--no-local-plugins", is_flag=True, help="Do not load the project's plugins folder.")
+@click.option("--untrusted", is_flag=True, help="Do not load the project's plugins folder, nor the plugins_dir of opus-runner.toml.")
+@handle_errors
+def spec_schema_command(plugins: tuple[str, ...], no_local_plugins: bool, untrusted: bool) -> None:
+    """Print the JSON Schema of the spec format (for editors), with the config schemas of the
+    output and notifier types of the loaded plugins."""
     import json
-    from .spec import spec_schema
 
-    click.echo(json.dumps(spec_schema(), indent=2))
+    from .authoring import spec_schema_with_plugins
+    from .config import default_plugins_dir, load_project_config
+    from .plugins import make_plugin_host
+
+    config = load_project_config()
+    host = make_plugin_host(
+        plugins_dir=None if no_local_plugins or untrusted else default_plugins_dir(config), modules=list(plugins)
+    )
+    click.echo(json.dumps(spec_schema_with_plugins(host), indent=2))
 
 
 def _client_from(base_url: str | None) -> Any:

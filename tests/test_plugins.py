@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import WF
 
 import opus_runner.builtins
 from opus_runner import redact
@@ -991,3 +993,60 @@ def test_the_template_hooks_get_a_context_for_the_spec_being_rendered(
     shared = Templater(plugins=host)
     assert shared.for_spec(specs[0]).render_str("{{ secret('SIGNING_TOKEN') }}", {}) == "tok-signing-0123456789"
     assert shared.secrets_used == {"SIGNING_TOKEN": "tok-signing-0123456789"}
+
+
+# -- spec-schema with the plugins' config schemas -------------------------------------------------
+
+MARKDOWN_OUTPUT_PLUGIN = plugin_source(
+    """
+    def markdown_output(result, config, ctx):
+        pass
+
+    @hookimpl
+    def opus_register_outputs(register):
+        register(
+            "markdown",
+            markdown_output,
+            schema={
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "level": {"type": "integer", "minimum": 1}},
+                "required": ["path"],
+                "additionalProperties": False,
+            },
+        )
+    """
+)
+
+
+def test_spec_schema_includes_the_config_schemas_plugins_register(project: Any) -> None:
+    import jsonschema
+
+    (project.root / "plugins").mkdir()
+    (project.root / "plugins" / "markdown.py").write_text(MARKDOWN_OUTPUT_PLUGIN)
+    result = project.run("spec-schema")
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+
+    def problems(outputs: list[Any]) -> list[str]:
+        spec = {
+            "apiVersion": "opus-runner/v1",
+            "kind": "Job",
+            "metadata": {"name": "report"},
+            "workflow": {"id": WF["quick"]},
+            "outputs": outputs,
+        }
+        return [e.message for e in validator.iter_errors(spec)]
+
+    assert problems([{"type": "markdown", "path": "out.md", "level": 2}]) == []
+    assert problems([{"type": "markdown", "path": "{{ metadata.name }}.md", "level": "{{ vars.level }}"}]) == []
+    assert problems([{"type": "markdown", "level": 2}])  # its path is required
+    assert problems([{"type": "markdown", "path": "out.md", "levle": 2}])  # no such key
+    assert problems([{"type": "markdown", "path": "out.md", "level": 0}])
+    # The built-in types' schemas are there too, and a type nobody registered is left to validate.
+    assert problems([{"type": "junit", "path": "report.xml", "bogus": 1}])
+    assert problems([{"type": "from-another-plugin", "anything": True}]) == []
+
+    without = json.loads(project.run("spec-schema", "--no-local-plugins").stdout)
+    assert "outputs-markdown" not in without["$defs"] and "outputs-junit" in without["$defs"]

@@ -513,6 +513,62 @@ def editor_schema(schema: WorkflowSchema) -> dict[str, Any]:
     return result
 
 
+def spec_schema_with_plugins(host: Any) -> dict[str, Any]:
+    """The spec-v1 JSON Schema with the config schemas of the loaded output and notifier types.
+
+    Every type of ``host`` (a :class:`~opus_runner.plugins.PluginHost`: the built-ins and the
+    plugins) that registered a schema gets it under ``$defs`` (``outputs-NAME``,
+    ``notify-NAME``), applied to the ``outputs``/``notify`` entries whose ``type`` is NAME. As
+    ``opus-run validate`` does before rendering, a template is accepted for any property.
+    """
+    from .spec import spec_schema
+
+    result = spec_schema()
+    defs = result.setdefault("$defs", {})
+    for kind, table in (("outputs", host.outputs), ("notify", host.notifiers)):
+        rules = []
+        for name, handler in sorted(table.items()):
+            if handler.schema is None:
+                continue
+            defs[f"{kind}-{name}"] = _embedded(handler.schema, f"urn:opus-runner:{kind}:{name}")
+            rules.append(
+                {
+                    "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+                    "then": {"$ref": f"#/$defs/{kind}-{name}"},
+                }
+            )
+        items = result["properties"][kind]["items"]
+        if rules:
+            items["allOf"] = [*items.get("allOf", []), *rules]
+    return result
+
+
+def _embedded(schema: dict[str, Any], uri: str) -> dict[str, Any]:
+    result = _template_or(json.loads(json.dumps(schema)))
+    # The plugin's own "#/..." references point into its schema, not into the spec schema:
+    # an $id makes it the base they resolve against.
+    if '"$ref": "#' in json.dumps(schema):
+        result.setdefault("$id", uri)
+    else:
+        result.pop("$schema", None)
+    return result
+
+
+def _template_or(schema: Any) -> Any:
+    """``schema`` with every property (at any depth) also accepting a template string."""
+    if not isinstance(schema, dict):
+        return schema
+    result = dict(schema)
+    if isinstance(result.get("properties"), dict):
+        result["properties"] = {
+            key: {"anyOf": [_template_or(sub), TEMPLATE_SCHEMA]} if isinstance(sub, dict) else sub
+            for key, sub in result["properties"].items()
+        }
+    if isinstance(result.get("items"), dict):
+        result["items"] = {"anyOf": [_template_or(result["items"]), TEMPLATE_SCHEMA]}
+    return result
+
+
 # -- opus-run drift ----------------------------------------------------------------------------
 
 #: Change kinds, in the order they are reported for one input.

@@ -109,17 +109,21 @@ def opus_workflow_schema(workflow_ref: WorkflowRef, ctx: Context) -> WorkflowSch
 
 
 @hookspec
-def opus_template_globals(ctx: Context | None) -> dict[str, Any] | None:
+def opus_template_globals(ctx: Context) -> dict[str, Any] | None:
     """Return a dict of extra Jinja globals (functions or values) for spec templates.
 
-    Every implementation is called; later plugins win on a name clash. ``ctx`` may be None when
-    templates are rendered before any job exists (``opus-run validate`` of the spec format).
+    Every implementation is called; later plugins win on a name clash. Called once per spec,
+    with a ``ctx`` for that spec (``spec``, ``spec_path``, ``spec_dir``, ``plan_key`` set;
+    ``vars`` empty and no ``job_id``: no job exists yet), and once with the run-level context
+    (``spec`` None, the working directory as ``spec_path`` and ``spec_dir``) for templates no
+    spec owns.
     """
 
 
 @hookspec
-def opus_template_filters(ctx: Context | None) -> dict[str, Any] | None:
-    """Return a dict of extra Jinja filters for spec templates. Every implementation is called."""
+def opus_template_filters(ctx: Context) -> dict[str, Any] | None:
+    """Return a dict of extra Jinja filters for spec templates, with the ``ctx`` of
+    :func:`opus_template_globals`. Every implementation is called."""
 
 
 @hookspec

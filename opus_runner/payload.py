@@ -16,13 +16,15 @@ from __future__ import annotations
 import glob
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError, ValidationFailed
-from .models import Context, InputField, WireValue, WorkflowSchema
+from .models import Context, InputField, WorkflowSchema
 from .paths import display_path, outside_root, project_root_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -240,26 +242,27 @@ async def build_payload(
             urls: list[str] = []
             for source in sources_by_var[var]:
                 try:
-                    url = await host.first("opus_upload_file", offload=True, field=spec_field, source=source, ctx=ctx)
+                    url = await host.upload_file(spec_field, source, ctx)
                 except Exception as exc:  # a plugin's words, with our location
                     problem(item.key, f"could not upload {source!r}: {_reason(exc)}")
                     continue
                 if url is None:
                     problem(item.key, f"no uploader handles {source!r}; install or enable a plugin for it")
                     continue
-                urls.append(str(url))
+                urls.append(url)
                 uploads += 1
             value = urls[0] if spec_field.type == "file" and len(urls) == 1 else urls
         try:
-            sent = await host.first("opus_coerce_value", field=spec_field, value=value, ctx=ctx)
+            sent = await host.coerce_value(spec_field, value, ctx)
         except (ValueError, TypeError) as exc:
             problem(item.key, f"input {spec_field.display_name!r} ({spec_field.type}): {_reason(exc)}")
             continue
-        if isinstance(sent, WireValue):
-            payload[var] = wire_entry(spec_field, sent.value, sent.type, sent.type_definition)
+        if sent is None:
+            payload[var] = wire_entry(spec_field, None)
+            continue
+        payload[var] = wire_entry(spec_field, sent.value, sent.type, sent.type_definition)
+        if sent.type is not None:  # without one, the type sent is the schema's own
             chosen_wire.add(var)
-        else:
-            payload[var] = wire_entry(spec_field, sent)
 
     # Nullable inputs the spec leaves out are sent as null, so the payload names every input.
     for spec_field in schema.inputs:
@@ -296,7 +299,35 @@ def wire_entry(
     return entry
 
 
-_VALIDATORS: dict[int, Any] = {}
+#: Compiled payload validators kept at once, most recently used first. A batch validates
+#: thousands of payloads against a handful of workflows; a process that sees ever new schemas
+#: (a long-lived service, a test suite) keeps only this many, never all of them.
+VALIDATOR_CACHE_SIZE = 64
+# By identity, holding the schema so that its id cannot be reused while the entry lives:
+# equal schemas from two fetches compile twice, which is cheap, where hashing a plugin's
+# WorkflowSchema (whose fields may be lists) could fail.
+_VALIDATORS: OrderedDict[int, tuple[WorkflowSchema, Any]] = OrderedDict()
+_VALIDATORS_LOCK = threading.Lock()
+
+
+def _payload_validator(schema: WorkflowSchema) -> Any:
+    """The compiled validator of ``schema``'s payloads, from the bounded cache."""
+    from jsonschema import Draft202012Validator
+
+    from .workflow import payload_json_schema
+
+    with _VALIDATORS_LOCK:
+        cached = _VALIDATORS.get(id(schema))
+        if cached is not None and cached[0] is schema:
+            _VALIDATORS.move_to_end(id(schema))
+            return cached[1]
+    validator = Draft202012Validator(payload_json_schema(schema))
+    with _VALIDATORS_LOCK:
+        _VALIDATORS[id(schema)] = (schema, validator)
+        _VALIDATORS.move_to_end(id(schema))
+        while len(_VALIDATORS) > VALIDATOR_CACHE_SIZE:
+            _VALIDATORS.popitem(last=False)
+    return validator
 
 
 def validate_payload(
@@ -313,16 +344,7 @@ def validate_payload(
     ``plugin_wire`` names inputs whose wire form a coercion plugin chose (a WireValue): their
     ``type`` is the plugin's business, their value is still checked.
     """
-    from jsonschema import Draft202012Validator
-
-    from .workflow import payload_json_schema
-
-    # One compiled validator per workflow schema object: a batch validates thousands of payloads.
-    cached = _VALIDATORS.get(id(schema))
-    if cached is None or cached[0] is not schema:
-        cached = (schema, Draft202012Validator(payload_json_schema(schema)))
-        _VALIDATORS[id(schema)] = cached
-    validator = cached[1]
+    validator = _payload_validator(schema)
     found: list[SpecError] = []
     for err in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.path))):
         var = str(err.path[0]) if err.path else None

@@ -147,7 +147,8 @@ def parse_assignments(items: Sequence[str], option: str) -> list[tuple[str, str]
 
 
 class Planner:
-    """Turns specs into JobPlans with one Templater and the run's variable overrides."""
+    """Turns specs into JobPlans with one Templater (each spec rendered by its
+    :meth:`~opus_runner.templating.Templater.for_spec`) and the run's variable overrides."""
 
     def __init__(
         self,
@@ -201,7 +202,7 @@ class Planner:
 
     def _expand(self, spec: Spec) -> Iterator[JobPlan]:
         base = build_context(self.templater)
-        spec_vars = self.templater.render(spec.data.get("vars") or {}, base, file=_rel(spec), key=("vars",))
+        spec_vars = self.templater.for_spec(spec).render(spec.data.get("vars") or {}, base, file=_rel(spec), key=("vars",))
         variables = {**spec_vars, **self.var_overrides}
         combos = self._matrix(spec, variables)
         foreach = spec.data.get("foreach")
@@ -226,7 +227,7 @@ class Planner:
         """The plan a journal row was made from (``JobPlan.describe()``): its matrix combination
         and foreach row as they were then, whatever the data files hold now."""
         base = build_context(self.templater)
-        spec_vars = self.templater.render(spec.data.get("vars") or {}, base, file=_rel(spec), key=("vars",))
+        spec_vars = self.templater.for_spec(spec).render(spec.data.get("vars") or {}, base, file=_rel(spec), key=("vars",))
         variables = {**spec_vars, **self.var_overrides}
         row = recorded.get("row")
         number = recorded.get("row_number")
@@ -239,7 +240,7 @@ class Planner:
         if not matrix:
             return [{}]
         context = build_context(self.templater, vars=variables)
-        rendered = self.templater.render(matrix, context, file=_rel(spec), key=("matrix",))
+        rendered = self.templater.for_spec(spec).render(matrix, context, file=_rel(spec), key=("matrix",))
         names = list(rendered)
         combinations = 1
         for name in names:
@@ -340,7 +341,7 @@ class Planner:
     ) -> JobPlan:
         data = spec.data
         file = _rel(spec)
-        render = self.templater.render
+        render = self.templater.for_spec(spec).render
 
         def at(path: tuple[str | int, ...]) -> int | None:
             return spec.line_of(path)

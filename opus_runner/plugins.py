@@ -39,13 +39,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError, PluginTimeout, SpecError
-from .models import EVENT_KINDS
+from .models import EVENT_KINDS, Context, InputField, JobEvent, WireValue, WorkflowRef, WorkflowSchema
 from .redact import mask
 
 __all__ = [
@@ -329,16 +329,25 @@ class PluginHost:
         self._trace(hook_name, impl, kwargs, "returned", result)
         return result
 
-    async def first(self, hook_name: str, *, offload: bool = False, **kwargs: Any) -> Any:
+    async def first(
+        self, hook_name: str, *, offload: bool = False, returns: type | None = None, **kwargs: Any
+    ) -> Any:
         """Call a firstresult hook: implementations in call order, the first non-None result wins.
 
         Coroutines are awaited. With ``offload=True`` plain third-party implementations run in
-        a worker thread (built-ins run inline). A plugin's exception propagates unchanged.
+        a worker thread (built-ins run inline). A plugin's exception propagates unchanged; a
+        result that is not a ``returns`` (when given) is a PluginError naming the plugin.
         """
         for impl in self._impls(hook_name, kwargs):
             result = await self._call_impl(hook_name, impl, kwargs, offload)
-            if result is not None:
-                return result
+            if result is None:
+                continue
+            if returns is not None and not isinstance(result, returns):
+                raise PluginError(
+                    f"{hook_name} must return a {returns.__name__} or None, it returned {type(result).__name__}",
+                    plugin=self.source_of(impl.plugin_name),
+                )
+            return result
         return None
 
     async def each(self, hook_name: str, *, offload: bool = False, isolate: bool = False, **kwargs: Any) -> list[Any]:
@@ -369,6 +378,46 @@ class PluginHost:
                 results.append(result)
         return results
 
+    # -- the hooks, one typed method each ------------------------------------------------------
+    #
+    # Callers use these, not ``first``/``each`` with a hook's name: a misspelt hook is then an
+    # attribute error at import time for type checkers, and every result has the hookspec's type.
+
+    async def workflow_schema(self, workflow_ref: WorkflowRef, ctx: Context) -> WorkflowSchema | None:
+        """``opus_workflow_schema``: the first plugin's description of the workflow, or None.
+
+        A plugin that answers with anything but a :class:`WorkflowSchema` is a PluginError.
+        """
+        schema = await self.first(
+            "opus_workflow_schema", offload=True, returns=WorkflowSchema, workflow_ref=workflow_ref, ctx=ctx
+        )
+        return cast("WorkflowSchema | None", schema)
+
+    async def upload_file(self, field: InputField, source: str, ctx: Context) -> str | None:
+        """``opus_upload_file``: the file URL the first plugin made of ``source``, or None when none did."""
+        url = await self.first("opus_upload_file", offload=True, field=field, source=source, ctx=ctx)
+        return None if url is None else str(url)
+
+    async def coerce_value(self, field: InputField, value: Any, ctx: Context) -> WireValue | None:
+        """``opus_coerce_value``: the value to send for ``field``, or None when no plugin coerced it.
+
+        A plain value a plugin returns comes back as a ``WireValue`` without ``type``, which
+        sends the type the workflow's schema states, exactly as the plain value would be sent.
+        Runs inline (coercers do no I/O); a ``ValueError`` or ``TypeError`` rejects the value.
+        """
+        sent = await self.first("opus_coerce_value", field=field, value=value, ctx=ctx)
+        if sent is None or isinstance(sent, WireValue):
+            return sent
+        return WireValue(sent)
+
+    async def payload_ready(self, payload: dict[str, Any], ctx: Context) -> None:
+        """``opus_payload_ready``: every plugin may adjust ``payload`` in place; one that raises stops the job."""
+        await self.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
+
+    async def job_event(self, event: JobEvent, ctx: Context) -> None:
+        """``opus_job_event``: every observer hears ``event``; one that raises or overruns is logged, not raised."""
+        await self.each("opus_job_event", offload=True, isolate=True, event=event, ctx=ctx)
+
     def _merged_dicts(self, hook_name: str, ctx: Any, *, callables: bool) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         kwargs = {"ctx": ctx}
@@ -397,12 +446,12 @@ class PluginHost:
             merged.update(result)
         return merged
 
-    def template_globals(self, ctx: Any) -> dict[str, Any]:
-        """Jinja globals from every plugin, merged in load order (later plugins win)."""
+    def template_globals(self, ctx: Context) -> dict[str, Any]:
+        """``opus_template_globals``: Jinja globals from every plugin, merged in load order (later plugins win)."""
         return self._merged_dicts("opus_template_globals", ctx, callables=False)
 
-    def template_filters(self, ctx: Any) -> dict[str, Any]:
-        """Jinja filters from every plugin, merged in load order (later plugins win)."""
+    def template_filters(self, ctx: Context) -> dict[str, Callable[..., Any]]:
+        """``opus_template_filters``: Jinja filters from every plugin, merged in load order (later plugins win)."""
         return self._merged_dicts("opus_template_filters", ctx, callables=True)
 
     # -- config entries -------------------------------------------------------------------

@@ -9,19 +9,25 @@ templated: ``env`` does not hold it and ``secret()`` refuses it.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import difflib
 import functools
 import itertools
+import logging
 import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import redact
 from .errors import TemplateError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models import Context
+    from .spec import Spec
 
 # "{{ expr }}" and nothing else (the expression itself may not close and reopen a block).
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}|\{\{|\{%|\{#).)*)\}\}\s*$", re.DOTALL)
@@ -360,8 +366,38 @@ def _utc_today() -> _dt.date:
     return _utc_now().date()
 
 
+class TemplateHooks(Protocol):
+    """What a Templater asks of the plugin host: the two template hooks, called with a ctx."""
+
+    def template_globals(self, ctx: Context) -> dict[str, Any]: ...
+
+    def template_filters(self, ctx: Context) -> dict[str, Callable[..., Any]]: ...
+
+
+def run_level_context(spec: Spec | None) -> Context:
+    """The ``ctx`` the template hooks get when the caller gives no ``context_for``: the spec's
+    path, folder and name (``plan_key``); outside any spec (None), ``spec`` None and the working
+    directory as ``spec_path`` and ``spec_dir``. No client, and ``vars`` empty: the hooks run
+    before the spec's vars are rendered."""
+    from .models import Context
+
+    log = logging.getLogger("opus_runner")
+    if spec is None:
+        cwd = Path.cwd()
+        return Context(spec=None, spec_path=cwd, spec_dir=cwd, log=log)
+    return Context(spec=spec, spec_path=spec.path, spec_dir=spec.dir, log=log, plan_key=spec.name)
+
+
 class Templater:
-    """Renders spec values. One per run: compiled templates are cached by their source."""
+    """Renders spec values. One per run: compiled templates are cached by their source.
+
+    With ``plugins`` (the run's plugin host), the Jinja globals and filters of the template
+    hooks join ``globals`` and ``filters``: this templater has those the hooks return for the
+    run-level context, and :meth:`for_spec` gives one per spec with those the hooks return for
+    that spec's context (``context_for(spec)``, default :func:`run_level_context`). Each spec's
+    templater shares this one's environment, secrets and budget; only the Jinja environment
+    (and its compiled templates) is its own.
+    """
 
     def __init__(
         self,
@@ -371,6 +407,8 @@ class Templater:
         environ: Mapping[str, str] | None = None,
         missing_secrets_ok: bool = False,
         budget: float | None = None,
+        plugins: TemplateHooks | None = None,
+        context_for: Callable[[Spec | None], Context] | None = None,
     ) -> None:
         #: CPU seconds one value may take to render (opus-runner.toml ``template_budget``)
         self.budget = DEFAULT_TEMPLATE_BUDGET if budget is None else budget
@@ -384,17 +422,46 @@ class Templater:
         self.secrets_used: dict[str, str] = {}
         #: called with (name, value) the first time a secret is read (the runner journals it)
         self.on_secret: Callable[[str, str], None] | None = None
-        self._env = _make_environment(_make_undefined_class())
-        self._env.globals.update(
-            {"now": _utc_now, "today": _utc_today, "secret": self._secret}
-        )
-        if globals:
-            self._env.globals.update(globals)
-        if filters:
-            self._env.filters.update(filters)
-        self._templates: dict[str, Any] = {}
+        self._globals = dict(globals or {})
+        self._filters = dict(filters or {})
+        self._plugins = plugins
+        self._context_for = context_for or run_level_context
+        self._root = self
+        self._by_spec: dict[Path, Templater] = {}
         self._env_ns: Namespace | None = None
+        self._use_env(self._plugin_context(None))
+
+    def _plugin_context(self, spec: Spec | None) -> Context | None:
+        return None if self._plugins is None else self._context_for(spec)
+
+    def _use_env(self, ctx: Context | None) -> None:
+        """A fresh Jinja environment: the built-in globals, the caller's, then the plugins' for ``ctx``."""
+        self._env = _make_environment(_make_undefined_class())
+        # Bound to the root: one templater per run holds the secrets read and their callback.
+        self._env.globals.update({"now": _utc_now, "today": _utc_today, "secret": self._root._secret})
+        self._env.globals.update(self._globals)
+        self._env.filters.update(self._filters)
+        if self._plugins is not None and ctx is not None:
+            self._env.globals.update(self._plugins.template_globals(ctx))
+            self._env.filters.update(self._plugins.template_filters(ctx))
+        self._templates: dict[str, Any] = {}
         self._expressions: dict[str, Any] = {}
+
+    def for_spec(self, spec: Spec) -> Templater:
+        """The templater for ``spec``'s values: this one without ``plugins``; with them, one whose
+        plugin globals and filters are those the template hooks return for the spec's context
+        (the hooks are called once per spec and run)."""
+        root = self._root
+        if root._plugins is None:
+            return root
+        scoped = root._by_spec.get(spec.path)
+        if scoped is None:
+            scoped = copy.copy(root)
+            scoped._by_spec = {}
+            scoped._env_ns = root.env_namespace()
+            scoped._use_env(root._plugin_context(spec))
+            root._by_spec[spec.path] = scoped
+        return scoped
 
     def _secret(self, name: str) -> str:
         if not isinstance(name, str) or not name:

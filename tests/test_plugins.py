@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import WF
 
 import opus_runner.builtins
 from opus_runner import redact
@@ -804,3 +806,247 @@ def test_the_guides_hook_examples_load_and_work(
     payload = {"v": {"type": "str", "value": "  padded  ", "displayName": "V"}}
     asyncio.run(host.each("opus_payload_ready", payload=payload, ctx=ctx))
     assert payload["v"]["value"] == "padded"
+
+
+# -- the typed facade ----------------------------------------------------------------------------
+
+FACADE_PLUGIN = plugin_source(
+    """
+    from pathlib import PurePosixPath
+
+    from opus_runner.models import WireValue, WorkflowSchema
+
+    HEARD = []
+
+    @hookimpl
+    def opus_workflow_schema(workflow_ref, ctx):
+        if workflow_ref.id == "not-a-schema":
+            return {"workflow_id": workflow_ref.id}
+        return WorkflowSchema(workflow_id=workflow_ref.id, name="From the plugin")
+
+    @hookimpl
+    def opus_upload_file(field, source, ctx):
+        # Not a str: the facade hands callers the URL as text.
+        return PurePosixPath("/uploaded") / source if source != "pass" else None
+
+    @hookimpl
+    def opus_coerce_value(field, value, ctx):
+        if field.variable_name == "plain":
+            return value * 2
+        if field.variable_name == "wired":
+            return WireValue([value], type="array", type_definition={"items": "str"})
+        return None
+
+    @hookimpl
+    def opus_payload_ready(payload, ctx):
+        payload["seen"] = True
+
+    @hookimpl
+    def opus_job_event(event, ctx):
+        HEARD.append(event.kind)
+        raise RuntimeError("observers never stop a run")
+    """
+)
+
+
+def test_the_facade_calls_each_hook_and_returns_the_hookspecs_types(
+    plugins_dir: Path, tmp_path: Path, own_builtins: Any
+) -> None:
+    from opus_runner.models import JobEvent, WireValue, WorkflowRef, WorkflowSchema
+
+    (plugins_dir / "facade.py").write_text(FACADE_PLUGIN)
+    host = make_plugin_host(plugins_dir=plugins_dir, entrypoints=False)
+    ctx = ctx_for(tmp_path)
+
+    async def calls() -> list[Any]:
+        payload: dict[str, Any] = {}
+        await host.payload_ready(payload, ctx)
+        await host.job_event(JobEvent(kind="submitted", job_id="j1", spec_name="s"), ctx)
+        return [
+            await host.workflow_schema(WorkflowRef("wf-1"), ctx),
+            await host.upload_file(field("doc"), "a.pdf", ctx),
+            await host.upload_file(field("doc"), "pass", ctx),
+            await host.coerce_value(field("plain"), 21, ctx),
+            await host.coerce_value(field("wired"), "x", ctx),
+            await host.coerce_value(field("other"), "x", ctx),
+            payload,
+        ]
+
+    schema, url, passed, plain, wired, uncoerced, payload = asyncio.run(calls())
+    assert isinstance(schema, WorkflowSchema) and schema.name == "From the plugin"
+    assert url == "/uploaded/a.pdf" and isinstance(url, str)
+    assert passed is None
+    # A plain value comes back wrapped without a type: sent with the type the schema states.
+    assert plain == WireValue(42)
+    assert wired == WireValue(["x"], type="array", type_definition={"items": "str"})
+    assert uncoerced is None
+    assert payload == {"seen": True}
+    assert sys.modules["opus_runner_local.facade"].HEARD == ["submitted"]  # isolated, not raised
+
+
+def test_a_facade_answer_of_the_wrong_type_names_the_plugin(
+    plugins_dir: Path, tmp_path: Path, own_builtins: Any
+) -> None:
+    from opus_runner.models import WorkflowRef
+
+    (plugins_dir / "facade.py").write_text(FACADE_PLUGIN)
+    host = make_plugin_host(plugins_dir=plugins_dir, entrypoints=False)
+    with pytest.raises(PluginError) as info:
+        asyncio.run(host.workflow_schema(WorkflowRef("not-a-schema"), ctx_for(tmp_path)))
+    assert info.value.plugin == str(plugins_dir / "facade.py")
+    assert "opus_workflow_schema must return a WorkflowSchema or None, it returned dict" in str(info.value)
+
+
+def test_a_hook_raising_through_the_facade_is_named_with_its_plugin(
+    plugins_dir: Path, tmp_path: Path, own_builtins: Any
+) -> None:
+    (plugins_dir / "a_quiet.py").write_text(
+        plugin_source(
+            """
+            @hookimpl
+            def opus_payload_ready(payload, ctx):
+                payload["quiet"] = True
+            """
+        )
+    )
+    (plugins_dir / "b_loud.py").write_text(
+        plugin_source(
+            """
+            @hookimpl
+            def opus_payload_ready(payload, ctx):
+                raise KeyError("workflow_input_secretless")
+            """
+        )
+    )
+    host = make_plugin_host(plugins_dir=plugins_dir, entrypoints=False)
+    with pytest.raises(KeyError) as info:
+        asyncio.run(host.payload_ready({}, ctx_for(tmp_path)))  # offloaded to a thread, and still named
+    error = host.hook_failure("opus_payload_ready", info.value, "the job was not executed")
+    assert error.plugin == str(plugins_dir / "b_loud.py")
+    assert "failed in opus_payload_ready: KeyError: 'workflow_input_secretless'; the job was not executed" in str(error)
+
+
+# -- the template hooks' ctx ---------------------------------------------------------------------
+
+CTX_TEMPLATE_PLUGIN = plugin_source(
+    """
+    CALLS = []
+
+    @hookimpl
+    def opus_template_globals(ctx):
+        CALLS.append(("globals", ctx.spec.name if ctx.spec is not None else None, ctx.spec_dir))
+        return {"spec_folder": lambda: ctx.spec_dir.name}
+
+    @hookimpl
+    def opus_template_filters(ctx):
+        CALLS.append(("filters", ctx.spec.name if ctx.spec is not None else None, ctx.spec_dir))
+        owner = ctx.spec.name if ctx.spec is not None else "the run"
+        return {"signed": lambda text: f"{text} (for {owner})"}
+    """
+)
+
+
+def test_the_template_hooks_get_a_context_for_the_spec_being_rendered(
+    plugins_dir: Path, tmp_path: Path, own_builtins: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opus_runner.planning import Planner
+    from opus_runner.spec import load_spec
+    from opus_runner.templating import Templater
+
+    (plugins_dir / "ctx_templates.py").write_text(CTX_TEMPLATE_PLUGIN)
+    host = make_plugin_host(plugins_dir=plugins_dir, entrypoints=False)
+    specs = []
+    for name in ("alpha", "beta"):
+        folder = tmp_path / f"{name}-specs"
+        folder.mkdir()
+        path = folder / f"{name}.yaml"
+        path.write_text(
+            "apiVersion: opus-runner/v1\nkind: Job\n"
+            f"metadata: {{name: {name}, title: \"{{{{ 'Report' | signed }}}} in {{{{ spec_folder() }}}}\"}}\n"
+            "workflow: {id: 5a0d7e3c-8b21-4c6f-9e4a-2f7b1d0c8e93}\n"
+            "matrix: {n: [1, 2]}\n"
+        )
+        specs.append(load_spec(path))
+    monkeypatch.chdir(tmp_path)
+    templater = Templater(environ={}, plugins=host)
+    plans = list(Planner(templater).plans(specs))
+
+    assert [p.title for p in plans] == [
+        "Report (for alpha) in alpha-specs",
+        "Report (for alpha) in alpha-specs",
+        "Report (for beta) in beta-specs",
+        "Report (for beta) in beta-specs",
+    ]
+    # Outside any spec the hooks get the documented run-level context; then once per spec.
+    calls = sys.modules["opus_runner_local.ctx_templates"].CALLS
+    assert calls == [
+        ("globals", None, tmp_path),
+        ("filters", None, tmp_path),
+        ("globals", "alpha", tmp_path / "alpha-specs"),
+        ("filters", "alpha", tmp_path / "alpha-specs"),
+        ("globals", "beta", tmp_path / "beta-specs"),
+        ("filters", "beta", tmp_path / "beta-specs"),
+    ]
+    assert templater.render_str("{{ 'x' | signed }}", {}) == "x (for the run)"
+    # The spec's templater shares the run's secrets: one read there is the run's.
+    monkeypatch.setenv("SIGNING_TOKEN", "tok-signing-0123456789")
+    shared = Templater(plugins=host)
+    assert shared.for_spec(specs[0]).render_str("{{ secret('SIGNING_TOKEN') }}", {}) == "tok-signing-0123456789"
+    assert shared.secrets_used == {"SIGNING_TOKEN": "tok-signing-0123456789"}
+
+
+# -- spec-schema with the plugins' config schemas -------------------------------------------------
+
+MARKDOWN_OUTPUT_PLUGIN = plugin_source(
+    """
+    def markdown_output(result, config, ctx):
+        pass
+
+    @hookimpl
+    def opus_register_outputs(register):
+        register(
+            "markdown",
+            markdown_output,
+            schema={
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "level": {"type": "integer", "minimum": 1}},
+                "required": ["path"],
+                "additionalProperties": False,
+            },
+        )
+    """
+)
+
+
+def test_spec_schema_includes_the_config_schemas_plugins_register(project: Any) -> None:
+    import jsonschema
+
+    (project.root / "plugins").mkdir()
+    (project.root / "plugins" / "markdown.py").write_text(MARKDOWN_OUTPUT_PLUGIN)
+    result = project.run("spec-schema")
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+
+    def problems(outputs: list[Any]) -> list[str]:
+        spec = {
+            "apiVersion": "opus-runner/v1",
+            "kind": "Job",
+            "metadata": {"name": "report"},
+            "workflow": {"id": WF["quick"]},
+            "outputs": outputs,
+        }
+        return [e.message for e in validator.iter_errors(spec)]
+
+    assert problems([{"type": "markdown", "path": "out.md", "level": 2}]) == []
+    assert problems([{"type": "markdown", "path": "{{ metadata.name }}.md", "level": "{{ vars.level }}"}]) == []
+    assert problems([{"type": "markdown", "level": 2}])  # its path is required
+    assert problems([{"type": "markdown", "path": "out.md", "levle": 2}])  # no such key
+    assert problems([{"type": "markdown", "path": "out.md", "level": 0}])
+    # The built-in types' schemas are there too, and a type nobody registered is left to validate.
+    assert problems([{"type": "junit", "path": "report.xml", "bogus": 1}])
+    assert problems([{"type": "from-another-plugin", "anything": True}]) == []
+
+    without = json.loads(project.run("spec-schema", "--no-local-plugins").stdout)
+    assert "outputs-markdown" not in without["$defs"] and "outputs-junit" in without["$defs"]

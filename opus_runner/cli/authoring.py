@@ -17,6 +17,7 @@ from .console import handle_errors, setup_logging
 from .options import (
     CONTEXT_SETTINGS,
     connection_options,
+    loaded_plugins_options,
     plugin_options,
     quiet_option,
     report_options,
@@ -275,9 +276,19 @@ def drift_command(specs: tuple[str, ...], output_format: str, verbose: bool, **o
 
 
 @click.command("spec-schema", context_settings=CONTEXT_SETTINGS)
-def spec_schema_command() -> None:
-    """Print the JSON Schema of the spec format (for editors)."""
+@loaded_plugins_options
+@handle_errors
+def spec_schema_command(plugins: tuple[str, ...], no_local_plugins: bool, untrusted: bool) -> None:
+    """Print the JSON Schema of the spec format (for editors), with the config schemas of the
+    output and notifier types of the loaded plugins."""
     import json
-    from ..spec import spec_schema
 
-    click.echo(json.dumps(spec_schema(), indent=2))
+    from ..authoring import spec_schema_with_plugins
+    from ..config import default_plugins_dir, load_project_config
+    from ..plugins import make_plugin_host
+
+    config = load_project_config()
+    host = make_plugin_host(
+        plugins_dir=None if no_local_plugins or untrusted else default_plugins_dir(config), modules=list(plugins)
+    )
+    click.echo(json.dumps(spec_schema_with_plugins(host), indent=2))

@@ -135,6 +135,15 @@ def plugin_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return together(plugin_option(), no_local_plugins_option(), untrusted_option())(func)
 
 
+def loaded_plugins_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The plugin flags of the commands that only load plugins to show them (plugins, spec-schema)."""
+    return together(
+        plugin_option(help="Also load this plugin module or .py file."),
+        no_local_plugins_option(help="Do not load the project's plugins folder."),
+        untrusted_option(help="Do not load the project's plugins folder, nor the plugins_dir of opus-runner.toml."),
+    )(func)
+
+
 def var_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return together(var_option(), vars_file_option(), allow_outside_root_option())(func)
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import click
 
 from .console import handle_errors, setup_logging
-from .options import CONTEXT_SETTINGS, no_local_plugins_option, output_options, plugin_option, untrusted_option
+from .options import CONTEXT_SETTINGS, loaded_plugins_options, output_options
 
 
 @click.command("plugins", context_settings=CONTEXT_SETTINGS)
-@plugin_option(help="Also load this plugin module or .py file.")
-@no_local_plugins_option(help="Do not load the project's plugins folder.")
-@untrusted_option(help="Do not load the project's plugins folder, nor the plugins_dir of opus-runner.toml.")
+@loaded_plugins_options
 @output_options
 @handle_errors
 def plugins_command(plugins: tuple[str, ...], no_local_plugins: bool, untrusted: bool, output_format: str, quiet: bool, verbose: bool) -> None:

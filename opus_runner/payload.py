@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError, ValidationFailed
+from .inputs import FILE_TYPES, TYPES, input_type
 from .models import Context, InputField, WireValue, WorkflowSchema
 from .paths import display_path, outside_root, project_root_of
 
@@ -35,6 +36,8 @@ UPLOAD_EXTENSIONS = frozenset(
 )
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _GLOB_CHARS = set("*?[")
+#: the key of a spec's file form -> the type it declares: {file: ...} one file, {files: [...]} many
+_FILE_FORMS = {t.file_form: t.name for t in TYPES if t.file_form}
 
 
 def is_url(source: str) -> bool:
@@ -68,10 +71,9 @@ def unwrap(key: str, raw: Any, spec_field: InputField) -> InputValue:
         if "value" in keys and keys <= {"value", "type"}:
             value = raw["value"]
             declared = raw.get("type")
-        elif keys == {"file"}:
-            return InputValue(key, raw["file"], "file", _as_sources(raw["file"]))
-        elif keys == {"files"}:
-            return InputValue(key, raw["files"], "array_files", _as_sources(raw["files"]))
+        elif len(keys) == 1 and next(iter(keys)) in _FILE_FORMS:
+            (form,) = keys
+            return InputValue(key, raw[form], _FILE_FORMS[form], _as_sources(raw[form]))
     if spec_field.is_file and value is not None:
         return InputValue(key, value, declared, _as_sources(value))
     return InputValue(key, value, declared)
@@ -198,19 +200,20 @@ async def build_payload(
         if item.sources is None:
             if spec_field.is_file:
                 problem(item.key, f"expected a file path or URL for {spec_field.type} input, found {type(item.value).__name__}")
-            elif item.declared_type in ("file", "array_files"):
+            elif item.declared_type in FILE_TYPES:
                 problem(item.key, f"input {spec_field.display_name!r} is of type {spec_field.type!r}, not a file")
             continue
         if not spec_field.is_file:
             problem(item.key, f"input {spec_field.display_name!r} is of type {spec_field.type!r}, not a file")
             continue
-        if spec_field.type == "file" and len(item.sources) != 1:
+        one_file = input_type(spec_field.type).one_file
+        if one_file and len(item.sources) != 1:
             problem(item.key, f"input {spec_field.display_name!r} takes one file, found {len(item.sources)}")
             continue
         expanded, glob_problems = expand_sources(item.sources, ctx)
         for message in glob_problems:
             problem(item.key, message)
-        if spec_field.type == "file" and len(expanded) != 1:
+        if one_file and len(expanded) != 1:
             if not glob_problems:
                 problem(item.key, f"input {spec_field.display_name!r} takes one file, the pattern matched {len(expanded)}")
             continue
@@ -249,7 +252,7 @@ async def build_payload(
                     continue
                 urls.append(str(url))
                 uploads += 1
-            value = urls[0] if spec_field.type == "file" and len(urls) == 1 else urls
+            value = urls[0] if input_type(spec_field.type).one_file and len(urls) == 1 else urls
         try:
             sent = await host.first("opus_coerce_value", field=spec_field, value=value, ctx=ctx)
         except (ValueError, TypeError) as exc:

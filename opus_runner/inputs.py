@@ -9,7 +9,7 @@ The sandbox (:mod:`opus_runner.sandbox`) keeps its own checks on purpose and doe
 table: it models the real service, and sharing the client's table would hide a client bug on
 both sides of the wire.
 
-No imports from the rest of the package but :mod:`opus_runner.redact`: models.py derives its
+No imports from the rest of the package but :mod:`opus_runner.messages`: models.py derives its
 ``INPUT_TYPES`` and ``FILE_TYPES`` from here.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .redact import mask
+from .messages import shorten
 
 __all__ = [
     "DATE_PATTERN",
@@ -62,8 +62,7 @@ def describe(value: Any) -> str:
     kind = kinds.get(type(value), type(value).__name__)
     if isinstance(value, (dict, list)):
         return kind
-    text = mask(repr(value))  # before cutting, which could leave a secret's start
-    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+    return f"{kind} {shorten(repr(value), 60, ellipsis='...')}"
 
 
 def to_str(value: Any) -> str:

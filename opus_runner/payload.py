@@ -335,13 +335,19 @@ def validate_payload(
         label = key or "inputs"
         found.append(
             SpecError(
-                f"the value sent for {label!r} does not fit the workflow: {err.message}",
+                f"the value sent for {label!r} does not fit the workflow: {_explain(err)}",
                 file=spec_file,
                 key=("inputs", key) if key else ("inputs",),
                 line=lines.get(key or ""),
             )
         )
     return found
+
+
+def _explain(error: Any) -> str:
+    from .messages import explain_schema_error
+
+    return "; ".join(message for _, message in explain_schema_error(error))
 
 
 def _reason(exc: BaseException) -> str:

@@ -8,7 +8,6 @@ to one field, and describe a valid ``jobPayloadSchemaInstance`` as a JSON Schema
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import re
@@ -18,6 +17,7 @@ from typing import Any
 from . import jsontext
 from .errors import ApiError
 from .inputs import FILE_TYPES, INPUT_TYPES, TYPES, value_schema
+from .messages import did_you_mean
 from .models import InputField, WorkflowSchema
 
 __all__ = [
@@ -353,12 +353,9 @@ def resolve_input(schema: WorkflowSchema, key: str) -> InputField:
     shown = ", ".join(repr(f.display_name) for f in schema.inputs) or "none"
     message = f"workflow {schema.workflow_id} has no input {key!r}; its inputs are {shown}"
     choices = [f.display_name for f in schema.inputs] + [f.variable_name for f in schema.inputs]
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        close = [lowered[key.lower()]] if key.lower() in lowered else []
-    if close:
-        message += f" (did you mean {close[0]!r}?)"
+    hint = did_you_mean(key, choices)
+    if hint:
+        message += f" ({hint})"
     raise LookupError(message)
 
 

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import httpx
 
-from . import jsontext, messages, redact
+from . import jsontext, redact
 from .__about__ import __version__
 from .errors import (
     ApiError,
@@ -252,7 +252,9 @@ class AuditProgress:
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    return messages.one_line(text, limit)
+    # Mask before cutting: a cut through a secret would leave its start unmasked.
+    flat = " ".join(redact.mask(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _looks_html(response: httpx.Response, text: str) -> bool:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError, ValidationFailed
-from .inputs import FILE_TYPES, TYPES, input_type
 from .models import Context, InputField, WireValue, WorkflowSchema
 from .paths import display_path, outside_root, project_root_of
+from .inputs import FILE_TYPES, TYPES, input_type  # after .paths: an import line of its own to merge
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plugins import PluginHost

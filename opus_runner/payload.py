@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import SpecError, ValidationFailed
 from .models import Context, InputField, WireValue, WorkflowSchema
 from .paths import display_path, outside_root, project_root_of
-from .inputs import FILE_TYPES, TYPES, input_type  # after .paths: an import line of its own to merge
+from .inputs import FILE_TYPES, TYPES, input_type
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plugins import PluginHost

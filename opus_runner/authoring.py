@@ -7,6 +7,7 @@ schemas through the runner and print what these functions return.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import re
@@ -21,6 +22,7 @@ import yaml
 
 from .errors import ApiError, NotFoundError, WorkflowNotFound
 from .paths import display_path
+from .inputs import InputType, input_type
 from .models import InputField, WorkflowRef, WorkflowSchema
 from .progress import printable
 
@@ -215,31 +217,27 @@ def _comment(text: Any) -> str:
     return " ".join(_NOT_IN_COMMENT.sub(" ", str(text)).split())
 
 
-def _extension(f: InputField, default: str) -> str:
-    return f.allowed_file_types[0].lower() if f.allowed_file_types else default
+def _extension(f: InputField) -> str | None:
+    return f.allowed_file_types[0].lower() if f.allowed_file_types else None
 
 
 def placeholder(f: InputField, today: _dt.date) -> str:
     """A YAML placeholder value of the right type for ``f`` (flow style, one line)."""
-    if f.type == "str":
-        return '"TODO"'
-    if f.type in ("float", "int"):
-        return "0"
-    if f.type == "json_string":
-        return "{}"
-    if f.type == "bool":
-        return "false"
-    if f.type == "date":
-        return today.isoformat()
-    if f.type == "file":
-        return f"{{file: {yaml_string('path/to/file.' + _extension(f, 'pdf'))}}}"
-    if f.type == "array_files":
-        return f"{{files: [{yaml_string('path/to/*.' + _extension(f, 'csv'))}]}}"
-    if f.type == "array":
-        return "[]"
-    if f.type == "object":
-        return "{}"
-    return '"TODO"'  # a type this version does not know: the platform will judge the value
+    return _flow(input_type(f.type).placeholder(_extension(f), today), top=True)
+
+
+def _flow(value: Any, *, top: bool = False) -> str:
+    """``value`` (a placeholder: plain data) as one line of flow-style YAML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, _dt.date)):
+        return value.isoformat() if isinstance(value, _dt.date) else repr(value)
+    if isinstance(value, str):
+        # A bare text placeholder is quoted so that it reads as text to replace.
+        return json.dumps(value) if top else yaml_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return "{" + ", ".join(f"{yaml_string(str(k))}: {_flow(v)}" for k, v in value.items()) + "}"
 
 
 def _commented(lines: Sequence[tuple[str, str]]) -> list[str]:
@@ -343,53 +341,9 @@ TEMPLATE_SCHEMA: dict[str, Any] = {
     "pattern": r"\{\{|\{%",
     "description": "A template ({{ ... }}); its rendered value is checked when the spec runs.",
 }
-_NUMERIC = r"^\s*[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*$"
-_DATE_TEXT = r"^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ].*)?$"
-
-
-def _any_case(*words: str) -> str:
-    # JSON Schema patterns are ECMA-262 regexes: no inline (?i) flag, so spell each case out.
-    spelled = ["".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in w) for w in words]
-    return r"^\s*(?:" + "|".join(spelled) + r")\s*$"
-
-
-def _shorthand(input_type: str) -> list[dict[str, Any]]:
-    """The values a spec may give for a type (SPEC.md's coercion table), templates aside."""
-    path = {"type": "string", "minLength": 1}
-    forms: dict[str, list[dict[str, Any]]] = {
-        "str": [{"type": ["string", "number"]}],
-        "float": [{"type": "number"}, {"type": "string", "pattern": _NUMERIC}],
-        "int": [{"type": "integer"}, {"type": "string", "pattern": r"^\s*[-+]?[0-9][0-9_]*(?:\.0*)?\s*$"}],
-        "json_string": [{"type": "array"}, {"type": "object"}, {"type": "string", "minLength": 1}],
-        "bool": [
-            {"type": "boolean"},
-            {"enum": [0, 1]},
-            {"type": "string", "pattern": _any_case("true", "false", "yes", "no", "on", "off", "1", "0")},
-        ],
-        "date": [{"type": "string", "pattern": _DATE_TEXT}],
-        "file": [path],
-        "array_files": [path, {"type": "array", "items": path, "minItems": 1}],
-        "array": [{"type": "array"}, {"type": "string", "pattern": r"^\s*\["}],
-        # A mapping shaped like {value, type}, {file} or {files} is read as that form, not as the
-        # object itself (payload.unwrap), so the plain mapping form excludes those shapes.
-        "object": [
-            {
-                "type": "object",
-                "not": {
-                    "anyOf": [
-                        {"required": ["value"], "propertyNames": {"enum": ["value", "type"]}},
-                        {"required": ["file"], "maxProperties": 1},
-                        {"required": ["files"], "maxProperties": 1},
-                    ]
-                },
-            },
-            {"type": "string", "pattern": r"^\s*\{"},
-        ],
-    }
-    return forms.get(input_type, [{}])
-
-
-def _file_forms(input_type: str) -> list[dict[str, Any]]:
+def _file_forms(kind: InputType) -> list[dict[str, Any]]:
+    if not kind.is_file:
+        return []
     path = {"type": "string", "minLength": 1}
     one = {
         "type": "object",
@@ -397,6 +351,8 @@ def _file_forms(input_type: str) -> list[dict[str, Any]]:
         "required": ["file"],
         "additionalProperties": False,
     }
+    if kind.one_file:
+        return [one]
     many = {
         "type": "object",
         "properties": {
@@ -408,34 +364,16 @@ def _file_forms(input_type: str) -> list[dict[str, Any]]:
         "required": ["files"],
         "additionalProperties": False,
     }
-    if input_type == "file":
-        return [one]
-    if input_type == "array_files":
-        return [many, one]
-    return []
-
-
-def _example(f: InputField) -> Any:
-    examples: dict[str, Any] = {
-        "str": "text",
-        "float": 0,
-        "int": 0,
-        "json_string": {},
-        "bool": False,
-        "date": "2026-01-31",
-        "file": {"file": f"path/to/file.{_extension(f, 'pdf')}"},
-        "array_files": {"files": [f"path/to/*.{_extension(f, 'csv')}"]},
-        "array": [],
-        "object": {},
-    }
-    return examples.get(f.type, "")
+    return [many, one]
 
 
 def input_value_schema(f: InputField) -> dict[str, Any]:
     """The JSON Schema of what a spec may write for input ``f``: the shorthand value, the
     ``{file}``/``{files}`` forms, ``{value, type}``, or a template string; null when optional."""
     nullable = [{"type": "null"}] if f.nullable else []
-    value = {"anyOf": [*_shorthand(f.type), TEMPLATE_SCHEMA, *nullable]}
+    kind = input_type(f.type)
+    shorthand = copy.deepcopy(list(kind.spec_forms))
+    value = {"anyOf": [*shorthand, TEMPLATE_SCHEMA, *nullable]}
     explicit = {
         "type": "object",
         "properties": {
@@ -448,7 +386,7 @@ def input_value_schema(f: InputField) -> dict[str, Any]:
         "required": ["value"],
         "additionalProperties": False,
     }
-    return {"anyOf": [*_shorthand(f.type), *_file_forms(f.type), explicit, TEMPLATE_SCHEMA, *nullable]}
+    return {"anyOf": [*copy.deepcopy(shorthand), *_file_forms(kind), explicit, TEMPLATE_SCHEMA, *nullable]}
 
 
 def editor_schema(schema: WorkflowSchema) -> dict[str, Any]:
@@ -476,7 +414,7 @@ def editor_schema(schema: WorkflowSchema) -> dict[str, Any]:
             properties[name] = {
                 "title": f.display_name,
                 "description": description,
-                "examples": [_example(f)],
+                "examples": [input_type(f.type).example(_extension(f))],
                 **input_value_schema(f),
             }
         if len(names) == 2:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .inputs import FILE_TYPES, INPUT_TYPES  # noqa: F401  (the table's names, re-exported)
+
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
 
@@ -20,20 +22,6 @@ CANCELLED_STATUSES = frozenset({"CANCELLED", "STOPPED"})
 #: executed may read PENDING, the same as a queued one, so the job's detail decides.
 AMBIGUOUS_STATUSES = frozenset({"PENDING", "UNKNOWN"})
 
-#: Input types of the Opus API (opus-api.md, "Input types").
-INPUT_TYPES = (
-    "str",
-    "float",
-    "int",
-    "bool",
-    "date",
-    "file",
-    "array",
-    "array_files",
-    "object",
-    "json_string",
-)
-
 
 def normalise_status(raw: object) -> str:
     """``"in progress"``, ``"IN_PROGRESS"``, ``"In-Progress"`` -> ``"IN_PROGRESS"``.
@@ -46,10 +34,6 @@ def normalise_status(raw: object) -> str:
     while "__" in text:
         text = text.replace("__", "_")
     return text or "UNKNOWN"
-
-
-#: The input types that hold files: one file, or a list of files.
-FILE_TYPES = frozenset({"file", "array_files"})
 
 
 @dataclass(frozen=True)

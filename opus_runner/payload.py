@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import SpecError, ValidationFailed
 from .models import Context, InputField, WorkflowSchema
 from .paths import display_path, outside_root, project_root_of
+from .inputs import FILE_TYPES, TYPES, input_type
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plugins import PluginHost
@@ -37,6 +38,8 @@ UPLOAD_EXTENSIONS = frozenset(
 )
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _GLOB_CHARS = set("*?[")
+#: the key of a spec's file form -> the type it declares: {file: ...} one file, {files: [...]} many
+_FILE_FORMS = {t.file_form: t.name for t in TYPES if t.file_form}
 
 
 def is_url(source: str) -> bool:
@@ -70,10 +73,9 @@ def unwrap(key: str, raw: Any, spec_field: InputField) -> InputValue:
         if "value" in keys and keys <= {"value", "type"}:
             value = raw["value"]
             declared = raw.get("type")
-        elif keys == {"file"}:
-            return InputValue(key, raw["file"], "file", _as_sources(raw["file"]))
-        elif keys == {"files"}:
-            return InputValue(key, raw["files"], "array_files", _as_sources(raw["files"]))
+        elif len(keys) == 1 and next(iter(keys)) in _FILE_FORMS:
+            (form,) = keys
+            return InputValue(key, raw[form], _FILE_FORMS[form], _as_sources(raw[form]))
     if spec_field.is_file and value is not None:
         return InputValue(key, value, declared, _as_sources(value))
     return InputValue(key, value, declared)
@@ -200,19 +202,20 @@ async def build_payload(
         if item.sources is None:
             if spec_field.is_file:
                 problem(item.key, f"expected a file path or URL for {spec_field.type} input, found {type(item.value).__name__}")
-            elif item.declared_type in ("file", "array_files"):
+            elif item.declared_type in FILE_TYPES:
                 problem(item.key, f"input {spec_field.display_name!r} is of type {spec_field.type!r}, not a file")
             continue
         if not spec_field.is_file:
             problem(item.key, f"input {spec_field.display_name!r} is of type {spec_field.type!r}, not a file")
             continue
-        if spec_field.type == "file" and len(item.sources) != 1:
+        one_file = input_type(spec_field.type).one_file
+        if one_file and len(item.sources) != 1:
             problem(item.key, f"input {spec_field.display_name!r} takes one file, found {len(item.sources)}")
             continue
         expanded, glob_problems = expand_sources(item.sources, ctx)
         for message in glob_problems:
             problem(item.key, message)
-        if spec_field.type == "file" and len(expanded) != 1:
+        if one_file and len(expanded) != 1:
             if not glob_problems:
                 problem(item.key, f"input {spec_field.display_name!r} takes one file, the pattern matched {len(expanded)}")
             continue
@@ -251,7 +254,7 @@ async def build_payload(
                     continue
                 urls.append(url)
                 uploads += 1
-            value = urls[0] if spec_field.type == "file" and len(urls) == 1 else urls
+            value = urls[0] if input_type(spec_field.type).one_file and len(urls) == 1 else urls
         try:
             sent = await host.coerce_value(spec_field, value, ctx)
         except (ValueError, TypeError) as exc:
@@ -354,13 +357,19 @@ def validate_payload(
         label = key or "inputs"
         found.append(
             SpecError(
-                f"the value sent for {label!r} does not fit the workflow: {err.message}",
+                f"the value sent for {label!r} does not fit the workflow: {_explain(err)}",
                 file=spec_file,
                 key=("inputs", key) if key else ("inputs",),
                 line=lines.get(key or ""),
             )
         )
     return found
+
+
+def _explain(error: Any) -> str:
+    from .messages import explain_schema_error
+
+    return "; ".join(message for _, message in explain_schema_error(error))
 
 
 def _reason(exc: BaseException) -> str:

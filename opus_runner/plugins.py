@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -45,8 +44,10 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, PluginTimeout, SpecError
+from .messages import did_you_mean as _did_you_mean
+from .messages import explain_schema_error, schema_errors, shorten
+from .messages import one_line as _one_line
 from .models import EVENT_KINDS, Context, InputField, JobEvent, WireValue, WorkflowRef, WorkflowSchema
-from .redact import mask
 
 __all__ = [
     "DEFAULT_NOTIFY_ON",
@@ -181,10 +182,6 @@ def _is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
-def _one_line(text: str) -> str:
-    return mask(" ".join(str(text).split()))
-
-
 def _describe_exc(exc: BaseException, file: Path | None = None) -> str:
     """``ExcType: message`` on one line; for a SyntaxError, and for errors raised in ``file``, the line."""
     if isinstance(exc, SyntaxError):
@@ -204,14 +201,7 @@ def _describe_exc(exc: BaseException, file: Path | None = None) -> str:
 def _short(value: Any) -> str:
     if hasattr(value, "spec_path") and hasattr(value, "spec_dir"):
         return f"<ctx {value.spec_path}>"
-    # Mask before cutting: a cut through a secret would leave its start unmasked.
-    text = mask(repr(value))
-    return text if len(text) <= _TRACE_WIDTH else text[: _TRACE_WIDTH - 1] + "…"
-
-
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"did you mean {close[0]!r}?" if close else ""
+    return shorten(repr(value), _TRACE_WIDTH)
 
 
 class PluginHost:
@@ -533,68 +523,10 @@ class PluginHost:
             if handler.schema is None:
                 continue
             validator = self._validator(kind, handler)
-            problems = sorted(validator.iter_errors(entry), key=lambda e: [str(p) for p in e.absolute_path])
-            for problem in problems:
-                for path, message in _explain(problem):
+            for problem in schema_errors(validator, entry):
+                for path, message in explain_schema_error(problem, show=_short, skip=_is_template):
                     errors.append(SpecError(message, file=file, key=(*here, *path)))
         return errors
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-_EXPECTED = {
-    "string": "a string",
-    "integer": "an integer",
-    "number": "a number",
-    "boolean": "true or false",
-    "array": "a list",
-    "object": "a mapping",
-    "null": "null",
-}
-
-
-def _explain(error: Any) -> list[tuple[tuple[str | int, ...], str]]:
-    """Readable (key path, message) pairs for one jsonschema error; none for template values."""
-    path = tuple(error.absolute_path)
-    if _is_template(error.instance):
-        return []
-    if error.validator == "required" and isinstance(error.instance, dict):
-        missing = [k for k in error.validator_value if k not in error.instance]
-        return [(path, f"missing required key {k!r}") for k in missing]
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = list(error.schema.get("properties", {}))
-        patterns = [re.compile(p) for p in error.schema.get("patternProperties", {})]
-        extras = [k for k in error.instance if k not in allowed and not any(p.search(k) for p in patterns)]
-        out = []
-        for extra in extras:
-            hint = _did_you_mean(str(extra), allowed)
-            known = f"known keys: {', '.join(sorted(allowed))}" if allowed else "no other keys are allowed"
-            out.append(((*path, extra), f"unknown key {extra!r}; " + (hint if hint else known)))
-        return out
-    if error.validator == "type":
-        expected = error.validator_value
-        names = [_EXPECTED.get(str(t), str(t)) for t in (expected if isinstance(expected, list) else [expected])]
-        return [(path, f"expected {' or '.join(names)}, found {_json_type(error.instance)} {_short(error.instance)}")]
-    if error.validator == "enum":
-        choices = ", ".join(repr(c) for c in error.validator_value)
-        return [(path, f"{_short(error.instance)} is not one of {choices}")]
-    if error.validator in ("pattern", "format") and isinstance(error.schema.get("description"), str):
-        return [(path, f"{_short(error.instance)} is not valid here: {error.schema['description']}")]
-    return [(path, _one_line(error.message))]
 
 
 async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:

@@ -36,7 +36,10 @@ import yaml
 from .durations import DURATION_HELP, parse_duration
 from .paths import display_path
 from .errors import SpecError, UsageError, ValidationFailed, format_key
-from .redact import mask
+from .messages import close_match as _close_match
+from .messages import extra_keys as _extra_keys
+from .messages import one_line as _one_line
+from .messages import shorten
 
 __all__ = [
     "MAX_NESTING",
@@ -387,10 +390,6 @@ def _yaml_error(exc: yaml.MarkedYAMLError, text: str, display: str, what: str) -
         return SpecError(f"{what}: {problem}", file=display)
     line, column = mark.line + 1, mark.column + 1
     return SpecError(f"{what} at line {line}, column {column}: {problem}", file=display, line=line)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _value_problem(exc: BaseException) -> str:
@@ -890,7 +889,7 @@ def _humanise(error: Any, schema: dict[str, Any]) -> list[tuple[Key, str]]:
             ]
         return _humanise_alternatives(error, schema)
 
-    return [(path, _one_line_message(error.message))]
+    return [(path, _one_line(error.message))]
 
 
 def _humanise_alternatives(error: Any, schema: dict[str, Any]) -> list[tuple[Key, str]]:
@@ -907,15 +906,7 @@ def _humanise_alternatives(error: Any, schema: dict[str, Any]) -> list[tuple[Key
             expected.extend([value] if isinstance(value, str) else value)
         return [(path, _type_message(list(dict.fromkeys(expected)), error.instance))]
     best = jsonschema.exceptions.best_match(branches)
-    return _humanise(best, schema) if best is not None else [(path, _one_line_message(error.message))]
-
-
-def _extra_keys(instance: Any, sub_schema: dict[str, Any]) -> list[str]:
-    if not isinstance(instance, dict):
-        return []
-    allowed = sub_schema.get("properties", {})
-    patterns = [re.compile(p) for p in sub_schema.get("patternProperties", {})]
-    return [k for k in instance if k not in allowed and not any(p.search(str(k)) for p in patterns)]
+    return _humanise(best, schema) if best is not None else [(path, _one_line(error.message))]
 
 
 def _unknown_key_message(key: Any, path: Key, sub_schema: dict[str, Any], schema: dict[str, Any]) -> str:
@@ -933,16 +924,6 @@ def _unknown_key_message(key: Any, path: Key, sub_schema: dict[str, Any], schema
             if key in nested:
                 return f"{message}; did you mean '{section}.{key}'?"
     return f"{message}; allowed keys: {', '.join(allowed)}"
-
-
-def _close_match(word: str, candidates: Sequence[str]) -> str | None:
-    import difflib
-
-    lowered = {c.lower(): c for c in candidates}
-    if word.lower() in lowered:
-        return lowered[word.lower()]
-    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return matches[0] if matches else None
 
 
 def _type_message(expected: str | list[str], instance: Any) -> str:
@@ -965,15 +946,10 @@ def _duration_message(value: Any) -> str:
     return f"expected {DURATION_HELP}, found {_show(value)}"
 
 
-def _one_line_message(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _show(value: Any) -> str:
     """A short quoted rendering of a value for messages."""
     if isinstance(value, str):
-        value = mask(value)  # before cutting, which could leave a secret's start
-        return repr(value if len(value) <= 60 else value[:57] + "...")
+        return repr(shorten(value, 60, ellipsis="..."))
     if isinstance(value, datetime.date):
         return value.isoformat()
     return json.dumps(value) if isinstance(value, (bool, type(None))) else repr(value)
@@ -1056,14 +1032,13 @@ def _is_spec_name(name: str) -> bool:
 
 
 def _did_you_mean_file(arg: str, target: Path) -> str:
-    import difflib
-
     try:
         siblings = [p.name for p in target.parent.iterdir()]
     except OSError:
         return ""
-    close = difflib.get_close_matches(target.name, siblings, n=1, cutoff=0.75)
-    if not close:
+    # Stricter than for keys: file names in one folder tend to look alike.
+    close = _close_match(target.name, siblings, cutoff=0.75)
+    if close is None:
         return ""
     folder = os.path.dirname(arg)
-    return f"; did you mean {os.path.join(folder, close[0]) if folder else close[0]!r}?"
+    return f"; did you mean {os.path.join(folder, close) if folder else close!r}?"

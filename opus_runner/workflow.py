@@ -8,7 +8,6 @@ to one field, and describe a valid ``jobPayloadSchemaInstance`` as a JSON Schema
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import re
@@ -17,7 +16,9 @@ from typing import Any
 
 from . import jsontext
 from .errors import ApiError
-from .models import FILE_TYPES, INPUT_TYPES, InputField, WorkflowSchema
+from .inputs import FILE_TYPES, INPUT_TYPES, TYPES, value_schema
+from .messages import did_you_mean
+from .models import InputField, WorkflowSchema
 
 __all__ = [
     "VALUE_SCHEMAS",
@@ -34,8 +35,6 @@ __all__ = [
 ]
 
 JSON_SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
-# A calendar date as the API takes it; month and day ranges are checked, leap years are not.
-DATE_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
 _TRUE = {"true", "yes", "1", "y", "on"}
 
 
@@ -354,34 +353,15 @@ def resolve_input(schema: WorkflowSchema, key: str) -> InputField:
     shown = ", ".join(repr(f.display_name) for f in schema.inputs) or "none"
     message = f"workflow {schema.workflow_id} has no input {key!r}; its inputs are {shown}"
     choices = [f.display_name for f in schema.inputs] + [f.variable_name for f in schema.inputs]
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        close = [lowered[key.lower()]] if key.lower() in lowered else []
-    if close:
-        message += f" (did you mean {close[0]!r}?)"
+    hint = did_you_mean(key, choices)
+    if hint:
+        message += f" ({hint})"
     raise LookupError(message)
 
 
-#: The JSON Schema of a value of each input type, as sent (after coercion).
-VALUE_SCHEMAS: dict[str, dict[str, Any]] = {
-    "str": {"type": "string"},
-    "float": {"type": "number"},
-    "int": {"type": "integer"},
-    "bool": {"type": "boolean"},
-    "date": {"type": "string", "pattern": DATE_PATTERN},
-    "file": {"type": "string", "minLength": 1},
-    "array": {"type": "array"},
-    "array_files": {"type": "array", "items": {"type": "string", "minLength": 1}},
-    "object": {"type": "object"},
-    # JSON text; coercion has parsed or produced it, so only its kind is checked here.
-    "json_string": {"type": "string", "minLength": 1},
-}
-
-
-def _value_schema(input_type: str) -> dict[str, Any]:
-    # A type this version does not know: let the server judge the value.
-    return dict(VALUE_SCHEMAS.get(input_type, {}))
+#: The JSON Schema of a value of each input type, as sent (after coercion); read from the
+#: input-type table, kept for callers that look a type up here.
+VALUE_SCHEMAS: dict[str, dict[str, Any]] = {t.name: value_schema(t.name) for t in TYPES}
 
 
 def payload_json_schema(schema: WorkflowSchema) -> dict[str, Any]:
@@ -395,7 +375,7 @@ def payload_json_schema(schema: WorkflowSchema) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     required: list[str] = []
     for f in schema.inputs:
-        value = _value_schema(f.type)
+        value = value_schema(f.type)
         if f.nullable and value:
             value = {"anyOf": [value, {"type": "null"}]}
         properties[f.variable_name] = {

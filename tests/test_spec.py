@@ -633,6 +633,25 @@ def test_every_key_of_the_schema_has_a_title_and_description() -> None:
         assert sub.get("title") and sub.get("description"), where
 
 
+@pytest.mark.parametrize(("section", "table"), [("outputs", "outputs"), ("notify", "notifiers")])
+def test_the_schemas_built_in_types_are_the_registered_ones(section: str, table: str) -> None:
+    # The schema ships as a file for editors, so it is checked against the registrations rather
+    # than generated from them: a built-in type added or renamed fails here until the schema says so.
+    import re
+
+    from opus_runner.builtins import BUILTIN_PLUGINS
+    from opus_runner.plugins import make_plugin_host
+
+    host = make_plugin_host(entrypoints=False)
+    registered = [name for name, handler in getattr(host, table).items() if handler.plugin in BUILTIN_PLUGINS]
+    items = spec_schema()["properties"][section]["items"]
+    type_schema = items["properties"]["type"]
+    assert sorted(type_schema["examples"]) == sorted(registered) and registered
+    for description in (items["description"], type_schema["description"]):
+        named = set(re.findall(r"\b[a-z]+\b", description))
+        assert [name for name in registered if name not in named] == [], description
+
+
 def test_spec_schema_returns_a_fresh_copy_and_refuses_unknown_versions() -> None:
     spec_schema()["properties"].clear()
     assert "inputs" in spec_schema()["properties"]

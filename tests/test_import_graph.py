@@ -41,7 +41,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "opus_runner.templating",
             "opus_runner.payload",
             "opus_runner.workflow",
-            "opus_runner.inputs",
             "opus_runner.config",
             "opus_runner.lockfile",
             "opus_runner.state",
@@ -62,6 +61,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "opus_runner.jsontext",
             "opus_runner.urls",
             "opus_runner.messages",
+            # the table of input types: models names the types from it, and it needs only messages
+            "opus_runner.inputs",
             "opus_runner.__about__",
         ),
     ),

@@ -28,7 +28,8 @@ import pytest
 from opus_runner import redact
 from opus_runner.errors import ConfigError, format_key
 from opus_runner.sandbox import DEMO_IDS, SandboxServer
-from opus_runner.sandbox.app import FIRST_JOB_NUMBER, audit_body
+from opus_runner.sandbox.bodies import audit_body
+from opus_runner.sandbox.core import FIRST_JOB_NUMBER
 from opus_runner.sandbox.fixture import (
     DEFAULT_WORKFLOWS,
     DEFAULT_WORKSPACE_ID,

@@ -21,7 +21,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import Job, SandboxApp, SandboxState
+    from .asgi import SandboxApp
+    from .state import Job, SandboxState
     from .faults import FaultRule, FaultRuleError, FaultSet, load_faults_file
     from .fixture import DEFAULT_WORKFLOWS, DEMO_IDS, Fixture, FixtureError, WorkflowDef, load_fixture
     from .server import SandboxServer, serve
@@ -29,9 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
 _LAZY = {
     "SandboxServer": ".server",
     "serve": ".server",
-    "SandboxApp": ".app",
-    "SandboxState": ".app",
-    "Job": ".app",
+    "SandboxApp": ".asgi",
+    "SandboxState": ".state",
+    "Job": ".state",
     "FaultRule": ".faults",
     "FaultRuleError": ".faults",
     "FaultSet": ".faults",

@@ -20,7 +20,8 @@ from .faults import FaultRule, FaultRuleError, FaultSet, load_faults_file
 from .fixture import Fixture, load_fixture
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import SandboxApp, SandboxState
+    from .asgi import SandboxApp
+    from .state import SandboxState
 
 INSTALL_HINT = "pip install 'opus-runner[sandbox]'"
 START_TIMEOUT = 10.0
@@ -46,7 +47,7 @@ _quiet_installed = False
 def _quiet_injected_faults() -> None:
     """Keep uvicorn from printing a traceback for every connection the sandbox drops on purpose."""
     global _quiet_installed
-    from .app import InjectedConnectionDrop
+    from .injection import InjectedConnectionDrop
 
     class _DropFilter(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
@@ -88,7 +89,8 @@ class SandboxServer:
     ) -> None:
         _require_dependencies()
         from ..urls import is_loopback_host
-        from .app import SandboxApp, SandboxState
+        from .asgi import SandboxApp
+        from .state import SandboxState
 
         if not allow_remote and not is_loopback_host(host):
             raise ConfigError(

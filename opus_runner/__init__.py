@@ -50,17 +50,17 @@ if TYPE_CHECKING:  # pragma: no cover
         WorkflowRef,
         WorkflowSchema,
     )
-    from .runner import JobOutcome, RunOptions, RunReport, Runner, arun, run
+    from .run import JobOutcome, RunOptions, RunReport, Runner, arun, run
     from .spec import Spec, load_spec
 
 _LAZY = {
     "hookimpl": "hookspecs",
-    "run": "runner",
-    "arun": "runner",
-    "Runner": "runner",
-    "RunOptions": "runner",
-    "RunReport": "runner",
-    "JobOutcome": "runner",
+    "run": "run",
+    "arun": "run",
+    "Runner": "run",
+    "RunOptions": "run",
+    "RunReport": "run",
+    "JobOutcome": "run",
     "load_spec": "spec",
     "Spec": "spec",
     "Context": "models",

@@ -21,7 +21,7 @@ __all__ = ["register"]
 def _runner(base_url: str | None, sandbox: bool, sandbox_workflows: Path | None, plugins: tuple[str, ...],
             no_local_plugins: bool, verbose: bool, specs: tuple[str, ...] = (), var: tuple[str, ...] = (),
             vars_file: Path | None = None, untrusted: bool = False, allow_outside_root: bool = False) -> Any:
-    from .runner import RunOptions, Runner
+    from .run import RunOptions, Runner
 
     return Runner(
         RunOptions(

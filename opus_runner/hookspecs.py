@@ -159,6 +159,6 @@ def opus_run_finished(run: RunInfo, report: Any, ctx: Context) -> None:
     ``run.results()`` reads the journal: the :class:`~opus_runner.models.JobResult` of every
     finished job of the whole run, jobs finished by earlier processes of a resumed run
     included. The place for an output that describes the whole run (a JUnit report, a
-    summary). Called in ``opus-run resume`` too. Every implementation is called; one that
-    raises is reported and makes the run exit 1 (the jobs' results are kept).
+    summary). Called in ``opus-run resume`` too. One that raises is reported with its plugin's
+    name and makes the run exit 1; the jobs' results are kept.
     """

@@ -17,7 +17,7 @@ from ..errors import OpusRunnerError, UsageError
 from ..paths import display_path
 from ..planning import Planner
 from ..progress import Reporter
-from ..state import JobRecord, Phase
+from ..state import JobRecord, Journal, Phase, RunRecord
 from .batch import Job, run_batch, run_info
 from .options import RunOptions
 from .report import RunReport, worst
@@ -37,28 +37,11 @@ async def resume(
     journal = open_journal(options, load_project_config())
     claimed: str | None = None
     try:
-        run = journal.get_run(run_id) if run_id else journal.latest_run(unfinished_only=True)
-        if run is None:
-            raise UsageError(f"nothing to resume: every run in {journal.path} is finished")
-        recorded = run.options
-        if recorded.get("sandbox"):
-            raise UsageError(
-                f"run {run.run_id} ran against an in-process --sandbox, which ended with it; "
-                "there is nothing left to resume"
-            )
-        # Before anything is rendered or written: with another value than the run used, an
-        # old value echoed back by a workflow would not be masked.
-        used_secrets = journal.verify_secrets(run.run_id, environ_of(options))
-        recorded_url = recorded.get("base_url")
-        if not options.base_url and isinstance(recorded_url, str) and redact.MASK in recorded_url:
-            raise UsageError(
-                f"run {run.run_id} ran against {redact.without_userinfo(recorded_url)} with a password in "
-                "the URL, which the journal does not keep; pass the URL again with --base-url"
-            )
+        run, used_secrets = _resumable(journal, options, run_id)
         # One owner at a time: a run whose process is alive is not resumed beside it.
         journal.claim_run(run.run_id)
         claimed = run.run_id
-        resumed = options.from_record(recorded, run_id=run.run_id)
+        resumed = options.from_record(run.options, run_id=run.run_id)
         # Spec and vars-file paths were recorded as given, relative to the run's folder.
         cwd = Path(run.cwd)
         session = Session(
@@ -71,7 +54,7 @@ async def resume(
         planner = session.planner()
         session.journal_secrets(planner, run.run_id, used_secrets)
         records = {r.plan_key: r for r in journal.jobs(run.run_id)}
-        jobs, refused, changed = _resume_plan(session, planner, records, recorded.get("inputs"))
+        jobs, refused, changed = _resume_plan(session, planner, records, run.options.get("inputs"))
         report = RunReport(run_id=run.run_id)
         async with session.connection():
             info = run_info(session, run.run_id, resumed=True)
@@ -98,6 +81,29 @@ async def resume(
             with contextlib.suppress(OpusRunnerError):
                 journal.release_run(claimed)
         journal.close()
+
+
+def _resumable(journal: Journal, options: RunOptions, run_id: str | None) -> tuple[RunRecord, dict[str, str]]:
+    """The run to resume, and the secrets it used (checked against the environment's)."""
+    run = journal.get_run(run_id) if run_id else journal.latest_run(unfinished_only=True)
+    if run is None:
+        raise UsageError(f"nothing to resume: every run in {journal.path} is finished")
+    recorded = run.options
+    if recorded.get("sandbox"):
+        raise UsageError(
+            f"run {run.run_id} ran against an in-process --sandbox, which ended with it; "
+            "there is nothing left to resume"
+        )
+    # Before anything is rendered or written: with another value than the run used, an
+    # old value echoed back by a workflow would not be masked.
+    used_secrets = journal.verify_secrets(run.run_id, environ_of(options))
+    recorded_url = recorded.get("base_url")
+    if not options.base_url and isinstance(recorded_url, str) and redact.MASK in recorded_url:
+        raise UsageError(
+            f"run {run.run_id} ran against {redact.without_userinfo(recorded_url)} with a password in "
+            "the URL, which the journal does not keep; pass the URL again with --base-url"
+        )
+    return run, used_secrets
 
 
 def _resume_plan(

@@ -50,17 +50,17 @@ if TYPE_CHECKING:  # pragma: no cover
         WorkflowRef,
         WorkflowSchema,
     )
-    from .runner import JobOutcome, RunOptions, RunReport, Runner, arun, run
+    from .engine import JobOutcome, RunOptions, RunReport, Runner, arun, run
     from .spec import Spec, load_spec
 
 _LAZY = {
     "hookimpl": "hookspecs",
-    "run": "runner",
-    "arun": "runner",
-    "Runner": "runner",
-    "RunOptions": "runner",
-    "RunReport": "runner",
-    "JobOutcome": "runner",
+    "run": "engine",
+    "arun": "engine",
+    "Runner": "engine",
+    "RunOptions": "engine",
+    "RunReport": "engine",
+    "JobOutcome": "engine",
     "load_spec": "spec",
     "Spec": "spec",
     "Context": "models",

@@ -18,7 +18,7 @@ from typing import Any
 
 import pluggy
 
-from .models import Context, InputField, JobEvent, WorkflowRef, WorkflowSchema
+from .models import Context, InputField, JobEvent, RunInfo, WorkflowRef, WorkflowSchema
 
 PROJECT_NAME = "opus_runner"
 
@@ -140,4 +140,29 @@ def opus_job_event(event: JobEvent, ctx: Context) -> None:
     """Observe every job event: ``submitted``, ``status`` changes, and the terminal
     ``completed``, ``failed``, ``cancelled`` or ``timed_out``. Every implementation is called;
     an observer that raises is reported and does not stop the run.
+    """
+
+
+@hookspec
+def opus_run_started(run: RunInfo, ctx: Context) -> None:
+    """A run is about to submit its first job: every job was checked, the run is in the journal.
+
+    ``run`` is a :class:`~opus_runner.models.RunInfo`: ``run.run_id``, ``run.resumed`` (True in
+    ``opus-run resume``), ``run.started_at`` and ``run.results()``. ``ctx`` belongs to no spec
+    (``ctx.spec`` is None); ``ctx.shared`` is the one every job of the run shares. Not called
+    by ``validate``, ``render`` or ``--dry-run``. Every implementation is called; one that raises
+    stops the run before anything is submitted.
+    """
+
+
+@hookspec
+def opus_run_finished(run: RunInfo, report: Any, ctx: Context) -> None:
+    """Every job of this process has ended and been delivered; ``report`` is the
+    :class:`~opus_runner.RunReport` (``report.outcomes``, ``report.exit_code``).
+
+    ``run.results()`` reads the journal: the :class:`~opus_runner.models.JobResult` of every
+    finished job of the whole run, jobs finished by earlier processes of a resumed run
+    included. The place for an output that describes the whole run (a JUnit report, a
+    summary). Called in ``opus-run resume`` too. One that raises is reported with its plugin's
+    name and makes the run exit 1; the jobs' results are kept.
     """

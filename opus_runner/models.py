@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,3 +260,19 @@ class Context:
     #: True when this delivery may already have been written by an interrupted run (resume):
     #: outputs that append check the target for this job before writing again
     redelivery: bool = False
+
+
+@dataclass
+class RunInfo:
+    """The run a run-level hook (``opus_run_started``, ``opus_run_finished``) is about."""
+
+    run_id: str
+    resumed: bool  # True in ``opus-run resume``: earlier processes may have finished jobs
+    started_at: str  # when the run began (its first process), ISO 8601
+    #: reads the journal; the runner gives it (models.py knows no journal)
+    read_results: Callable[[], list[JobResult]] = field(default=list, repr=False, compare=False)
+
+    def results(self) -> list[JobResult]:
+        """The :class:`JobResult` of every finished job of the whole run, in plan order, read from
+        the journal: jobs finished by earlier processes of a resumed run included."""
+        return self.read_results()

@@ -47,7 +47,7 @@ from .errors import PluginError, PluginTimeout, SpecError
 from .messages import did_you_mean as _did_you_mean
 from .messages import explain_schema_error, schema_errors, shorten
 from .messages import one_line as _one_line
-from .models import EVENT_KINDS, Context, InputField, JobEvent, WireValue, WorkflowRef, WorkflowSchema
+from .models import EVENT_KINDS, Context, InputField, JobEvent, RunInfo, WireValue, WorkflowRef, WorkflowSchema
 
 __all__ = [
     "DEFAULT_NOTIFY_ON",
@@ -407,6 +407,15 @@ class PluginHost:
     async def job_event(self, event: JobEvent, ctx: Context) -> None:
         """``opus_job_event``: every observer hears ``event``; one that raises or overruns is logged, not raised."""
         await self.each("opus_job_event", offload=True, isolate=True, event=event, ctx=ctx)
+
+    async def run_started(self, run: RunInfo, ctx: Context) -> None:
+        """``opus_run_started``: every plugin hears that the run's jobs are about to be submitted."""
+        await self.each("opus_run_started", offload=True, run=run, ctx=ctx)
+
+    async def run_finished(self, run: RunInfo, report: Any, ctx: Context) -> None:
+        """``opus_run_finished``: every plugin sees the run's report (an engine ``RunReport``,
+        typed ``Any`` here because the engine sits above the plugin host)."""
+        await self.each("opus_run_finished", offload=True, run=run, report=report, ctx=ctx)
 
     def _merged_dicts(self, hook_name: str, ctx: Any, *, callables: bool) -> dict[str, Any]:
         merged: dict[str, Any] = {}

@@ -28,6 +28,7 @@ Stdlib only and cheap to import: the CLI imports this module at start-up.
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import hmac
 import json
@@ -49,7 +50,7 @@ from . import jsontext
 from .errors import ConfigError, UsageError
 from .redact import mask, mask_obj
 
-__all__ = ["DB_NAME", "PHASES", "SCHEMA_VERSION", "JobRecord", "Journal", "RunOwned", "RunRecord"]
+__all__ = ["DB_NAME", "PHASES", "SCHEMA_VERSION", "JobRecord", "Journal", "Phase", "RunOwned", "RunRecord"]
 
 DB_NAME = "state.db"
 #: The random key of the secret hashes, next to the journal, readable by its owner only.
@@ -60,8 +61,18 @@ SCHEMA_VERSION = 3
 OWNER_STALE_SECONDS = 120.0
 #: How often a running run tells the journal it is alive.
 HEARTBEAT_SECONDS = 15.0
+class Phase(enum.StrEnum):
+    """Where a job is, in the only order a job may move through (the values are the journal's)."""
+
+    PLANNED = "planned"
+    INITIATED = "initiated"  # the job id is known
+    EXECUTING = "executing"  # execute about to be sent, or sent without an answer yet
+    EXECUTED = "executed"  # execute acknowledged
+    FINISHED = "finished"  # a terminal status, or given up on
+
+
 #: Job phases in the only order a job may move through them.
-PHASES = ("planned", "initiated", "executing", "executed", "finished")
+PHASES = tuple(phase.value for phase in Phase)
 _RANK = {phase: i for i, phase in enumerate(PHASES)}
 
 _BUSY_TIMEOUT_MS = 10_000
@@ -154,8 +165,7 @@ class JobRecord:
     spec_name: str
     workflow_key: str
     title: str
-    #: one of :data:`PHASES`
-    phase: str
+    phase: Phase
     job_id: str | None
     #: the masked ``jobPayloadSchemaInstance``
     payload: dict[str, Any]
@@ -929,7 +939,7 @@ class Journal:
             spec_name=row["spec_name"],
             workflow_key=row["workflow_key"],
             title=row["title"],
-            phase=row["phase"],
+            phase=Phase(row["phase"]),
             job_id=row["job_id"],
             payload=_load(row["payload"]),
             plan=_load(row["plan"]),

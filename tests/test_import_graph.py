@@ -20,14 +20,12 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "opus_runner"
 ROOT = "opus_runner"
 
-#: Top to bottom. A name covers the module and, for a package, every module inside it. ``run``
-#: and ``api`` are the packages runner.py and client.py are being split into; they sit where
-#: those modules sit, so the split moves nothing between layers.
+#: Top to bottom. A name covers the module and, for a package, every module inside it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # What a user calls: the public facade (opus_runner/__init__.py: run, Runner, load_spec...),
     # the command line, the pytest plugin.
     ("entry points", (ROOT, "opus_runner.__main__", "opus_runner.cli", "opus_runner.testing")),
-    ("run", ("opus_runner.run", "opus_runner.runner")),
+    ("engine", ("opus_runner.engine",)),
     # What the run drives: the HTTP client and the plugin host with its built-in plugins.
     ("api and plugins", ("opus_runner.api", "opus_runner.client", "opus_runner.plugins", "opus_runner.hookspecs", "opus_runner.builtins")),
     # Specs, their planning and payloads, and the files a run reads and writes (project file,
@@ -71,7 +69,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 #: The Opus-compatible server: it imports only the base layer and itself, and only the entry
 #: points and the run (which starts it for --sandbox) import it.
 SANDBOX = "opus_runner.sandbox"
-SANDBOX_USERS = ("entry points", "run")
+SANDBOX_USERS = ("entry points", "engine")
 
 #: Edges allowed against the rules above, each with why. They are also left out of the cycle
 #: search, so an entry here must not hide a cycle it does not explain.
@@ -275,7 +273,7 @@ def package_edges() -> list[Edge]:
 def test_the_walk_sees_every_kind_of_import(package_edges: list[Edge]) -> None:
     pairs = {(e.importer, e.imported) for e in package_edges}
     assert ("opus_runner.cli.app", "opus_runner.cli.run") in pairs  # from . import run
-    assert ("opus_runner.cli.run", "opus_runner.runner") in pairs  # inside a function
+    assert ("opus_runner.cli.run", "opus_runner.engine") in pairs  # inside a function
     assert ("opus_runner.payload", "opus_runner.plugins") in pairs  # under TYPE_CHECKING
     assert ("opus_runner.plugins", "opus_runner.builtins") in pairs  # importlib.import_module
     assert ("opus_runner.progress", "opus_runner") not in pairs  # `from . import redact` is redact
@@ -336,8 +334,8 @@ def test_an_upward_edge_and_a_sandbox_crossing_are_found(tmp_path: Path) -> None
         tmp_path,
         {
             "__init__.py": "",
-            "models.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .runner import Runner\n",
-            "runner.py": "from . import models\n",
+            "models.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .engine import Runner\n",
+            "engine.py": "from . import models\n",
             "spec.py": "from .sandbox import app\n",
             "sandbox/__init__.py": "",
             "sandbox/app.py": "from ..client import OpusClient\nfrom ..errors import SpecError\nfrom . import faults\n",
@@ -348,7 +346,7 @@ def test_an_upward_edge_and_a_sandbox_crossing_are_found(tmp_path: Path) -> None
     )
     problems = rule_breaks(import_edges(package_dir))
     assert problems == [
-        "opus_runner/models.py:3: opus_runner.models imports opus_runner.runner: upward, from layer 'base' to layer 'run'",
+        "opus_runner/models.py:3: opus_runner.models imports opus_runner.engine: upward, from layer 'base' to layer 'engine'",
         "opus_runner/sandbox/app.py:1: opus_runner.sandbox.app imports opus_runner.client: the sandbox imports only the base layer and itself",
-        "opus_runner/spec.py:1: opus_runner.spec imports opus_runner.sandbox.app: only the layers entry points, run import the sandbox",
+        "opus_runner/spec.py:1: opus_runner.spec imports opus_runner.sandbox.app: only the layers entry points, engine import the sandbox",
     ]

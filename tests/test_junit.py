@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sqlite3
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from conftest import Project, header
+from conftest import Project, header, journal_jobs, opus_run, wait_for
 from opus_runner import redact
-from opus_runner.builtins.junit import JUNIT_SCHEMA, junit_output, opus_job_event
-from opus_runner.models import Context, JobEvent, JobResult
+from opus_runner.builtins.junit import JUNIT_SCHEMA, junit_output, opus_job_event, opus_run_finished
+from opus_runner.models import Context, JobEvent, JobResult, RunInfo
 
 JUNIT = "outputs:\n  - type: junit\n    path: reports/opus.xml\n    suite: ci\n"
 
@@ -66,7 +68,12 @@ def _ctx(tmp_path: Path, shared: dict[str, object]) -> Context:
     return Context(spec=None, spec_path=tmp_path / "s.yaml", spec_dir=tmp_path, log=logging.getLogger("t"), shared=shared)
 
 
-def test_junit_rewrites_a_complete_file_under_concurrency(tmp_path: Path) -> None:
+def finish(ctx: Context, *finished: JobResult) -> None:
+    """The end of the run, whose journal holds ``finished``."""
+    opus_run_finished(RunInfo("run-1", False, "2026-01-01T00:00:00Z", read_results=lambda: list(finished)), ctx)
+
+
+def test_junit_notes_jobs_under_concurrency_and_writes_one_complete_file_at_the_end(tmp_path: Path) -> None:
     shared: dict[str, object] = {}
     ctx = _ctx(tmp_path, shared)
     for i in range(40):
@@ -83,6 +90,8 @@ def test_junit_rewrites_a_complete_file_under_concurrency(tmp_path: Path) -> Non
         thread.start()
     for thread in threads:
         thread.join()
+    assert not (tmp_path / "out" / "report.xml").exists()  # written once, when the run ends
+    finish(ctx)
     root = ET.parse(tmp_path / "out" / "report.xml").getroot()
     suite = root.find("testsuite")
     assert suite is not None and suite.get("name") == "opus-runner"
@@ -92,8 +101,14 @@ def test_junit_rewrites_a_complete_file_under_concurrency(tmp_path: Path) -> Non
     assert not list((tmp_path / "out").glob(".*tmp"))  # no temporary files left behind
     # Delivering a job again (opus-run resume) replaces its case.
     junit_output(JobResult("j0", "COMPLETED", spec_name="spec", plan_key="spec[0]"), {"path": "out/report.xml"}, ctx)
+    finish(ctx)
     root = ET.parse(tmp_path / "out" / "report.xml").getroot()
     assert (root.get("tests"), root.get("failures")) == ("40", "9")
+    # The journal's word wins, and a job of the spec an earlier process finished is in too.
+    earlier = JobResult("j99", "FAILED", spec_name="spec", plan_key="spec[99]", error="earlier")
+    finish(ctx, JobResult("j1", "FAILED", spec_name="spec", plan_key="spec[1]", error="as journaled"), earlier)
+    root = ET.parse(tmp_path / "out" / "report.xml").getroot()
+    assert (root.get("tests"), root.get("failures")) == ("41", "11")
 
 
 def test_junit_masks_secrets_and_survives_control_characters(tmp_path: Path) -> None:
@@ -108,6 +123,7 @@ def test_junit_masks_secrets_and_survives_control_characters(tmp_path: Path) -> 
         error="bad \x00 byte and s3cr3t-junit-value <tag> & more",
     )
     path = junit_output(result, {"path": "r.xml", "suite": "s"}, ctx)
+    finish(ctx)
     text = path.read_text()
     assert "s3cr3t-junit-value" not in text
     case = ET.parse(path).getroot().find("testsuite/testcase")
@@ -115,3 +131,33 @@ def test_junit_masks_secrets_and_survives_control_characters(tmp_path: Path) -> 
     failure = case.find("failure")
     assert failure is not None and "<tag> & more" in (failure.text or "") and "***" in (failure.text or "")
     assert case.get("time") == "0.000"  # no events seen: the duration is unknown
+
+
+def _finished_jobs(project: Project) -> int:
+    try:
+        return sum(row["phase"] == "finished" for row in journal_jobs(project))
+    except sqlite3.OperationalError:  # no journal, or no table yet
+        return 0
+
+
+def test_junit_after_kill_9_and_resume_holds_every_job_of_the_run(project: Project) -> None:
+    project.file("rows.csv", "q\n" + "".join(f"question {i}\n" for i in range(6)))
+    spec = project.spec(
+        "batch.yaml", header("batch", "medium", "foreach: {file: rows.csv}\ninputs:\n  Question: '{{ row.q }}'\n" + JUNIT)
+    )
+    proc = opus_run(project, "run", spec.name, "--concurrency", "2", "-q")
+    try:
+        wait_for(lambda: _finished_jobs(project) >= 2, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    before = _finished_jobs(project)
+    assert 2 <= before < 6  # some jobs were finished by the killed process, not all
+    resumed = opus_run(project, "resume", "-q")
+    _out, err = resumed.communicate(timeout=90)
+    assert resumed.returncode == 0, err
+    root = ET.parse(project.root / "reports" / "opus.xml").getroot()
+    assert (root.get("tests"), root.get("failures")) == ("6", "0")
+    names = {case.get("name") for case in root.iter("testcase")}
+    assert names == {row["plan_key"] for row in journal_jobs(project)} and len(names) == 6
+    assert not list((project.root / "reports").glob(".*tmp"))

@@ -749,7 +749,7 @@ def test_call_handler_awaits_async_runs_sync_in_a_thread_and_times_out() -> None
 def test_every_hook_is_documented_in_the_plugin_guide() -> None:
     guide = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
     names = hook_names()
-    assert len(names) == 9
+    assert len(names) == 11
     missing = [n for n in names if not re.search(rf"\b{n}\b", guide)]
     assert missing == []
     # Each hook also has a section of its own with an example.
@@ -772,7 +772,7 @@ def test_the_guides_hook_examples_load_and_work(
     plugins_dir: Path, tmp_path: Path, own_builtins: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     examples = guide_examples()
-    assert len(examples) == 11  # the first plugin, one per hook, and the WireValue form of coercion
+    assert len(examples) == 13  # the first plugin, one per hook, and the WireValue form of coercion
     for n, (_, code) in enumerate(examples):
         (plugins_dir / f"example_{n:02d}.py").write_text(code)
     host = make_plugin_host(plugins_dir=plugins_dir, entrypoints=False)
@@ -1050,3 +1050,77 @@ def test_spec_schema_includes_the_config_schemas_plugins_register(project: Any) 
 
     without = json.loads(project.run("spec-schema", "--no-local-plugins").stdout)
     assert "outputs-markdown" not in without["$defs"] and "outputs-junit" in without["$defs"]
+
+
+# -- run-level hooks ---------------------------------------------------------------------------
+
+RUN_HOOKS = plugin_source(
+    """
+    import json
+
+
+    def log(ctx, entry):
+        with open(ctx.root / "run-hooks.ndjson", "a") as handle:
+            handle.write(json.dumps(entry) + "\\n")
+
+
+    @hookimpl
+    def opus_run_started(run, ctx):
+        log(ctx, {"hook": "started", "run_id": run.run_id, "resumed": run.resumed, "spec": ctx.spec,
+                  "started_at": run.started_at, "finished": [r.plan_key for r in run.results()]})
+
+
+    @hookimpl
+    def opus_run_finished(run, report, ctx):
+        log(ctx, {"hook": "finished", "run_id": run.run_id, "resumed": run.resumed,
+                  "finished": sorted(r.plan_key for r in run.results()),
+                  "outcomes": sorted(o.plan_key for o in report.outcomes), "exit_code": report.exit_code})
+    """
+)
+
+
+def test_run_hooks_frame_the_run_and_see_every_job_of_a_resumed_run(project: Any) -> None:
+    import json
+
+    from conftest import header
+
+    (project.root / "plugins").mkdir()
+    (project.root / "plugins" / "run_hooks.py").write_text(RUN_HOOKS)
+    project.file("rows.csv", "q\none\ntwo\n")
+    spec = project.spec("b.yaml", header("b", "quick", "foreach: {file: rows.csv}\ninputs:\n  Question: '{{ row.q }}'\n"))
+    assert project.run("validate", spec.name).exit_code == 0  # nothing submitted: no run hooks
+    assert project.run("run", spec.name, "--dry-run").exit_code == 0
+    assert not (project.root / "run-hooks.ndjson").exists()
+
+    first = project.run("run", spec.name, "--no-wait")
+    assert first.exit_code == 0, first.output
+    resumed = project.run("resume")
+    assert resumed.exit_code == 0, resumed.output
+    entries = [json.loads(line) for line in (project.root / "run-hooks.ndjson").read_text().splitlines()]
+    assert [(e["hook"], e["resumed"]) for e in entries] == [
+        ("started", False), ("finished", False), ("started", True), ("finished", True)
+    ]
+    assert len({e["run_id"] for e in entries}) == 1
+    assert entries[0]["spec"] is None and entries[0]["started_at"] == entries[2]["started_at"]
+    assert entries[0]["finished"] == [] and entries[1]["finished"] == []  # --no-wait: none finished yet
+    assert entries[3]["finished"] == entries[3]["outcomes"] and len(entries[3]["finished"]) == 2
+    assert entries[3]["exit_code"] == 0
+
+
+def test_a_raising_run_finished_hook_is_reported_and_fails_the_run(project: Any) -> None:
+    from conftest import header
+
+    (project.root / "plugins").mkdir()
+    (project.root / "plugins" / "broken_report.py").write_text(
+        plugin_source(
+            """
+            @hookimpl
+            def opus_run_finished(run, report, ctx):
+                raise OSError("reports/ is read-only")
+            """
+        )
+    )
+    result = project.run("run", project.spec("q.yaml", header("q", "quick", "inputs:\n  Question: hi\n")).name)
+    assert result.exit_code == 1
+    assert "failed in opus_run_finished: OSError: reports/ is read-only; the jobs' results are kept" in result.stderr
+    assert "broken_report" in result.stderr

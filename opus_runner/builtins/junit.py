@@ -11,10 +11,13 @@ One ``<testcase>`` per job: ``classname`` is the spec's name, ``name`` the job's
 ``time`` the seconds from submission to the terminal status. FAILED, CANCELLED, STOPPED and TIMED_OUT
 jobs carry a ``<failure message="STATUS">`` holding the error.
 
-Outputs are called once per job, but a report describes the whole run: the cases of the run are
-kept in ``ctx.shared`` (one list per report file) and the whole file is rewritten atomically
-after every job, so at any moment it is complete, valid XML. Job durations come from the job
-events this plugin observes (``opus_job_event``): submission and terminal times.
+Outputs are called once per job, but a report describes the whole run: the per-job call only
+notes which jobs go to which report file, and the file is written once, atomically, when the
+run ends (``opus_run_finished``), from the journal's results of every job of the run: a resumed
+run's report holds the jobs earlier processes finished too. A job given up on (``wait.timeout``)
+is not finished in the journal; its ``TIMED_OUT`` result, delivered in this process, is
+reported as such. Job durations come from the job events this plugin observes
+(``opus_job_event``): submission and terminal times (0 for a job an earlier process followed).
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ import datetime as _dt
 import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import files
 from ..hookspecs import Register, hookimpl
-from ..models import TERMINAL_STATUSES, Context, JobEvent, JobResult
+from ..models import TERMINAL_STATUSES, Context, JobEvent, JobResult, RunInfo
 from ..redact import mask, mask_obj
 from ..paths import PATH_KEYWORD
 from .outputs import resolve_path
@@ -48,9 +51,9 @@ JUNIT_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-_SHARED_PREFIX = "opus_runner.junit:"
+_REPORTS = "opus_runner.junit.reports"
 _TIMES = "opus_runner.junit.times"
-_GUARD = threading.Lock()  # creates the per-report state once, whichever worker thread comes first
+_GUARD = threading.Lock()  # jobs are delivered concurrently (plain handlers run in worker threads)
 # Characters XML 1.0 cannot hold at all, even escaped: a raw control byte in an error message
 # would otherwise make the whole report unreadable.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -70,8 +73,12 @@ class _Case:
 
 @dataclass
 class _Report:
-    lock: threading.Lock
-    cases: list[_Case]
+    """One report file: the jobs delivered to it by this process, and the suite of each spec."""
+
+    #: plan key -> (suite, the result as delivered: a given-up job is in no journal result)
+    delivered: dict[str, tuple[str, JobResult]] = field(default_factory=dict)
+    #: spec name -> suite: the jobs of a spec that earlier processes finished go with it
+    specs: dict[str, str] = field(default_factory=dict)
 
 
 def _clean(text: Any) -> str:
@@ -160,22 +167,39 @@ def render(cases: list[_Case]) -> str:
 
 
 def junit_output(result: JobResult, config: dict[str, Any], ctx: Context) -> Path:
-    """Add the job to the run's report at ``config["path"]`` and rewrite the file; return its path."""
+    """Note the job for the report at ``config["path"]`` (written when the run ends); return its path."""
     path = resolve_path(config["path"], ctx).resolve()
-    key = f"{_SHARED_PREFIX}{path}"
+    suite = str(config.get("suite") or DEFAULT_SUITE)
     with _GUARD:
-        report = ctx.shared.get(key)
-        if report is None:
-            report = ctx.shared[key] = _Report(lock=threading.Lock(), cases=[])
-    case = _case(result, config, ctx)
-    # Jobs finish concurrently (plain handlers run in worker threads): one writer at a time, so
-    # a later snapshot can never be overwritten by an earlier one.
-    with report.lock:
-        # A job delivered again (opus-run resume) replaces its case instead of adding a second one.
-        report.cases[:] = [c for c in report.cases if (c.classname, c.name) != (case.classname, case.name)]
-        report.cases.append(case)
-        files.atomic_write_text(path, render(report.cases))
+        report = ctx.shared.setdefault(_REPORTS, {}).setdefault(path, _Report())
+        report.delivered[result.plan_key or result.job_id] = (suite, result)
+        report.specs[result.spec_name] = suite
     return path
+
+
+def write_reports(results: list[JobResult], ctx: Context) -> list[Path]:
+    """Write every report file the run's jobs were delivered to, each once, atomically.
+
+    ``results`` are the run's finished jobs (from the journal); each goes to the files its
+    spec's jobs were delivered to. A delivered result that is not among them (given up on)
+    is reported as delivered."""
+    with _GUARD:
+        reports = dict(ctx.shared.get(_REPORTS, {}))
+    written = []
+    for path, report in reports.items():
+        chosen: dict[str, tuple[str, JobResult]] = {}
+        for result in results:
+            key = result.plan_key or result.job_id
+            if key in report.delivered:
+                chosen[key] = (report.delivered[key][0], result)
+            elif result.spec_name in report.specs:
+                chosen[key] = (report.specs[result.spec_name], result)
+        for key, delivered in report.delivered.items():
+            chosen.setdefault(key, delivered)
+        cases = [_case(result, {"suite": suite}, ctx) for suite, result in chosen.values()]
+        files.atomic_write_text(path, render(cases))
+        written.append(path)
+    return written
 
 
 @hookimpl
@@ -194,3 +218,9 @@ def opus_job_event(event: JobEvent, ctx: Context) -> None:
         ctx.shared.setdefault(_TIMES, {}).setdefault(key, {})["submitted"] = event.time
     elif event.kind in ("completed", "failed", "cancelled", "timed_out"):
         ctx.shared.setdefault(_TIMES, {}).setdefault(key, {})["finished"] = event.time
+
+
+@hookimpl
+def opus_run_finished(run: RunInfo, ctx: Context) -> None:
+    """Write the reports, once, with every job of the run."""
+    write_reports(run.results(), ctx)

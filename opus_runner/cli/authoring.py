@@ -32,7 +32,7 @@ WROTE_QUIET_HELP = "Do not say what was written."
 def _runner(base_url: str | None, sandbox: bool, sandbox_workflows: Path | None, plugins: tuple[str, ...],
             no_local_plugins: bool, verbose: bool, specs: tuple[str, ...] = (), var: tuple[str, ...] = (),
             vars_file: Path | None = None, untrusted: bool = False, allow_outside_root: bool = False) -> Any:
-    from ..runner import RunOptions, Runner
+    from ..engine import RunOptions, Runner
 
     return Runner(
         RunOptions(

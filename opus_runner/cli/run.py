@@ -29,7 +29,7 @@ from .options import (
 
 
 def _run_options(**kwargs: Any) -> Any:
-    from ..runner import RunOptions
+    from ..engine import RunOptions
 
     fields = set(RunOptions.__dataclass_fields__)
     return RunOptions(**{k: v for k, v in kwargs.items() if k in fields})
@@ -90,7 +90,7 @@ def _interrupted(exc: KeyboardInterrupt, text: str) -> Any:
 
 def _execute(options: Any, reporter: Any) -> Any:
     import asyncio
-    from ..runner import Runner
+    from ..engine import Runner
 
     runner = Runner(options, reporter=reporter)
     try:
@@ -188,7 +188,7 @@ def resume_command(run_id: str | None, output_format: str, quiet: bool, verbose:
     unsent jobs are sent, running ones followed, undelivered results delivered."""
     import asyncio
     from ..progress import make_reporter
-    from ..runner import Runner
+    from ..engine import Runner
 
     setup_logging(verbose, quiet)
     options = _run_options(output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)

@@ -15,7 +15,7 @@ import pytest
 from urllib.parse import urlsplit
 
 from opus_runner import redact
-from opus_runner.client import (
+from opus_runner.api import (
     AuditProgress,
     ExecuteOutcome,
     OpusClient,
@@ -188,7 +188,7 @@ async def test_initiate_body_pins_and_returns_a_string_id() -> None:
     [("72964", "72964"), (72964, "72964"), (72964.0, "72964"), (" 7 ", "7"), ("", None), (True, None), (None, None), ({}, None)],
 )
 def test_job_ids_are_kept_as_strings(raw: Any, expected: str | None) -> None:
-    from opus_runner.client import job_id_of
+    from opus_runner.api import job_id_of
 
     assert job_id_of(raw) == expected
 

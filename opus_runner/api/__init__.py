@@ -17,7 +17,7 @@ Everything a caller can rely on:
   ``budget`` plus one timeout, not after every attempt has waited its full timeout;
 - every answer must arrive whole within ``deadline`` (a server sending one byte at a time never
   trips a per-read timeout) and be at most ``max_answer_bytes`` once decompressed; JSON nested
-  too deeply to parse is refused, and ``NaN``/``Infinity`` are read as null (:mod:`..jsontext`);
+  too deeply to parse is refused, and ``NaN``/``Infinity`` are read as null (:mod:`opus_runner.jsontext`);
 - ``POST /job/execute`` is never resent once it may have reached the server: its outcome is
   read back from the job's status instead;
 - every error the server can answer with becomes one :mod:`opus_runner.errors` exception whose

@@ -27,6 +27,7 @@ import httpx
 
 from .. import jsontext, redact
 from ..errors import ApiError, AuthError, ExecuteRefused, NotFoundError
+from ..messages import one_line
 from ..models import normalise_status
 from ..results import ResultsData, parse_results
 from ..urls import display_url
@@ -121,10 +122,8 @@ class AuditProgress:
 # The server's words
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    # Mask before cutting: a cut through a secret would leave its start unmasked.
-    flat = " ".join(redact.mask(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+#: The longest server message quoted in an error.
+MESSAGE_LIMIT = 300
 
 
 def _looks_html(response: httpx.Response, text: str) -> bool:
@@ -181,11 +180,11 @@ def server_message(response: httpx.Response) -> str:
         # Object stores answer in XML (<Error><Message>...</Message></Error>).
         match = _XML_MESSAGE.search(text)
         found = match.group(1) if match else text
-        return one_line(found)
+        return one_line(found, MESSAGE_LIMIT)
     message = _message_from_json(body)
     if message is None:
         message = json.dumps(body, default=str)
-    return one_line(message)
+    return one_line(message, MESSAGE_LIMIT)
 
 
 def status_reason(response: httpx.Response) -> str:

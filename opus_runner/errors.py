@@ -13,10 +13,12 @@
     │   ├── AuthError                    3  the service key was rejected
     │   ├── NotFoundError                3  unknown workflow or job
     │   │   └── WorkflowNotFound         3  schema/init named an unknown workflow or version
+    │   ├── AnswerTooLarge               3  an answer larger than the client reads (decompressed)
     │   ├── ExecuteOutcomeUnknown        3  execute may or may not have reached the server
     │   │   └── ExecuteNotReceived       3  every attempt ended unclear, and the job shows no input
     │   └── ExecuteRefused               1  the platform refused to execute one job (inside a 2xx too)
     ├── NetworkError                     3  the API could not be reached (after retries)
+    │   └── SlowAnswerError              3  an answer missed the whole-answer deadline (not retried)
     ├── JobFailed                        1  a job ended FAILED, CANCELLED or STOPPED
     ├── JobTimedOut                      1  a job did not finish within its timeout
     ├── DeliveryFailed                   1  an output or notifier plugin failed (result kept)
@@ -221,8 +223,21 @@ class ExecuteRefused(ApiError):
         return self.message
 
 
+class AnswerTooLarge(ApiError):
+    """The answer was larger than the client reads (``max_answer_bytes``, after decompression)."""
+
+
 class NetworkError(OpusRunnerError):
     exit_code = 3
+
+
+class SlowAnswerError(NetworkError):
+    """A call whose answer missed the deadline: the server is up but unusably slow.
+
+    Not ``transient``: the runner's patient loops do not keep asking a server that trickles.
+    """
+
+    transient = False
 
 
 class JobFailed(OpusRunnerError):

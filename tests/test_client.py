@@ -15,7 +15,7 @@ import pytest
 from urllib.parse import urlsplit
 
 from opus_runner import redact
-from opus_runner.client import (
+from opus_runner.api import (
     AuditProgress,
     ExecuteOutcome,
     OpusClient,
@@ -24,6 +24,7 @@ from opus_runner.client import (
     parse_results,
 )
 from opus_runner.errors import (
+    AnswerTooLarge,
     ApiError,
     AuthError,
     ConfigError,
@@ -188,7 +189,7 @@ async def test_initiate_body_pins_and_returns_a_string_id() -> None:
     [("72964", "72964"), (72964, "72964"), (72964.0, "72964"), (" 7 ", "7"), ("", None), (True, None), (None, None), ({}, None)],
 )
 def test_job_ids_are_kept_as_strings(raw: Any, expected: str | None) -> None:
-    from opus_runner.client import job_id_of
+    from opus_runner.api import job_id_of
 
     assert job_id_of(raw) == expected
 
@@ -834,6 +835,39 @@ async def test_execute_unreadable_success_is_resolved_through_status() -> None:
     assert server.count("POST", "/job/execute") == 1
 
 
+@pytest.mark.parametrize("detail", [HAS_INPUT, NO_INPUT], ids=["input", "no input"])
+async def test_an_execute_answer_too_large_to_read_is_settled_by_the_job(detail: dict[str, Any]) -> None:
+    # An answer came, so the request is over (answered), but it was not read: the job decides,
+    # and within this call it is never sent a second time.
+    server = (
+        Server()
+        .on("POST", "/job/execute", ok({"message": "x" * 200}))
+        .on("GET", "/job/j1/status", ok({"status": "PENDING"}))
+        .on("GET", "/job/j1", ok(detail))
+    )
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    client = OpusClient(BASE, KEY, http=http, retry=RetryPolicy(sleep=FakeSleep()), max_answer_bytes=100)
+    if detail is HAS_INPUT:
+        outcome = await client.execute("j1", {})
+        assert (outcome.confirmed, outcome.status) == (False, "PENDING")
+        assert "larger than 100 bytes" in outcome.message
+    else:
+        with pytest.raises(ExecuteNotReceived, match="larger than 100 bytes") as info:
+            await client.execute("j1", {})
+        assert info.value.answered is True
+    assert server.count("POST", "/job/execute") == 1
+
+
+async def test_an_answer_too_large_to_read_is_not_asked_again() -> None:
+    server = Server().on("GET", "/workflow/wf1", ok({"blueprint": "x" * 200}))
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    client = OpusClient(BASE, KEY, http=http, retry=RetryPolicy(sleep=FakeSleep()), max_answer_bytes=100)
+    with pytest.raises(AnswerTooLarge, match="larger than 100 bytes once decompressed") as info:
+        await client.get_workflow("wf1")
+    assert info.value.endpoint == "/workflow/wf1"
+    assert server.count("GET", "/workflow/wf1") == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Error mapping
 
@@ -1170,6 +1204,15 @@ async def test_aclose_closes_only_an_owned_client() -> None:
     assert own.http.timeout.read == 12.5
     await own.aclose()
     assert own.http.is_closed
+
+
+def test_the_public_import_path_re_exports_the_package() -> None:
+    import opus_runner.api
+    import opus_runner.client
+
+    assert {"OpusClient", "RetryPolicy", "ExecuteOutcome", "NO_KEY_MESSAGE"} <= set(opus_runner.client.__all__)
+    for name in opus_runner.api.__all__:
+        assert getattr(opus_runner.client, name) is getattr(opus_runner.api, name), name
 
 
 def test_retry_policy_refuses_nonsense() -> None:

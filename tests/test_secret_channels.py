@@ -294,7 +294,7 @@ def test_a_refused_validation_leaks_the_secret_nowhere(echo: tuple[Project, str,
 def test_api_errors_quoting_the_secret_leak_it_nowhere(
     echo: tuple[Project, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from opus_runner import client
+    from opus_runner.api import client
 
     project, secret, key = echo
     fast = client.RetryPolicy(attempts=2, base=0.01, cap=0.02)
@@ -323,7 +323,7 @@ def test_a_server_message_is_masked_before_it_is_cut() -> None:
     import httpx
 
     from opus_runner import redact
-    from opus_runner.client import server_message
+    from opus_runner.api import server_message
 
     secret = new_secret()
     redact.register(secret)
@@ -340,7 +340,7 @@ def test_a_network_error_leaks_neither_the_secret_nor_the_base_url_password(
 ) -> None:
     import socket
 
-    from opus_runner import client
+    from opus_runner.api import client
 
     project, secret, key = echo
     fast = client.RetryPolicy(attempts=2, base=0.01, cap=0.02)
@@ -427,13 +427,13 @@ def test_a_secret_named_null_keeps_json_events_valid(echo: tuple[Project, str, s
 
 def test_a_traced_body_is_masked_before_it_is_cut() -> None:
     from opus_runner import redact
-    from opus_runner.client import TRACE_BODY_LIMIT, _trace_body
+    from opus_runner.api.transport import TRACE_BODY_LIMIT, trace_body
 
     secret = new_secret()
     redact.register(secret)
     for padding in range(TRACE_BODY_LIMIT - 40, TRACE_BODY_LIMIT - 12):  # cuts through the secret
         body = json.dumps({"value": "x" * padding + secret})  # as traced: \u-escaped JSON
-        assert_nowhere({"trace": _trace_body(body).encode("utf-8")}, secret)
+        assert_nowhere({"trace": trace_body(body).encode("utf-8")}, secret)
 
 
 def test_every_form_is_masked_and_url_user_info_is_dropped() -> None:

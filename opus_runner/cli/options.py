@@ -188,7 +188,7 @@ def client_from(base_url: str | None) -> Any:
     OPUS_SERVICE_KEY, or the sentence saying how to set it."""
     import os
 
-    from ..client import NO_KEY_MESSAGE, OpusClient
+    from ..api import NO_KEY_MESSAGE, OpusClient
     from ..config import DEFAULT_BASE_URL, load_project_config
     from ..errors import ConfigError
 

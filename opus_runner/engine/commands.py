@@ -19,7 +19,7 @@ from .resume import resume
 from .session import Session
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..client import OpusClient
+    from ..api import OpusClient
     from ..config import ProjectConfig
 
 
@@ -93,7 +93,7 @@ class Runner:
         out: list[tuple[Spec, WorkflowRef, WorkflowSchema | None]] = []
         async with session.connection():
             if session.client is None:
-                from ..client import NO_KEY_MESSAGE
+                from ..api import NO_KEY_MESSAGE
 
                 raise ConfigError(NO_KEY_MESSAGE)
             for spec, ref in seen.values():

@@ -395,7 +395,7 @@ class JobRunner:
                 except (ApiError, NetworkError):
                     raise exc from None  # it says what matters: the outcome is unknown, nothing was resent
                 if received:
-                    from ..client import ExecuteOutcome
+                    from ..api import ExecuteOutcome
 
                     return ExecuteOutcome(job_id, False, status, f"execute was settled by reading job {job_id}")
                 if received is None or not exc.answered or time.monotonic() >= deadline:

@@ -28,7 +28,7 @@ from ..workflow import unknown_type_warning
 from .options import ResumedOptions, RunOptions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..client import OpusClient
+    from ..api import OpusClient
     from ..payload import BuiltPayload
     from ..plugins import PluginHost
     from ..state import Journal
@@ -269,7 +269,7 @@ class Session:
             sandbox = SandboxServer(opts.sandbox_workflows or self.config.sandbox_workflows)
             await asyncio.to_thread(sandbox.start)
             base_url, key = sandbox.base_url, sandbox.key
-        from ..client import NO_KEY_MESSAGE, OpusClient
+        from ..api import NO_KEY_MESSAGE, OpusClient
 
         try:
             if not opts.sandbox and not key:

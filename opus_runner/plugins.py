@@ -24,6 +24,7 @@ whose late result is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import importlib
 import importlib.util
@@ -34,7 +35,7 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -43,7 +44,7 @@ from typing import Any, cast
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, PluginTimeout, SpecError
+from .errors import OpusRunnerError, PluginError, PluginTimeout, SpecError
 from .messages import did_you_mean as _did_you_mean
 from .messages import explain_schema_error, schema_errors, shorten
 from .messages import one_line as _one_line
@@ -267,6 +268,17 @@ class PluginHost:
         plugin = self.source_of(raised.plugin_name) if raised is not None else None
         return PluginError(f"failed in {hook_name}: {_describe_exc(exc)}; {consequence}", plugin=plugin)
 
+    @contextlib.contextmanager
+    def _named(self, hook_name: str, consequence: str) -> Iterator[None]:
+        """Turn a plugin's unexpected exception in ``hook_name`` into one PluginError naming the
+        plugin and ``consequence``; the runner's own errors pass as they are."""
+        try:
+            yield
+        except OpusRunnerError:
+            raise
+        except Exception as exc:
+            raise self.hook_failure(hook_name, exc, consequence) from None
+
     # -- calling hooks ----------------------------------------------------------------------
 
     def _impls(self, hook_name: str, kwargs: Mapping[str, Any] | None = None) -> list[Any]:
@@ -378,9 +390,10 @@ class PluginHost:
 
         A plugin that answers with anything but a :class:`WorkflowSchema` is a PluginError.
         """
-        schema = await self.first(
-            "opus_workflow_schema", offload=True, returns=WorkflowSchema, workflow_ref=workflow_ref, ctx=ctx
-        )
+        with self._named("opus_workflow_schema", f"the inputs of workflow {workflow_ref.id} are unknown"):
+            schema = await self.first(
+                "opus_workflow_schema", offload=True, returns=WorkflowSchema, workflow_ref=workflow_ref, ctx=ctx
+            )
         return cast("WorkflowSchema | None", schema)
 
     async def upload_file(self, field: InputField, source: str, ctx: Context) -> str | None:
@@ -401,16 +414,20 @@ class PluginHost:
         return WireValue(sent)
 
     async def payload_ready(self, payload: dict[str, Any], ctx: Context) -> None:
-        """``opus_payload_ready``: every plugin may adjust ``payload`` in place; one that raises stops the job."""
-        await self.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
+        """``opus_payload_ready``: every plugin may adjust ``payload`` in place; one that raises stops
+        the job, with a PluginError naming it."""
+        with self._named("opus_payload_ready", "the job was not executed"):
+            await self.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
 
     async def job_event(self, event: JobEvent, ctx: Context) -> None:
         """``opus_job_event``: every observer hears ``event``; one that raises or overruns is logged, not raised."""
         await self.each("opus_job_event", offload=True, isolate=True, event=event, ctx=ctx)
 
     async def run_started(self, run: RunInfo, ctx: Context) -> None:
-        """``opus_run_started``: every plugin hears that the run's jobs are about to be submitted."""
-        await self.each("opus_run_started", offload=True, run=run, ctx=ctx)
+        """``opus_run_started``: every plugin hears that the run's jobs are about to be submitted;
+        one that raises stops the run, with a PluginError naming it."""
+        with self._named("opus_run_started", "no job was submitted"):
+            await self.each("opus_run_started", offload=True, run=run, ctx=ctx)
 
     async def run_finished(self, run: RunInfo, report: Any, ctx: Context) -> None:
         """``opus_run_finished``: every plugin sees the run's report (an engine ``RunReport``,

@@ -183,12 +183,7 @@ async def run_batch(session: Session, run: RunInfo, jobs: Iterable[Job], *, coun
     runner = JobRunner(session, delivery, run.run_id, batch_size=count)
     ctx = session.run_context()
     async with session.owning(run.run_id):
-        try:
-            await host.run_started(run, ctx)
-        except OpusRunnerError:
-            raise
-        except Exception as exc:
-            raise host.hook_failure("opus_run_started", exc, "no job was submitted") from None
+        await host.run_started(run, ctx)
         session.reporter.start(count)
         report.outcomes = await _take_all(session, runner, delivery, jobs)
         codes = [o.exit_code for o in report.outcomes] + ([1] if delivery.notify_failed else [])

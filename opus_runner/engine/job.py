@@ -185,12 +185,7 @@ class JobRunner:
             )
             journal.set_job_id(row_id, job_id)  # durable before execute is sent
         outcome.job_id = ctx.job_id = job_id
-        try:
-            await host.payload_ready(payload, ctx)
-        except OpusRunnerError:
-            raise
-        except Exception as exc:
-            raise host.hook_failure("opus_payload_ready", exc, "the job was not executed") from None
+        await host.payload_ready(payload, ctx)
         journal.mark_executing(row_id)
         try:
             execution = await self._execute_patiently(plan, job_id, payload, workspaces)

@@ -359,12 +359,7 @@ class Session:
         assert self.host is not None
         if self.lock is not None:
             return self.lock.require(ref, spec=ctx.spec)
-        try:
-            schema = await self.host.workflow_schema(ref, ctx)
-        except OpusRunnerError:
-            raise
-        except Exception as exc:
-            raise self.host.hook_failure("opus_workflow_schema", exc, f"the inputs of workflow {ref.id} are unknown") from None
+        schema = await self.host.workflow_schema(ref, ctx)
         if schema is None:
             raise ConfigError(f"no plugin could describe workflow {ref.id}")
         for f in schema.inputs:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from dataclasses import replace
 from functools import lru_cache
@@ -121,6 +122,15 @@ class ProjectConfig:
         if self.plugins_dir is not None:
             dropped.append(f"plugins_dir = {_shown(self.plugins_dir, self.root)!r}")
         return replace(self, base_url=None, plugins_dir=None), dropped
+
+    def endpoint(
+        self, base_url: str | None, service_key: str | None, environ: Mapping[str, str]
+    ) -> tuple[str, str | None]:
+        """``(base URL, key)`` a command talks to: what the command line (or the library call)
+        gives, else ``OPUS_BASE_URL`` / ``OPUS_SERVICE_KEY``, else this file's ``base_url``, else
+        the Opus service; the key may be None (the caller says how to set it)."""
+        url = base_url or environ.get("OPUS_BASE_URL") or self.base_url or DEFAULT_BASE_URL
+        return url, service_key or environ.get("OPUS_SERVICE_KEY") or None
 
     def base_url_notice(self) -> str | None:
         """The sentence that names this file's ``base_url`` when it is not the Opus service, or

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from conftest import Project, header
-from opus_runner.engine import session as run_session
 
 #: A plugin file a pull request replaced: importing it is running the attacker's code.
 MARKER_PLUGIN = """\
@@ -151,7 +150,7 @@ def test_a_base_url_from_the_journal_is_named_and_untrusted_ignores_it(
     assert catcher.keys  # the journal's --base-url wins over OPUS_BASE_URL, as the option did
 
     catcher.keys.clear()
-    monkeypatch.setattr(run_session, "DEFAULT_BASE_URL", project.sandbox.base_url)
+    monkeypatch.setattr("opus_runner.config.DEFAULT_BASE_URL", project.sandbox.base_url)  # the "Opus service"
     result = project.run("resume", "--untrusted", env={"OPUS_BASE_URL": None})
     assert result.exit_code == 0, result.output
     assert catcher.keys == []
@@ -169,7 +168,6 @@ def test_untrusted_ignores_the_project_files_base_url_and_plugins_dir(
     )
     # The sandbox stands for the Opus service here: where the key goes once base_url is ignored.
     monkeypatch.setattr("opus_runner.config.DEFAULT_BASE_URL", project.sandbox.base_url)
-    monkeypatch.setattr(run_session, "DEFAULT_BASE_URL", project.sandbox.base_url)
     env = {"OPUS_BASE_URL": None}  # CI that does not set it: the project file would decide
     spec = _quick_spec(project)
 

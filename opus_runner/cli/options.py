@@ -189,17 +189,15 @@ def client_from(base_url: str | None) -> Any:
     import os
 
     from ..api import NO_KEY_MESSAGE, OpusClient
-    from ..config import DEFAULT_BASE_URL, load_project_config
+    from ..config import load_project_config
     from ..errors import ConfigError
-
-    key = os.environ.get("OPUS_SERVICE_KEY")
-    if not key:
-        raise ConfigError(NO_KEY_MESSAGE)
     from ..progress import printable
 
     config = load_project_config()
+    url, key = config.endpoint(base_url, None, os.environ)
+    if not key:
+        raise ConfigError(NO_KEY_MESSAGE)
     notice = None if base_url or os.environ.get("OPUS_BASE_URL") else config.base_url_notice()
     if notice:
         click.echo(printable(notice), err=True)
-    url = base_url or os.environ.get("OPUS_BASE_URL") or config.base_url or DEFAULT_BASE_URL
     return OpusClient(url, key)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import redact
-from ..config import DEFAULT_BASE_URL, ProjectConfig, default_plugins_dir, default_state_dir, load_project_config
+from ..config import ProjectConfig, default_plugins_dir, default_state_dir, load_project_config
 from ..durations import parse_duration
 from ..errors import ApiError, ConfigError, NetworkError, NotFoundError, OpusRunnerError, SpecError, UsageError, ValidationFailed
 from ..models import Context, UploadSettings, WorkflowRef, WorkflowSchema
@@ -260,8 +260,7 @@ class Session:
         if not self.wants_live():
             yield
             return
-        base_url = opts.base_url or self.environ.get("OPUS_BASE_URL") or self.config.base_url or DEFAULT_BASE_URL
-        key = opts.service_key or self.environ.get("OPUS_SERVICE_KEY")
+        base_url, key = self.config.endpoint(opts.base_url, opts.service_key, self.environ)
         sandbox: Any = None
         if opts.sandbox:
             from ..sandbox import SandboxServer

@@ -143,12 +143,15 @@ class Handler:
 
     ``plugin`` is the registering plugin's name; ``schema`` the JSON Schema its config entries
     are checked against (with ``type``, and for notifiers ``on``, already added), or None.
+    ``whole_run``: an output that reports on the whole run (junit) is called for every job of
+    every process of a run, a resume included, even for jobs delivered before.
     """
 
     name: str
     func: Callable[..., Any]
     plugin: str
     schema: dict[str, Any] | None = None
+    whole_run: bool = False
 
 
 @dataclass
@@ -777,8 +780,11 @@ class _Loader:
     def _register_callback(self, table: dict[str, Handler], kind: str, noun: str, plugin: str) -> Callable[..., None]:
         source = self.host.source_of(plugin)
 
-        def register(name: str, handler: Callable[..., Any], schema: dict[str, Any] | None = None) -> None:
-            """Register ``handler`` under the type ``name``, with an optional config JSON Schema."""
+        def register(
+            name: str, handler: Callable[..., Any], schema: dict[str, Any] | None = None, *, whole_run: bool = False
+        ) -> None:
+            """Register ``handler`` under the type ``name``, with an optional config JSON Schema;
+            ``whole_run`` for an output that reports on the whole run (see :class:`Handler`)."""
             if not isinstance(name, str) or not _TYPE_NAME.match(name):
                 raise PluginError(
                     f"{name!r} is not a valid {noun} type name; use lower-case letters, digits, '-' and '_', "
@@ -798,7 +804,9 @@ class _Loader:
                     f"{noun} type {name!r} is registered by both {other} and {source}; remove or rename one of them",
                     plugin=source,
                 )
-            table[name] = Handler(name=name, func=handler, plugin=plugin, schema=_entry_schema(kind, name, schema))
+            table[name] = Handler(
+                name=name, func=handler, plugin=plugin, schema=_entry_schema(kind, name, schema), whole_run=whole_run
+            )
 
         return register
 

@@ -161,3 +161,23 @@ def test_junit_after_kill_9_and_resume_holds_every_job_of_the_run(project: Proje
     names = {case.get("name") for case in root.iter("testcase")}
     assert names == {row["plan_key"] for row in journal_jobs(project)} and len(names) == 6
     assert not list((project.root / "reports").glob(".*tmp"))
+
+
+def test_junit_is_written_by_a_resume_whose_jobs_were_all_delivered_before_the_crash(project: Project) -> None:
+    """The crash came after the last delivery and before the run's end, where the report is
+    written: the resume has no job left to run and still writes the whole run's report."""
+    project.file("rows.csv", "q\none\ntwo\nthree\n")
+    spec = project.spec(
+        "batch.yaml", header("batch", "quick", "foreach: {file: rows.csv}\ninputs:\n  Question: '{{ row.q }}'\n" + JUNIT)
+    )
+    assert project.run("run", spec.name).exit_code == 0
+    report = project.root / "reports" / "opus.xml"
+    report.unlink()
+    db = sqlite3.connect(project.root / ".opus-run" / "state.db")
+    db.execute("UPDATE runs SET finished_at = NULL")  # as a kill -9 before the run's end leaves it
+    db.commit()
+    db.close()
+    resumed = project.run("resume")
+    assert resumed.exit_code == 0, resumed.output
+    root = ET.parse(report).getroot()
+    assert (root.get("tests"), root.get("failures")) == ("3", "0")

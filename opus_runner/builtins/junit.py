@@ -205,7 +205,8 @@ def write_reports(results: list[JobResult], ctx: Context) -> list[Path]:
 @hookimpl
 def opus_register_outputs(register: Register) -> None:
     """Register the ``junit`` output type."""
-    register("junit", junit_output, schema=JUNIT_SCHEMA)
+    # Called again for jobs delivered before a crash, so a resumed run's report holds them too.
+    register("junit", junit_output, schema=JUNIT_SCHEMA, whole_run=True)
 
 
 @hookimpl

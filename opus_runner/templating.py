@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # "{{ expr }}" and nothing else (the expression itself may not close and reopen a block).
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}|\{\{|\{%|\{#).)*)\}\}\s*$", re.DOTALL)
 _TEMPLATE_MARKERS = ("{{", "{%", "{#")
-#: The environment variable the runner reads the service key from (runner.py, cli/options.py).
+#: The environment variable the runner reads the service key from (config.ProjectConfig.endpoint).
 SERVICE_KEY_VARIABLE = "OPUS_SERVICE_KEY"
 _KEY_NEVER_TEMPLATED = (
     f"{SERVICE_KEY_VARIABLE} is the Opus service key, which is never templated (the runner sends "

@@ -316,12 +316,7 @@ def _too_deep_message(what: str) -> str:
 def _parse_yaml(text: str, display: str) -> tuple[Any, dict[Key, int], list[SpecError]]:
     loader = _SpecLoader(text)
     try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            raise _yaml_error(exc, text, display, "YAML syntax error") from None
-        except yaml.YAMLError as exc:
-            raise SpecError(f"YAML error: {_one_line(exc)}", file=display) from None
+        root = _single_node(loader, text, display, syntax="YAML syntax error", other="YAML error")
         if root is None:
             return None, {}, []
 
@@ -359,6 +354,16 @@ def _parse_yaml(text: str, display: str) -> tuple[Any, dict[Key, int], list[Spec
 def _char_at(text: str, line: int, column: int) -> str:
     rows = text.split("\n", line + 1)
     return rows[line][column : column + 1] if line < len(rows) else ""
+
+
+def _single_node(loader: Any, text: str, display: str, *, syntax: str, other: str) -> yaml.Node | None:
+    """The document's node tree (nothing is built yet), or one sentence on why YAML cannot read it."""
+    try:
+        return loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_error(exc, text, display, syntax) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{other}: {_one_line(exc)}", file=display) from None
 
 
 def _construct(loader: Any, root: yaml.Node, text: str, display: str, what: str) -> Any:
@@ -607,12 +612,7 @@ def load_data(text: str, *, display: str, json_format: bool = False) -> Any:
         return data
     loader = _SpecLoader(text)
     try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            raise _yaml_error(exc, text, display, "not valid YAML") from None
-        except yaml.YAMLError as exc:
-            raise SpecError(f"not valid YAML: {_one_line(exc)}", file=display) from None
+        root = _single_node(loader, text, display, syntax="not valid YAML", other="not valid YAML")
         if root is None:
             return None
         try:

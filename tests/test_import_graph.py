@@ -61,6 +61,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "opus_runner.messages",
             # serves an ASGI app in a thread: the sandbox and the callback receiver
             "opus_runner.asgiserver",
+            # callback tokens and receiver addresses (stdlib): the planner checks the settings
+            "opus_runner.callbacks.tokens",
             # the table of input types: models names the types from it, and it needs only messages
             "opus_runner.inputs",
             "opus_runner.__about__",

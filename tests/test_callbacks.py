@@ -37,12 +37,13 @@ CALLBACK_WORKFLOWS: dict[str, Any] = {
 NDJSON = "outputs: [{type: ndjson, path: out.ndjson}]\n"
 
 
-def waiting(mode: str, safety: str = "30s") -> str:
-    """A wait block: a long safety interval means a job ends promptly only through its callback."""
+def waiting(mode: str, safety: str = "10m") -> str:
+    """A wait block: a safety interval longer than the timeout means a job ends only through
+    its callback (without one, it times out)."""
     return f"wait: {{mode: {mode}, timeout: 30s, poll_interval: 50ms, max_interval: 200ms, safety_interval: {safety}}}\n"
 
 
-def spec(project: Project, name: str, mode: str = "callback", *, workflow: str = "quick", safety: str = "30s", extra: str = NDJSON) -> Path:
+def spec(project: Project, name: str, mode: str = "callback", *, workflow: str = "quick", safety: str = "10m", extra: str = NDJSON) -> Path:
     body = header(name, WF.get(workflow, workflow), f"inputs:\n  Question: {name}\n" + waiting(mode, safety) + extra)
     return project.spec(f"{name}.yaml", body)
 
@@ -217,7 +218,7 @@ def test_a_receiver_restarted_mid_run_wakes_the_jobs_that_end_after(cb_project: 
         server.stop()  # down when the run starts
         # One job at a time: the first ends (its callback lost, found by its 200 ms safety
         # read), then the second runs 3 s, longer than the restart takes; its safety read is
-        # 30 s away, so only its callback can end it promptly.
+        # 10 minutes away, so only its callback can end it.
         first = spec(cb_project, "first", "hybrid", safety="200ms")
         second = spec(cb_project, "second", "hybrid", workflow=LATER)
         child = opus_run(cb_project, "run", str(first), str(second), "--callback-public-url", url, "--concurrency", "1", "-q")
@@ -397,3 +398,21 @@ def test_without_a_mode_a_configured_receiver_means_hybrid(cb_project: Project) 
     # hybrid: no read at once (polling would read at once, then every 50 ms); one when woken
     assert status_reads(cb_project) == 1
     assert cb_project.sandbox.state.callbacks_sent == 1
+
+
+def test_a_callback_that_comes_before_the_status_says_so_is_followed_by_a_few_quick_reads(cb_project: Project, receiver: _Served) -> None:
+    path = spec(cb_project, "early", workflow=LATER)
+    child = opus_run(cb_project, "run", str(path), "--callback-public-url", receiver.url, "-q")
+    try:
+        wait_for(lambda: cb_project.sandbox.state.requests[("POST", "execute")] == 1)
+        real = next(iter(cb_project.sandbox.state.jobs.values())).callback_url
+        assert httpx.post(real, json={}).status_code == 200  # the job runs for 3 s more
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    # the early wake-up (IN PROGRESS), three quick reads at the poll interval, then the real
+    # callback's read: the quick reads are what catches a status that lags its callback
+    assert status_reads(cb_project) >= 4
+    assert receiver.receiver.accepted == 2

@@ -38,9 +38,9 @@ NDJSON = "outputs: [{type: ndjson, path: out.ndjson}]\n"
 
 
 def waiting(mode: str, safety: str = "10m") -> str:
-    """A wait block: a safety interval longer than the timeout means a job ends only through
-    its callback (without one, it times out)."""
-    return f"wait: {{mode: {mode}, timeout: 30s, poll_interval: 50ms, max_interval: 200ms, safety_interval: {safety}}}\n"
+    """A wait block: with a safety interval of 10 minutes a job ends only through its callback
+    (without one, the test runs into pytest's timeout)."""
+    return f"wait: {{mode: {mode}, timeout: 5m, poll_interval: 50ms, max_interval: 200ms, safety_interval: {safety}}}\n"
 
 
 def spec(project: Project, name: str, mode: str = "callback", *, workflow: str = "quick", safety: str = "10m", extra: str = NDJSON) -> Path:

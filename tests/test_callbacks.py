@@ -416,3 +416,56 @@ def test_a_callback_that_comes_before_the_status_says_so_is_followed_by_a_few_qu
     # callback's read: the quick reads are what catches a status that lags its callback
     assert status_reads(cb_project) >= 4
     assert receiver.receiver.accepted == 2
+
+
+def test_a_callback_that_came_while_the_run_was_down_wakes_the_job_on_resume(cb_project: Project, receiver: _Served) -> None:
+    import signal
+
+    path = spec(cb_project, "crashed", workflow=LATER)
+    child = opus_run(cb_project, "run", str(path), "--callback-public-url", receiver.url, "-q")
+    try:
+        wait_for(lambda: cb_project.sandbox.state.requests[("POST", "execute")] == 1)
+        wait_for(lambda: any(r["phase"] == "executed" for r in journal_rows(cb_project)))
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=30)
+    wait_for(lambda: receiver.receiver.accepted == 1)  # the job ended while nobody followed it
+    reads_before = status_reads(cb_project)
+    result = cb_project.run("resume", "-q")
+    assert result.exit_code == 0, result.output
+    assert status_reads(cb_project) - reads_before == 1
+    assert [line["status"] for line in lines(cb_project.root / "out.ndjson")] == ["COMPLETED"]
+    assert cb_project.sandbox.state.executes and set(cb_project.sandbox.state.executes.values()) == {1}
+
+
+def test_callbacks_serve_prints_its_address_refuses_forgeries_and_stops_on_sigterm(cb_project: Project) -> None:
+    import signal
+
+    child = opus_run(cb_project, "callbacks", "serve", "--port", "0")
+    try:
+        first = child.stdout.readline().strip()
+        assert first.startswith("Opus callback receiver listening on http://127.0.0.1:"), first
+        url = first.rsplit(" ", 1)[1]
+        assert httpx.post(f"{url}/callback/{'x' * 43}", json={}).status_code == 404
+        assert httpx.get(f"{url}/healthz").json() == {"ok": True, "accepted": 0, "rejected": 1}
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def journal_rows(project: Project) -> list[Any]:
+    path = project.root / ".opus-run" / "state.db"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute("SELECT * FROM jobs").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()

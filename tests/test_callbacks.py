@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import WF, WORKFLOWS, Project, header, make_project, opus_run, wait_for
+from conftest import WF, WORKFLOWS, Project, header, make_project, old_journal, opus_run, wait_for
 from opus_runner.callbacks import job_token, parse_listen, public_url_problem, token_digest
 from opus_runner.callbacks.server import receiver_server
 from opus_runner.state import Journal
@@ -353,13 +353,7 @@ def test_a_journal_of_schema_3_gains_the_callback_tables(tmp_path: Path) -> None
     from opus_runner import state
 
     folder = tmp_path / "old"
-    folder.mkdir()
-    db = sqlite3.connect(folder / "state.db")
-    db.executescript(state._SCHEMA[: state._SCHEMA.index("CREATE TABLE callbacks")])
-    db.execute("INSERT INTO runs (run_id, started_at, argv, cwd, options) VALUES ('r1', 'now', '[]', '/', '{}')")
-    db.execute("PRAGMA user_version = 3")
-    db.commit()
-    db.close()
+    old_journal(folder, version=3, up_to="callbacks")
     with Journal(folder) as journal:
         assert journal.callbacks_since("r1", 0) == []
         assert journal.get_run("r1").run_id == "r1"

@@ -426,9 +426,14 @@ class PluginHost:
         with self._named("opus_payload_ready", "the job was not executed"):
             await self.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
 
+    def observes_jobs(self) -> bool:
+        """Whether any plugin implements ``opus_job_event`` (else events need not be built for it)."""
+        return bool(self.pm.hook.opus_job_event.get_hookimpls())
+
     async def job_event(self, event: JobEvent, ctx: Context) -> None:
         """``opus_job_event``: every observer hears ``event``; one that raises or overruns is logged, not raised."""
-        await self.each("opus_job_event", offload=True, isolate=True, event=event, ctx=ctx)
+        if self.observes_jobs():
+            await self.each("opus_job_event", offload=True, isolate=True, event=event, ctx=ctx)
 
     async def run_started(self, run: RunInfo, ctx: Context) -> None:
         """``opus_run_started``: every plugin hears that the run's jobs are about to be submitted;

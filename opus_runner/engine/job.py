@@ -121,7 +121,8 @@ class JobRunner:
             return
         status = await self._wait(plan, job_id, row_id, ctx, outcome)
         result = await self._finish(plan, job_id, row_id, status or GAVE_UP, ctx, outcome, gave_up=status is None)
-        await self.delivery.deliver(plan, result, row_id, ctx, outcome)
+        # A real end was journaled with its outputs marked intended (one write); a give-up was not.
+        await self.delivery.deliver(plan, result, row_id, ctx, outcome, marked=status is not None)
 
     async def _settle_executing(self, record: JobRecord) -> Phase:
         """The run stopped between sending execute and hearing back: the platform knows. Its
@@ -201,7 +202,7 @@ class JobRunner:
             # The job never started: it ends here, FAILED with the platform's words, so
             # neither this run nor a resume sends it again blindly.
             result = await self._refused(plan, job_id, row_id, ctx, outcome, exc)
-            await self.delivery.deliver(plan, result, row_id, ctx, outcome)
+            await self.delivery.deliver(plan, result, row_id, ctx, outcome, marked=True)
             return None
         journal.mark_executed(row_id)
         outcome.status = execution.status or "PENDING"
@@ -320,7 +321,13 @@ class JobRunner:
             # `opus-run resume` follows it again and delivers its real result.
             session.journal.add_status(row_id, status)
         else:
-            session.journal.set_result(row_id, status=status, result={**result.as_dict(), "raw": result.raw}, error=result.error)
+            session.journal.set_result(
+                row_id,
+                status=status,
+                result={**result.as_dict(), "raw": result.raw},
+                error=result.error,
+                intended=self.delivery.intended(plan),
+            )
         kind = _TERMINAL_EVENT.get(status, "failed")
         await self.delivery.event(
             JobEvent(kind, job_id, plan.spec.name, status, plan.key, result=result, error=result.error), plan, ctx
@@ -445,7 +452,9 @@ class JobRunner:
             finished_at=now_iso(),
             error=error,
         )
-        journal.set_result(row_id, status="FAILED", result={**result.as_dict(), "raw": {}}, error=error)
+        journal.set_result(
+            row_id, status="FAILED", result={**result.as_dict(), "raw": {}}, error=error, intended=self.delivery.intended(plan)
+        )
         outcome.status, outcome.result, outcome.error, outcome.exit_code = "FAILED", result, error, exc.exit_code
         self.session.reporter.message(f"{plan.key}: {error}", level="error")
         await self.delivery.event(JobEvent("failed", job_id, plan.spec.name, "FAILED", plan.key, result=result, error=error), plan, ctx)
@@ -563,7 +572,10 @@ class _Following:
                 level="warning",
             )
         if status != self.last:
-            session.journal.add_status(self.row_id, status)
+            if status not in TERMINAL_STATUSES:
+                # A terminal status is journaled with the result, in one write (_finish); until
+                # then the journal says the job is still running, which resume reads again.
+                session.journal.add_status(self.row_id, status)
             self.outcome.status = status
             # The terminal status gets its own event (completed, failed...) from _finish.
             if status not in TERMINAL_STATUSES and (self.last is not None or status != "PENDING"):

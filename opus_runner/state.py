@@ -825,11 +825,17 @@ class Journal:
         """Phase ``executed``: the server acknowledged execute."""
         self._advance(row_id, "executed")
 
-    def add_status(self, row_id: int, status: str) -> None:
-        """Set the job's last seen status; the history gains an entry only when it changed."""
+    def add_status(self, row_id: int, status: str, *, executed: bool = False) -> None:
+        """Set the job's last seen status; the history gains an entry only when it changed.
+
+        ``executed``: the job has its payload, so its phase is at least ``executed`` (one write
+        for the execute's acknowledgement and the first status read after it).
+        """
         status = _text(status)
         with self._write() as db:
-            self._require_job(db, row_id)
+            phase = self._require_job(db, row_id)
+            if executed and _RANK[phase] < _RANK["executed"]:
+                db.execute("UPDATE jobs SET phase = 'executed' WHERE row_id = ?", (row_id,))
             self._append_status(db, row_id, status)
             db.execute(
                 "UPDATE jobs SET status = ?, updated_at = ? WHERE row_id = ? "

@@ -204,7 +204,11 @@ class JobRunner:
             result = await self._refused(plan, job_id, row_id, ctx, outcome, exc)
             await self.delivery.deliver(plan, result, row_id, ctx, outcome, marked=True)
             return None
-        journal.mark_executed(row_id)
+        if not plan.wait.enabled:
+            journal.mark_executed(row_id)
+        # else the execute's acknowledgement is journaled with the first status read (one
+        # write): a crash before it leaves the job "executing", which resume settles by asking
+        # Opus whether the job holds its payload, never by sending it again.
         outcome.status = execution.status or "PENDING"
         await self.delivery.event(JobEvent("submitted", job_id, plan.spec.name, outcome.status, plan.key), plan, ctx)
         return Submitted(row_id, job_id, ctx)
@@ -319,7 +323,7 @@ class JobRunner:
         if gave_up:
             # The job may still finish on the platform: it stays unfinished in the journal, so
             # `opus-run resume` follows it again and delivers its real result.
-            session.journal.add_status(row_id, status)
+            session.journal.add_status(row_id, status, executed=True)
         else:
             session.journal.set_result(
                 row_id,
@@ -575,7 +579,7 @@ class _Following:
             if status not in TERMINAL_STATUSES:
                 # A terminal status is journaled with the result, in one write (_finish); until
                 # then the journal says the job is still running, which resume reads again.
-                session.journal.add_status(self.row_id, status)
+                session.journal.add_status(self.row_id, status, executed=True)
             self.outcome.status = status
             # The terminal status gets its own event (completed, failed...) from _finish.
             if status not in TERMINAL_STATUSES and (self.last is not None or status != "PENDING"):

@@ -1,0 +1,195 @@
+"""The command-line conventions of issue 16: a mistyped command named as such, ``help``,
+``version`` and ``-V``, options before the command, ``--var`` names checked and values typed,
+``--vars-file -``, and selectors that select nothing. Over real HTTP against the sandbox where a
+command talks to Opus."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from conftest import Project, header
+from opus_runner.__about__ import __version__
+from opus_runner.cli import main
+from opus_runner.planning import shard_of
+
+
+def invoke(*args: str, cwd: Path | None = None, input: str | None = None, env: dict[str, str] | None = None):
+    old = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return CliRunner().invoke(
+            main,
+            [str(a) for a in args],
+            input=input,
+            env={"OPUS_SERVICE_KEY": "", **(env or {})},
+            prog_name="opus-run",
+            catch_exceptions=False,
+        )
+    finally:
+        os.chdir(old)
+
+
+def quick_spec(project: Project, name: str = "ask", extra: str = "") -> Path:
+    return project.spec(f"{name}.yaml", header(name, "quick", "inputs:\n  Question: hello\n" + extra))
+
+
+def runs_in_journal(project: Project) -> int:
+    db = project.root / ".opus-run" / "state.db"
+    if not db.exists():
+        return 0
+    connection = sqlite3.connect(db)
+    try:
+        return connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    finally:
+        connection.close()
+
+
+# -- a mistyped command ------------------------------------------------------------------------
+
+
+def test_a_mistyped_command_is_named_with_a_did_you_mean(tmp_path: Path) -> None:
+    result = invoke("valdiate", "x.yaml", cwd=tmp_path)
+    assert result.exit_code == 2
+    assert "No such command 'valdiate'. Did you mean 'validate'?" in result.stderr
+    assert "spec file" not in result.stderr
+
+
+def test_a_word_close_to_no_command_lists_the_commands(tmp_path: Path) -> None:
+    result = invoke("frobnicate", cwd=tmp_path)
+    assert result.exit_code == 2
+    assert "No such command 'frobnicate', and no file or folder of that name" in result.stderr
+    assert "validate" in result.stderr and "a spec is a path" in result.stderr
+
+
+@pytest.mark.parametrize("arg", ["valdiate.yaml", "specs/valdiate", "valdiate*"])
+def test_what_looks_like_a_path_is_a_missing_spec_not_a_command(tmp_path: Path, arg: str) -> None:
+    result = invoke(arg, cwd=tmp_path)
+    assert result.exit_code == 2
+    assert "No such command" not in result.stderr
+    assert repr(arg) in result.stderr
+
+
+def test_a_bare_folder_or_spec_still_means_run(project: Project) -> None:
+    quick_spec(project)
+    (project.root / "specs").mkdir()
+    (project.root / "ask.yaml").rename(project.root / "specs" / "ask.yaml")
+    # "specs" has no slash and no extension: it is a spec folder because it exists.
+    result = project.run("specs")
+    assert result.exit_code == 0, result.output
+    assert len(project.sandbox.state.payloads) == 1
+
+
+# -- help and version --------------------------------------------------------------------------
+
+
+def test_help_command_prints_the_group_and_each_command_help() -> None:
+    assert invoke("help").stdout == invoke("--help").stdout
+    assert invoke("help", "run").stdout == invoke("run", "--help").stdout
+    assert "Usage: opus-run status [OPTIONS] JOB_ID" in invoke("help", "status").stdout
+
+
+def test_help_of_an_unknown_command_says_did_you_mean() -> None:
+    result = invoke("help", "stauts")
+    assert result.exit_code == 2 and "No such command 'stauts'. Did you mean 'status'?" in result.stderr
+    result = invoke("help", "status", "more")
+    assert result.exit_code == 2 and "has no subcommands" in result.stderr
+
+
+def test_help_reaches_a_command_inside_a_group() -> None:
+    @click.group()
+    def nested() -> None:
+        """A group of commands."""
+
+    @nested.command("list")
+    def list_command() -> None:
+        """List the things."""
+
+    main.add_command(nested, "nested")
+    try:
+        result = invoke("help", "nested", "list")
+        assert result.exit_code == 0 and "Usage: opus-run nested list" in result.stdout and "List the things." in result.stdout
+        result = invoke("help", "nested", "lits")
+        assert result.exit_code == 2 and "Did you mean 'list'?" in result.stderr
+    finally:
+        main.commands.pop("nested")
+
+
+@pytest.mark.parametrize("args", [["version"], ["-V"], ["--version"]])
+def test_version_command_and_short_flag(args: list[str]) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 0 and result.stdout == f"opus-run, version {__version__}\n"
+
+
+# -- options before the command ----------------------------------------------------------------
+
+
+def test_sandbox_before_validate_checks_against_the_sandbox(project: Project) -> None:
+    spec = project.spec("bad.yaml", header("bad", "quick", "inputs:\n  Questoin: hello\n"))
+    # The in-process sandbox knows the workflow's inputs: the typo is caught live, not skipped.
+    result = project.run("--sandbox", "--sandbox-workflows", _fixture(project), "validate", spec, env={"OPUS_SERVICE_KEY": ""})
+    assert result.exit_code == 2, result.output
+    assert "did you mean 'Question'?" in result.stderr
+    assert "skipped" not in result.stderr
+
+
+def _fixture(project: Project) -> Path:
+    from conftest import WORKFLOWS
+
+    path = project.root / "workflows.json"
+    path.write_text(json.dumps(WORKFLOWS))
+    return path
+
+
+def _submitted_job(project: Project) -> str:
+    result = project.run("run", quick_spec(project), "--no-wait")
+    assert result.exit_code == 0, result.output
+    [job_id] = list(project.sandbox.state.payloads)
+    return job_id
+
+
+def test_options_before_a_job_command_are_its_own(project: Project) -> None:
+    job_id = _submitted_job(project)
+    env = {"OPUS_BASE_URL": ""}
+    result = project.run("-v", "--base-url", project.sandbox.base_url, "--format", "json", "status", job_id, env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) in ("IN_PROGRESS", "COMPLETED")  # --format json reached status
+    # -v reached status: an error comes with its traceback.
+    quiet = project.run("--base-url", project.sandbox.base_url, "status", "no-such-job", env=env)
+    loud = project.run("-v", "--base-url", project.sandbox.base_url, "status", "no-such-job", env=env)
+    assert quiet.exit_code == loud.exit_code != 0
+    assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr
+
+
+def test_the_commands_own_option_wins_over_the_one_before_it(project: Project) -> None:
+    job_id = _submitted_job(project)
+    env = {"OPUS_BASE_URL": ""}
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port
+    result = project.run("--base-url", dead, "status", "--base-url", project.sandbox.base_url, job_id, env=env)
+    assert result.exit_code == 0, result.output
+    result = project.run("--base-url", project.sandbox.base_url, "status", "--base-url", dead, job_id, env=env)
+    assert result.exit_code != 0
+
+
+def test_an_option_the_command_lacks_is_refused_by_the_command(project: Project) -> None:
+    result = project.run("--sandbox", "status", "abc")
+    assert result.exit_code == 2 and "No such option '--sandbox'" in result.stderr
+
+
+def test_an_option_name_takes_a_value_in_every_command_or_in_none() -> None:
+    # The group moves options before the command behind it by knowing which take a value;
+    # that needs each name to mean the same in every command.
+    takes: dict[str, set[bool]] = {}
+    for command in main.commands.values():
+        for param in command.params:
+            if isinstance(param, click.Option):
+                for name in (*param.opts, *param.secondary_opts):
+                    takes.setdefault(name, set()).add(not param.is_flag and not param.count)
+    assert {name: kinds for name, kinds in takes.items() if len(kinds) > 1} == {}

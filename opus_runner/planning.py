@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .durations import parse_duration
+from .messages import did_you_mean
 from .errors import SpecError, TemplateError, UsageError
 from .models import UploadSettings, WorkflowRef
 from .config import load_project_config
 from .paths import confine, display_path
 from .spec import Spec, load_data
-from .templating import Templater, build_context
+from .templating import Templater, build_context, parse_var_value
 from .workflow import workflow_id_problem
 
 #: Hex digits of a row digest in a plan key (48 bits: no collision in any real batch).
@@ -144,6 +145,38 @@ def parse_assignments(items: Sequence[str], option: str) -> list[tuple[str, str]
             raise UsageError(f"{option} expects KEY=VALUE, found {item!r}")
         pairs.append((name.strip(), value))
     return pairs
+
+
+def parse_var_assignments(items: Sequence[str], option: str = "--var") -> list[tuple[str, Any]]:
+    """``["n=3", "regions=[eu, us]"]`` -> ``[("n", 3), ("regions", ["eu", "us"])]``: each value
+    as :func:`~opus_runner.templating.parse_var_value` reads it."""
+    return [(name, parse_var_value(text, name=name, option=option)) for name, text in parse_assignments(items, option)]
+
+
+def check_declared_vars(specs: Sequence[Spec], names: Sequence[str], option: str = "--var") -> None:
+    """A UsageError for the first of ``names`` that none of ``specs`` declares under ``vars``:
+    a misspelt ``--var quater=Q4`` would otherwise be ignored while the spec runs with its
+    default."""
+    declared: list[str] = []
+    for spec in specs:
+        declared += [str(k) for k in spec.data.get("vars") or {} if str(k) not in declared]
+    for name in names:
+        if name in declared:
+            continue
+        files = ", ".join(_rel(s) for s in specs)
+        if not declared:
+            owner = f"{files} declares no vars" if len(specs) == 1 else f"none of {files} declares vars"
+            raise UsageError(
+                f"{option} {name}: {owner}; to take {name!r} from the command line, declare it in the "
+                f"spec with a default or null (vars: {{{name}: null}})"
+            )
+        owner = f"{files} declares" if len(specs) == 1 else f"{files} declare"
+        hint = did_you_mean(name, declared)
+        raise UsageError(
+            f"{option} {name}: {owner} no variable {name!r}"
+            + (f"; {hint}" if hint else "")
+            + f" (declared: {', '.join(declared)}); fix the name, or declare it under vars in the spec"
+        )
 
 
 class Planner:

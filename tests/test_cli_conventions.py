@@ -37,6 +37,11 @@ def invoke(*args: str, cwd: Path | None = None, input: str | None = None, env: d
         os.chdir(old)
 
 
+def run_in(project: Project, *args: str, input: str | None = None):
+    """``project.run`` with ``input`` on standard input."""
+    return invoke(*args, cwd=project.root, input=input, env=project.env)
+
+
 def quick_spec(project: Project, name: str = "ask", extra: str = "") -> Path:
     return project.spec(f"{name}.yaml", header(name, "quick", "inputs:\n  Question: hello\n" + extra))
 
@@ -193,3 +198,173 @@ def test_an_option_name_takes_a_value_in_every_command_or_in_none() -> None:
                 for name in (*param.opts, *param.secondary_opts):
                     takes.setdefault(name, set()).add(not param.is_flag and not param.count)
     assert {name: kinds for name, kinds in takes.items() if len(kinds) > 1} == {}
+
+
+# -- --var: declared names, typed values, stdin -------------------------------------------------
+
+
+def vars_spec(project: Project, name: str = "report", vars: str = "vars: {quarter: Q3, month: '2026-11'}\n") -> Path:
+    return project.spec(f"{name}.yaml", header(name, "quick", vars + "inputs:\n  Question: 'Report {{ vars.quarter }}'\n"))
+
+
+def test_a_var_the_spec_does_not_declare_is_an_error_with_did_you_mean(project: Project) -> None:
+    spec = vars_spec(project)
+    result = project.run("run", spec, "--var", "quater=Q4")
+    assert result.exit_code == 2
+    message = result.stderr.strip()
+    assert message.count("\n") == 0, message  # one sentence
+    assert "--var quater" in message and "report.yaml declares no variable 'quater'" in message
+    assert "did you mean 'quarter'?" in message and "(declared: quarter, month)" in message
+    assert project.sandbox.state.payloads == {} and runs_in_journal(project) == 0
+
+
+def test_a_spec_without_vars_says_how_to_declare_one(project: Project) -> None:
+    spec = quick_spec(project)
+    result = project.run("validate", spec, "--var", "quarter=Q4")
+    assert result.exit_code == 2
+    assert "ask.yaml declares no vars" in result.stderr and "vars: {quarter: null}" in result.stderr
+
+
+def test_a_var_one_spec_of_the_batch_declares_is_accepted(project: Project) -> None:
+    declared = vars_spec(project)
+    other = quick_spec(project)
+    result = project.run("run", declared, other, "--var", "quarter=Q4")
+    assert result.exit_code == 0, result.output
+    questions = sorted(p["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] for p in project.sandbox.state.payloads.values())
+    assert questions == ["Report Q4", "hello"]
+
+
+def test_a_var_declared_null_must_be_given(project: Project) -> None:
+    spec = vars_spec(project, vars="vars: {quarter: null}\n")
+    result = project.run("run", spec)
+    assert result.exit_code == 2
+    assert "vars.quarter: declared with no value (null)" in result.stderr
+    assert "pass --var quarter=..." in result.stderr and "report.yaml" in result.stderr
+    assert project.sandbox.state.payloads == {}
+    result = project.run("run", spec, "--var", "quarter=Q4")
+    assert result.exit_code == 0, result.output
+    [payload] = project.sandbox.state.payloads.values()
+    assert payload["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] == "Report Q4"
+
+
+def test_a_null_var_no_template_uses_is_fine_and_default_fills_it(project: Project) -> None:
+    spec = project.spec(
+        "opt.yaml",
+        header("opt", "quick", "vars: {unused: null, region: null}\ninputs:\n  Question: \"{{ vars.region | default('all') }}\"\n"),
+    )
+    result = project.run("run", spec)
+    assert result.exit_code == 0, result.output
+    [payload] = project.sandbox.state.payloads.values()
+    assert payload["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] == "all"
+
+
+TYPED = """\
+vars: {n: 1, regions: [x], s: "", when: "", title: "", empty: x}
+inputs: {N: "{{ vars.n }}", R: "{{ vars.regions }}", S: "{{ vars.s }}", W: "{{ vars.when }}", T: "{{ vars.title }}", E: "{{ vars.empty }}"}
+"""
+
+
+def test_var_values_read_as_yaml_scalars_or_json(tmp_path: Path) -> None:
+    spec = tmp_path / "typed.yaml"
+    spec.write_text(header("typed", "quick", TYPED))
+    result = invoke(
+        "render", spec, "--format", "json",
+        "--var", "n=3", "--var", "regions=[eu, us]", "--var", 's="3"', "--var", "when=2026-11-01",
+        "--var", "title=Q3: draft #2", "--var", "empty=",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [rendered] = [e for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "rendered"]
+    assert rendered["payload"] == {"N": 3, "R": ["eu", "us"], "S": "3", "W": "2026-11-01", "T": "Q3: draft #2", "E": ""}
+
+
+def test_typed_vars_reach_the_api_as_their_types(project: Project) -> None:
+    spec = project.spec(
+        "typed.yaml",
+        header(
+            "typed",
+            "all-types",
+            """\
+            vars: {budget: 1, tags: [], cfg: {}}
+            inputs:
+              Title: t
+              Budget: "{{ vars.budget }}"
+              Approved: true
+              Due date: 2026-12-15
+              Contract: "https://example.com/c.pdf"
+              Tags: "{{ vars.tags }}"
+              Settings: "{{ vars.cfg }}"
+            """,
+        ),
+    )
+    result = project.run("run", spec, "--var", "budget=45.8", "--var", "tags=[eu, us]", "--var", '''cfg={"depth": 2}''')
+    assert result.exit_code == 0, result.output
+    [payload] = project.sandbox.state.payloads.values()
+    inputs = payload["jobPayloadSchemaInstance"]
+    assert inputs["workflow_input_budget"]["value"] == 45.8
+    assert inputs["workflow_input_tags"]["value"] == ["eu", "us"]
+    assert inputs["workflow_input_cfg"]["value"] == {"depth": 2}
+
+
+def test_a_var_that_starts_like_a_list_but_is_not_one_is_an_error(tmp_path: Path) -> None:
+    spec = tmp_path / "typed.yaml"
+    spec.write_text(header("typed", "quick", TYPED))
+    result = invoke("render", spec, "--var", "regions=[eu, us")
+    assert result.exit_code == 2
+    assert "--var regions: '[eu, us' is not a valid YAML or JSON list or mapping" in result.stderr
+    assert "quote the whole value" in result.stderr
+
+
+def test_vars_file_dash_reads_standard_input(project: Project) -> None:
+    spec = vars_spec(project)
+    result = run_in(project, "run", spec, "--vars-file", "-", input="quarter: Q1\n")
+    assert result.exit_code == 0, result.output
+    [payload] = project.sandbox.state.payloads.values()
+    assert payload["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] == "Report Q1"
+    # --var still wins over the vars file.
+    result = run_in(project, "run", spec, "--vars-file", "-", "--var", "quarter=Q2", input='{"quarter": "Q1"}')
+    assert result.exit_code == 0, result.output
+    values = sorted(p["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] for p in project.sandbox.state.payloads.values())
+    assert values == ["Report Q1", "Report Q2"]
+
+
+def test_vars_file_dash_that_is_not_a_mapping_is_one_sentence(project: Project) -> None:
+    result = run_in(project, "validate", vars_spec(project), "--vars-file", "-", input="[a, b]\n")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --vars-file - (stdin): expected a mapping of variable names to values, found list"
+
+
+def test_a_run_with_vars_from_stdin_resumes_with_them(project: Project) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import journal_jobs, wait_for
+
+    project.file("rows.csv", "q\n" + "".join(f"r{i}\n" for i in range(4)))
+    spec = project.spec(
+        "slow.yaml",
+        header("slow", "medium", "vars: {quarter: null}\nforeach: {file: rows.csv}\ninputs:\n  Question: '{{ vars.quarter }} {{ row.q }}'\n"),
+    )
+    env = {**os.environ, **project.env, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opus_runner", "run", spec.name, "--vars-file", "-", "--concurrency", "1", "-q"],
+        cwd=project.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write("quarter: Q4\n")
+    proc.stdin.close()
+    def a_job_started() -> bool:
+        try:
+            return any(row["job_id"] for row in journal_jobs(project))
+        except sqlite3.Error:  # the journal is not written yet
+            return False
+
+    try:
+        wait_for(a_job_started)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    result = run_in(project, "resume", input="")  # nothing on stdin now: the journal has the vars
+    assert result.exit_code == 0, result.output
+    questions = sorted(p["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] for p in project.sandbox.state.payloads.values())
+    assert questions == ["Q4 r0", "Q4 r1", "Q4 r2", "Q4 r3"]

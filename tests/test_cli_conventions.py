@@ -368,3 +368,70 @@ def test_a_run_with_vars_from_stdin_resumes_with_them(project: Project) -> None:
     assert result.exit_code == 0, result.output
     questions = sorted(p["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] for p in project.sandbox.state.payloads.values())
     assert questions == ["Q4 r0", "Q4 r1", "Q4 r2", "Q4 r3"]
+
+
+# -- selectors that select nothing -------------------------------------------------------------
+
+
+def matrix_spec(project: Project) -> Path:
+    return project.spec(
+        "triage.yaml",
+        header("triage", "quick", "matrix: {region: [eu, us], tier: [a, b, c]}\ninputs:\n  Question: '{{ matrix.region }} {{ matrix.tier }}'\n"),
+    )
+
+
+def assert_refused(project: Project, result, *parts: str) -> None:
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.count("\n") == 0, message
+    for part in parts:
+        assert part in message, message
+    assert project.sandbox.state.payloads == {} and runs_in_journal(project) == 0
+
+
+def test_only_with_a_misspelt_key_selects_nothing_and_exits_2(project: Project) -> None:
+    result = project.run("run", matrix_spec(project), "--only", "regoin=eu")
+    assert_refused(
+        project, result,
+        "--only regoin=eu selected none of the 6 jobs planned from triage.yaml",
+        "no job has a matrix or row value named 'regoin'; did you mean 'region'?",
+    )  # fmt: skip
+
+
+def test_only_with_a_value_no_job_has_lists_the_values(project: Project) -> None:
+    result = project.run("run", matrix_spec(project), "--only", "region=Eu", "--limit", "1")
+    assert_refused(project, result, "--only region=Eu selected none of the 6 jobs", "matrix.region is one of eu, us; did you mean 'eu'?")
+
+
+def test_only_terms_that_match_alone_but_not_together(project: Project) -> None:
+    project.file("rows.csv", "customer,region\nacme,eu\nglobex,us\n")
+    spec = project.spec("rows.yaml", header("rows", "quick", "foreach: {file: rows.csv}\ninputs:\n  Question: '{{ row.customer }}'\n"))
+    result = project.run("run", spec, "--only", "customer=acme", "--only", "region=us")
+    assert_refused(project, result, "--only customer=acme --only region=us together selected none of the 2 jobs")
+    result = project.run("run", spec, "--only", "customer=initech")
+    # A row value is the data file's content: named by column, never listed.
+    assert_refused(project, result, "no foreach row has 'initech' in its 'customer' column")
+    assert "globex" not in result.stderr
+
+
+def test_a_shard_with_no_job_exits_2(project: Project) -> None:
+    spec = quick_spec(project)
+    empty = 2 if shard_of("ask", 2) == 1 else 1
+    result = project.run("run", spec, "--shard", f"{empty}/2")
+    assert_refused(project, result, f"--shard {empty}/2 selected none of the 1 job planned", "with 1 job over 2 shards some shards are empty; use fewer shards")
+    result = project.run("run", spec, "--shard", f"{3 - empty}/2")
+    assert result.exit_code == 0, result.output
+    assert len(project.sandbox.state.payloads) == 1
+
+
+def test_selectors_that_select_some_jobs_of_a_batch_run_them(project: Project) -> None:
+    # --only region=eu selects nothing in ask.yaml, but some in triage.yaml: the batch runs.
+    result = project.run("run", matrix_spec(project), quick_spec(project), "--only", "region=eu", "--limit", "2")
+    assert result.exit_code == 0, result.output
+    assert len(project.sandbox.state.payloads) == 2
+
+
+@pytest.mark.parametrize("command", ["validate", "render"])
+def test_checking_commands_refuse_an_empty_selection_too(project: Project, command: str) -> None:
+    result = project.run(command, matrix_spec(project), "--only", "tier=d")
+    assert result.exit_code == 2 and "--only tier=d selected none of the 6 jobs" in result.stderr

@@ -24,6 +24,7 @@ workflow:
   id: 3f69dcbf-2d6e-4b8a-9c1e-5a7b0c4d2e11
 vars:
   month: "2026-11"
+  who: null
 inputs:
   Title: "Report {{ vars.month }} for {{ vars.who }}"
   Token: "{{ secret('DEMO_TOKEN') }}"
@@ -100,6 +101,7 @@ def test_vars_file_must_be_a_mapping(spec: Path, tmp_path: Path) -> None:
 
 
 def test_undefined_variable_and_template_syntax(spec: Path, tmp_path: Path) -> None:
+    spec.write_text(SPEC.replace("  who: null\n", ""))
     result = invoke("validate", str(spec))
     assert result.exit_code == 2
     assert "demo.yaml" in result.stderr and "inputs.Title" in result.stderr and "vars has no key 'who'" in result.stderr

@@ -55,60 +55,72 @@ EXIT_NOT_FINISHED = 4
 EXIT_INTERRUPTED = 130
 
 
+#: The commands that talk to the API (what exit 3 can come from).
+API_COMMANDS = ("run", "validate", "render", "resume", "schema", "init", "lock", "drift", "status", "results", "audit")
+
+
 @dataclass(frozen=True)
 class ExitCode:
-    """One row of the exit-code table: ``code`` as printed, what it means, who exits with it."""
+    """One row of the exit-code table: ``code`` as printed, what it means, and the commands that
+    exit with it: ``commands``, or every command but those in ``unless`` when ``commands`` is None."""
 
     code: str
     meaning: str
-    commands: str
+    commands: tuple[str, ...] | None = None
+    unless: tuple[str, ...] = ()
+
+    def names(self) -> str:
+        """The commands column: ``every command``, ``every command but `x```, or a list."""
+        if self.commands is None:
+            but = ", ".join(f"`{name}`" for name in self.unless)
+            return f"every command but {but}" if but else "every command"
+        return ", ".join(f"`{name}`" for name in self.commands)
 
 
-#: The table every command honours, printed in docs/cli.md; tests/test_exit_codes.py drives each row.
+#: The table every command honours, printed in docs/cli.md; tests/test_exit_codes.py drives each
+#: row for each command it names.
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(
         str(EXIT_OK),
         "Success: every job completed; every check passed (`validate`; `drift`: nothing breaks a spec); "
-        "a `--dry-run` or `--no-wait` did what it was asked.",
-        "every command",
+        "a `--dry-run` or `--no-wait` did what it was asked; `sandbox` stopped with Ctrl-C.",
     ),
     ExitCode(
         str(EXIT_FAILED),
         "A job failed, was cancelled or timed out, or an output, notifier or hook failed or overran its time "
         "limit (the result is kept in the journal); `drift`: a workflow change breaks a spec.",
-        "`run`, `resume`, `status`, `results`, `drift`",
+        ("run", "resume", "status", "results", "drift"),
     ),
     ExitCode(
         str(EXIT_USAGE),
         "The input is wrong and nothing was submitted: usage, spec, template or validation error; a workflow, "
         "version or job id the API does not know; `opus-runner.toml`, the service key missing, an unusable "
         "state folder; a plugin that fails to load; a missing, outdated or edited `opus-runner.lock`.",
-        "every command",
     ),
     ExitCode(
         str(EXIT_API),
         "API, auth or network error: the service answered with an error or rejected the key, or could not be "
-        "reached after retries (a TLS certificate error fails at once: it is not retried). Also an unexpected "
-        "error (a bug: run again with `--verbose` and report the traceback).",
-        "every command that talks to the API",
+        "reached after retries (a TLS certificate error fails at once: it is not retried). Any command exits 3 "
+        "on an unexpected error too (a bug: run again with `--verbose` and report the traceback).",
+        API_COMMANDS,
     ),
     ExitCode(
         str(EXIT_NOT_FINISHED),
         "The job has not finished yet (`PENDING`, `IN_PROGRESS`, `WAITING`...): no outcome to report; ask "
         "again later.",
-        "`status`, `results`",
+        ("status", "results"),
     ),
     ExitCode(
         str(EXIT_INTERRUPTED),
-        "Interrupted (Ctrl-C). The journal keeps every job's state; the message says how to finish the run "
-        "with `opus-run resume`.",
-        "every command; `run` and `resume` save state",
+        "Interrupted (Ctrl-C). `run` and `resume` keep every job's state in the journal, and the message says "
+        "how to finish the run with `opus-run resume`.",
+        unless=("sandbox",),
     ),
     ExitCode(
         "143 / 129",
         "Stopped by SIGTERM (what CI sends when it cancels a job) or SIGHUP: the same as Ctrl-C, resume hint "
         "included.",
-        "`run`, `resume`",
+        ("run", "resume"),
     ),
 )
 

@@ -98,7 +98,7 @@ def _option_rows(command: Any) -> list[str]:
 
 def _exit_code_section() -> list[str]:
     """The exit-code table, from ``opus_runner.errors.EXIT_CODES`` (the one place codes are defined)."""
-    rows = [f"| `{row.code.replace(' / ', '` / `')}` | {_cell(row.meaning)} | {_cell(row.commands)} |" for row in EXIT_CODES]
+    rows = [f"| `{row.code.replace(' / ', '` / `')}` | {_cell(row.meaning)} | {_cell(row.names())} |" for row in EXIT_CODES]
     return [
         "## Exit codes",
         "",

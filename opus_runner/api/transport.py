@@ -203,7 +203,8 @@ def tls_failure(exc: BaseException) -> ssl.SSLError | None:
 
 def _reason(error: ssl.SSLError) -> str:
     """``WRONG_VERSION_NUMBER`` -> ``wrong version number``; the whole text when ssl gave no reason."""
-    return error.reason.replace("_", " ").lower() if error.reason else describe(error)
+    reason = getattr(error, "reason", None)  # set by the ssl module, not by every raiser
+    return reason.replace("_", " ").lower() if reason else describe(error)
 
 
 def _attempts(n: int) -> str:
@@ -476,7 +477,7 @@ class Transport:
     def _tls_error(self, error: ssl.SSLError, label: str, target: str) -> TlsError:
         shown = redact.without_userinfo(target)
         if isinstance(error, ssl.SSLCertVerificationError):
-            why = error.verify_message or _reason(error)
+            why = getattr(error, "verify_message", None) or _reason(error)
             what = f"the TLS certificate of {shown} was refused ({why})"
             fix = "check the base URL; behind a proxy that re-signs TLS, point SSL_CERT_FILE at its CA certificates"
         else:

@@ -41,9 +41,12 @@ def fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
     if isinstance(exc, OpusRunnerError):
         code = exc.exit_code
         text = redact.mask(redact.without_userinfo(str(exc)))
+    elif isinstance(exc, KeyboardInterrupt):
+        # Ctrl-C in a command with no run to save (a look-up, a listing): nothing to resume.
+        code, text = EXIT_INTERRUPTED, "interrupted"
     else:
         # Not an error raised on purpose: a bug, reported like a failure outside the runner (3).
-        code = EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_API
+        code = EXIT_API
         text = redact.mask(redact.without_userinfo(f"unexpected error: {type(exc).__name__}: {exc}"))
     if verbose:
         import traceback

@@ -185,7 +185,7 @@ def test_a_flag_is_spelled_the_same_in_every_command() -> None:
 
 def test_default_command_is_run(spec: Path) -> None:
     result = invoke(str(spec), "--var", "who=x")
-    assert result.exit_code == 3 and "OPUS_SERVICE_KEY" in result.stderr and "--sandbox" in result.stderr
+    assert result.exit_code == 2 and "OPUS_SERVICE_KEY" in result.stderr and "--sandbox" in result.stderr
 
 
 def test_help_imports_no_heavy_modules() -> None:

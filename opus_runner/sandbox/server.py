@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .. import redact
 from ..errors import ConfigError
 from .faults import FaultRule, FaultRuleError, FaultSet, load_faults_file
-from .fixture import Fixture, load_fixture
+from .fixture import Fixture, callback_delay_override, load_fixture
 
 if TYPE_CHECKING:  # pragma: no cover
     from .asgi import SandboxApp
@@ -67,6 +67,8 @@ class SandboxServer:
     workflows. ``key`` defaults to a fresh ``sk-sandbox-<hex>`` (registered as a secret, so it
     is masked wherever opus-runner prints). ``faults`` is a list of fault rules or a YAML/JSON
     file of them, added after the fixture's own ``faults:``. ``port=0`` picks a free port.
+    ``callback_delay`` (seconds, or a duration such as ``"200ms"``) replaces every callback delay
+    of the fixture.
 
     ```python
     from opus_runner.sandbox import DEMO_IDS
@@ -86,6 +88,7 @@ class SandboxServer:
         port: int = 0,
         faults: FaultsArg = None,
         allow_remote: bool = False,
+        callback_delay: float | str | None = None,
     ) -> None:
         _require_dependencies()
         from ..urls import is_loopback_host
@@ -106,7 +109,10 @@ class SandboxServer:
         self.faults = FaultSet(self.fixture.faults)
         self._add_faults(faults)
         self.state: SandboxState = SandboxState()
-        self.app: SandboxApp = SandboxApp(self.fixture, key=self.key, state=self.state, faults=self.faults)
+        delay = callback_delay_override(callback_delay)
+        self.app: SandboxApp = SandboxApp(
+            self.fixture, key=self.key, state=self.state, faults=self.faults, callback_delay=delay
+        )
         self._server: Any = None  # uvicorn.Server while running
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -245,6 +251,7 @@ def serve(
     faults_file: str | Path | None = None,
     *,
     allow_remote: bool = False,
+    callback_delay: float | str | None = None,
     out: TextIO | None = None,
 ) -> None:
     """Serve the sandbox until interrupted, after printing its URL and the environment to use it.
@@ -257,7 +264,13 @@ def serve(
     Ctrl-C stops it and returns normally.
     """
     server = SandboxServer(
-        workflows, key=key, host=host, port=port, faults=faults_file, allow_remote=allow_remote
+        workflows,
+        key=key,
+        host=host,
+        port=port,
+        faults=faults_file,
+        allow_remote=allow_remote,
+        callback_delay=callback_delay,
     )
     server.start()
     stream = out if out is not None else sys.stdout

@@ -326,6 +326,14 @@ def test_a_deleted_job_is_not_called_back(server: SandboxServer, receiver: Recei
     other = run(server, PROMPT, receiver.url)  # a later callback arrives; the deleted job's never
     wait_for(lambda: len(receiver.arrivals) == 1 and settled(server))
     assert receiver.bodies()[0]["jobExecutionId"] == other
+    # deleted while its callback is under way (held back by a delay rule): it never arrives either
+    server.faults.add(route="callback", kind="delay", seconds=30)
+    held = run(server, PROMPT, receiver.url)
+    wait_for(lambda: held in server.app.callbacks._tasks)
+    assert httpx.get(f"{server.base_url}/_sandbox/stats").json()["callbacks_pending"] == 1  # not done yet
+    assert httpx.delete(f"{server.base_url}/job/{held}/delete", headers={"x-service-key": server.key}).status_code == 200
+    wait_for(lambda: settled(server))
+    assert len(receiver.arrivals) == 1
 
 
 # --- rules for the callback route ---------------------------------------------------------------

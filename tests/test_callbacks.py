@@ -463,3 +463,25 @@ def journal_rows(project: Project) -> list[Any]:
         return []
     finally:
         db.close()
+
+
+def test_dropped_callbacks_are_made_up_for_by_the_safety_reads(cb_project: Project) -> None:
+    cb_project.sandbox.faults.add({"route": "callback", "kind": "drop", "times": 2})
+    cb_project.file("rows.csv", "q\na\nb\nc\n")
+    body = header("dropped", "quick", "foreach: {file: rows.csv}\ninputs:\n  Question: '{{ row.q }}'\n" + waiting("hybrid", "300ms") + NDJSON)
+    path = cb_project.spec("dropped.yaml", body)
+    result = cb_project.run("run", str(path), "--callback-listen", "127.0.0.1:0", "-q")
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: cb_project.sandbox.state.callbacks_dropped == 2)
+    assert sorted(line["status"] for line in lines(cb_project.root / "out.ndjson")) == ["COMPLETED"] * 3
+
+
+def test_a_callback_the_platform_sends_twice_changes_nothing(cb_project: Project, receiver: _Served) -> None:
+    cb_project.sandbox.faults.add({"route": "callback", "kind": "duplicate", "gap": 0.2})
+    path = spec(cb_project, "twice")
+    result = cb_project.run("run", str(path), "--callback-public-url", receiver.url, "-q")
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: receiver.receiver.accepted == 2)
+    assert cb_project.sandbox.state.callbacks_duplicated == 1
+    assert [line["status"] for line in lines(cb_project.root / "out.ndjson")] == ["COMPLETED"]
+    assert cb_project.sandbox.state.requests[("GET", "results")] == 1

@@ -273,6 +273,12 @@ class Sandbox:
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback only
             return json.loads(response.read())
 
+    def api(self, path: str) -> Any:
+        """``GET path`` of the API itself, with the key (e.g. a job's audit after a run)."""
+        request = urllib.request.Request(f"{self.base_url}{path}", headers={"x-service-key": self.key})
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback only
+            return json.loads(response.read())
+
     def stats(self) -> dict[str, Any]:
         """``GET /_sandbox/stats``."""
         return self._call("GET", "/_sandbox/stats")
@@ -317,8 +323,9 @@ BENCH_INPUTS = [
 ]
 
 
-def write_fixture(path: Path, *, duration: str | float = 0) -> Path:
-    """A sandbox fixture with the one bench workflow (JSON: the sandbox reads .json fixtures)."""
+def write_fixture(path: Path, *, duration: str | float = 0, callback_delay: float | None = None) -> Path:
+    """A sandbox fixture with the one bench workflow (JSON: the sandbox reads .json fixtures);
+    ``callback_delay`` (seconds from a job's end to its callback POST) only when given."""
     workflow = {
         "name": "Bench report",
         "duration": duration,
@@ -326,12 +333,14 @@ def write_fixture(path: Path, *, duration: str | float = 0) -> Path:
         "inputs": BENCH_INPUTS,
         "outputs": {"summary": "Report for {{ inputs.Customer }} in {{ inputs.Region }}"},
     }
-    fixture = {
+    fixture: dict[str, Any] = {
         "workflows": {
             BENCH_WORKFLOW_ID: workflow,
             BENCH_DOCUMENTED_ID: {**workflow, "dialect": "documented"},
         }
     }
+    if callback_delay is not None:
+        fixture["callback_delay"] = callback_delay
     path.write_text(json.dumps(fixture, indent=2), encoding="utf-8")
     return path
 

@@ -24,6 +24,7 @@ opus-runner's wall and CPU <= 1.1x the floor's, its CPU <= 0.7x opus-aaico's.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -125,13 +126,18 @@ def _profile(sandbox: Sandbox, spec: Path, concurrency: int, workdir: Path, out:
     return f"cProfile of one more opus-runner run ({m.wall:.1f} s under the profiler), saved to {out}:\n{text.getvalue()}"
 
 
-def run() -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The options of this benchmark (five interleaved rounds by default)."""
     parser = base_parser(__doc__ or "", jobs=1000, concurrency=50, repeat=5)
     parser.add_argument("--poll-interval", type=float, default=0.05, help="first poll interval in seconds [default: 0.05]")
     parser.add_argument("--aaico-python", metavar="PYTHON", help="an interpreter that can import opus_aaico [env: OPUS_BENCH_AAICO_PYTHON]")
     parser.add_argument("--no-aaico", action="store_true", help="do not try the opus-aaico SDK")
     parser.add_argument("--profile", metavar="FILE", type=Path, help="also run opus-runner once under cProfile, saving the stats here")
-    args = parser.parse_args()
+    return parser
+
+
+def run() -> int:
+    args = make_parser().parse_args()
     report = Report("batch", args)
     report.settings(jobs=args.jobs, concurrency=args.concurrency, repeat=args.repeat, poll_interval=args.poll_interval, duration=0)
 

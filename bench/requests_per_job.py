@@ -12,14 +12,17 @@ following ``--jobs`` jobs of that length. Measured per scenario:
 - in callback mode, **lag after the callback**: the same minus the sandbox's ``callback_delay``,
   i.e. from the callback's arrival to the runner reporting the job; and the callbacks sent.
 
-**The clock is sped up by ``--scale`` k (default 10) on both sides**: the fixture's durations
-and callback delay are divided by k, and so are the runner's wait intervals (``poll_interval``
-2 s and ``max_interval`` 30 s, its defaults; in callback mode ``wait.safety_interval`` 10 min
-too). Request counts are reported as measured; the lag after the end is multiplied back by k
-(so it is in the job's own seconds, and the runner's processing time, not scaled, counts k
-times: an overestimate by a few tenths of a second). The lag after the callback is pure
-processing and is reported in real seconds, unscaled. All scenarios run at once, so the whole
-benchmark takes about the longest job divided by k, plus start-up.
+**The clock is sped up on both sides**: the longest job runs ``--scale`` k (default 10) times
+faster, and every scenario fits in that time: a scenario's own k is its length divided by
+the longest one's sped-up length, at least 1 (so with 10 s, 1 min and 10 min: 1, 1 and 10;
+a job runs in real time when it can, where no scaling can distort it). The fixture's durations
+and callback delay are divided by that k, and so are the runner's wait intervals
+(``poll_interval`` 2 s and ``max_interval`` 30 s, its defaults; in callback mode
+``wait.safety_interval`` 10 min too). Request counts are reported as measured; the lag after
+the end is multiplied back by k (so it is in the job's own seconds, and the runner's processing
+time, not scaled, counts k times: an overestimate by a few tenths of a second). The lag after
+the callback is pure processing and is reported in real seconds, unscaled. All scenarios run at
+once, so the whole benchmark takes about the longest job divided by k, plus start-ups.
 
 Goals: callback mode <= 4 requests per job whatever its length, and the end seen <= 1 s after
 the callback arrives; poll mode no more requests per job than before callbacks existed
@@ -82,6 +85,7 @@ class Scenario:
 
     duration: float  # the job's length in its own (unscaled) seconds
     mode: str
+    scale: float = 1.0  # this scenario's clock speed-up k
     runs: list[Measurement] = field(default_factory=list)
     jobs: int = 0  # over all runs
     lags: list[float] = field(default_factory=list)  # real seconds from each job's end to its completed event
@@ -122,7 +126,7 @@ def _measure(scenario: Scenario, args: Any, folder: Path, turn: threading.Event,
     The runner starts at ``turn`` and hands the turn on once it has executed its jobs: start-ups
     (a second of CPU each) one at a time, so none of them delays another scenario's polling.
     """
-    k = args.scale
+    k = scenario.scale
     folder.mkdir(parents=True)
     write_rows(folder / "rows.csv", args.jobs)
     wait = {"timeout": f"{max(3600.0, 3 * scenario.duration) / k:g}s", "poll_interval": f"{POLL_INTERVAL / k:g}s", "max_interval": f"{MAX_INTERVAL / k:g}s"}
@@ -184,7 +188,7 @@ def run() -> int:
     parser = base_parser(__doc__ or "", jobs=10, concurrency=10, repeat=1)
     parser.add_argument("--durations", default="10,60,600", help="job lengths in seconds, before scaling [default: 10,60,600]")
     parser.add_argument("--modes", default="poll,callback", help="wait modes to measure: poll, callback or both [default: poll,callback]")
-    parser.add_argument("--scale", type=float, default=10.0, help="speed-up k of both clocks (durations and wait intervals divided by k) [default: 10]")
+    parser.add_argument("--scale", type=float, default=10.0, help="speed-up of both clocks for the longest job; shorter ones are sped up only as much as needed to fit its time [default: 10]")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
@@ -195,7 +199,8 @@ def run() -> int:
     report = Report("requests_per_job", args)
     report.settings(jobs=args.jobs, durations=",".join(_length(d) for d in durations), modes=",".join(modes), scale=f"{args.scale:g}")
 
-    scenarios = [Scenario(d, mode) for mode in modes for d in durations]
+    fastest = max(durations) / args.scale  # the real seconds the longest job takes
+    scenarios = [Scenario(d, mode, max(1.0, d / fastest)) for mode in modes for d in durations]
     # Longest first, shortest last: a short job's few polls then meet no other start-up.
     order = sorted(scenarios, key=lambda s: -s.duration)
     with Workdir(args.keep) as work:
@@ -217,13 +222,13 @@ def run() -> int:
             if failures:
                 raise BenchError("\n".join(failures))
 
-    k = args.scale
     rows = []
     for s in scenarios:
+        k = s.scale
         lag = statistics.median(s.lags) * k
         after_callback = statistics.median(s.lags) - CALLBACK_DELAY / k if s.mode == "callback" else None
         rows.append(
-            [s.name, s.per_job(), s.per_job("GET status"), s.per_job("GET audit"), s.callbacks_sent / s.jobs if s.mode == "callback" else None, lag, max(s.lags) * k, after_callback]
+            [s.name, f"{k:g}", s.per_job(), s.per_job("GET status"), s.per_job("GET audit"), s.callbacks_sent / s.jobs if s.mode == "callback" else None, lag, max(s.lags) * k, after_callback]
         )
         report.result(
             s.name,
@@ -238,14 +243,15 @@ def run() -> int:
                 "lag_after_end": lag,
                 "lag_after_end_max": max(s.lags) * k,
                 "lag_after_callback": after_callback,
+                "scale": k,
                 "callbacks_sent": s.callbacks_sent,
             },
         )
-    headers = ["job, mode", "requests/job", "status/job", "audit/job", "callbacks/job", "lag after end s", "max lag s", "lag after callback s"]
+    headers = ["job, mode", "k", "requests/job", "status/job", "audit/job", "callbacks/job", "lag after end s", "max lag s", "lag after callback s"]
     report.say(table(headers, rows))
     report.note(
-        f"clock sped up {k:g}x on both sides; requests as counted (GET workflow, once per batch, left out); "
-        f"lags after the end multiplied back by {k:g}, lags after the callback in real seconds"
+        "clock sped up k times on both sides; requests as counted (GET workflow, once per batch, left out); "
+        "lags after the end multiplied back by k, lags after the callback in real seconds"
     )
 
     for s in scenarios:
@@ -254,10 +260,10 @@ def run() -> int:
             report.add_ratio(Ratio(f"requests per job, {s.name}", round(s.per_job(), 2), baseline, unit=" req"))
         else:
             report.add_ratio(Ratio(f"requests per job, {s.name}", round(s.per_job(), 2), CALLBACK_TARGET_REQUESTS, unit=" req"))
-            after = statistics.median(s.lags) - CALLBACK_DELAY / k
+            after = statistics.median(s.lags) - CALLBACK_DELAY / s.scale
             report.add_ratio(Ratio(f"finish lag after the callback, {s.name}", round(after, 3), CALLBACK_TARGET_LAG, unit=" s"))
     for s in scenarios:
-        report.add_ratio(Ratio(f"finish lag after the end, {s.name}", round(statistics.median(s.lags) * k, 2), unit=" s"))
+        report.add_ratio(Ratio(f"finish lag after the end, {s.name}", round(statistics.median(s.lags) * s.scale, 2), unit=" s"))
     return report.finish()
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .callbacks.tokens import ReceiverSettings
 from .errors import ConfigError
 
 DEFAULT_BASE_URL = "https://operator.opus.com"
@@ -41,6 +42,8 @@ _KNOWN_KEYS = {
     "notify",
     "sandbox_workflows",
     "callback_url",
+    "callback",
+    "wait",
     "timeouts",
 }
 # Limits on what one spec may make the runner do (docs/spec.md, "Limits").
@@ -100,6 +103,10 @@ class ProjectConfig:
     sandbox_workflows: Path | None = None
     #: the receiver Opus POSTs to when a spec names none (callback.url wins)
     callback_url: str | None = None
+    #: ``[callback] listen / public_url``: opus-runner's receiver for every run of the project
+    receiver: ReceiverSettings = field(default_factory=lambda: ReceiverSettings())
+    #: ``[wait] mode``: how jobs wait when their spec does not say
+    wait_mode: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: CPU seconds one template value may take to render; None: the default (2 s)
     template_budget: float | None = None
@@ -197,7 +204,7 @@ def _settings_in(folder: Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 @lru_cache(maxsize=64)
-def _load_cached(start: Path, cwd: Path) -> ProjectConfig:
+def _load_cached(start: Path, cwd: Path, stamp: tuple[tuple[str, int, int], ...]) -> ProjectConfig:
     for folder in (start, *start.parents):
         found = _settings_in(folder)
         if found is not None:
@@ -210,7 +217,23 @@ def load_project_config(start: str | Path | None = None) -> ProjectConfig:
     folder = Path(start if start is not None else os.getcwd()).resolve()
     if folder.is_file():
         folder = folder.parent
-    return _load_cached(folder, Path.cwd().resolve())
+    return _load_cached(folder, Path.cwd().resolve(), _stamp(folder))
+
+
+def _stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """The candidate project files from ``folder`` up, as they are now: a file edited (or
+    added) since the last load is read again, by a long-lived process or a test alike."""
+    found = []
+    for parent in (folder, *folder.parents):
+        for name in (CONFIG_FILE, "pyproject.toml"):
+            try:
+                st = (parent / name).stat()
+            except OSError:
+                continue
+            found.append((str(parent / name), st.st_mtime_ns, st.st_size))
+            if name == CONFIG_FILE:
+                return tuple(found)  # the nearest opus-runner.toml wins over every folder above
+    return tuple(found)
 
 
 def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> ProjectConfig:
@@ -255,6 +278,12 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
             "remove it to send the never-resolving placeholder"
         )
     template_budget = _template_budget(file, table.get("template_budget"))
+    receiver = _receiver(file, table.get("callback"))
+    if receiver and callback_url is not None:
+        raise ConfigError(
+            f"{file}: callback_url (your own receiver) and the [callback] table (opus-runner's) "
+            "cannot both be set: Opus POSTs each job's callback to one URL"
+        )
     return ProjectConfig(
         root=root,
         start=start,
@@ -267,9 +296,49 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
         notify=list(table.get("notify", [])),
         sandbox_workflows=path_of("sandbox_workflows"),
         callback_url=callback_url,
+        receiver=receiver,
+        wait_mode=_wait_mode(file, table.get("wait")),
         timeouts=_timeouts(file, table.get("timeouts")),
         template_budget=template_budget,
     )
+
+
+def _receiver(file: Path, table: Any) -> ReceiverSettings:
+    """``[callback]``: ``listen = "HOST:PORT"``, ``public_url = "https://..."``."""
+    from .callbacks.tokens import parse_listen, public_url_problem
+
+    if table is None:
+        return ReceiverSettings()
+    if not isinstance(table, dict):
+        raise ConfigError(f'{file}: callback must be a table such as [callback] listen = "127.0.0.1:8787"')
+    unknown = sorted(set(table) - {"listen", "public_url"})
+    if unknown:
+        raise ConfigError(f"{file}: unknown setting callback.{unknown[0]}; known: listen, public_url")
+    listen = None
+    if "listen" in table:
+        try:
+            listen = parse_listen(table["listen"])
+        except ValueError as exc:
+            raise ConfigError(f"{file}: callback.listen {exc}") from None
+    public_url = table.get("public_url")
+    if public_url is not None:
+        problem = public_url_problem(public_url)
+        if problem:
+            raise ConfigError(f"{file}: callback.public_url {problem}")
+    return ReceiverSettings(listen, public_url)
+
+
+def _wait_mode(file: Path, table: Any) -> str | None:
+    """``[wait] mode = "poll" | "hybrid" | "callback"``."""
+    if table is None:
+        return None
+    modes = ("poll", "hybrid", "callback")
+    if not isinstance(table, dict) or set(table) - {"mode"}:
+        raise ConfigError(f'{file}: wait must be a table with one setting, mode, such as [wait] mode = "hybrid"')
+    mode = table.get("mode")
+    if mode not in modes:
+        raise ConfigError(f"{file}: wait.mode must be one of {', '.join(modes)}, found {mode!r}")
+    return str(mode)
 
 
 def _template_budget(file: Path, value: Any) -> float | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .callbacks.tokens import ReceiverSettings, parse_listen, public_url_problem
 from .durations import parse_duration
 from .errors import SpecError, TemplateError, UsageError
 from .models import UploadSettings, WorkflowRef
@@ -23,6 +24,7 @@ from .config import load_project_config
 from .paths import confine, display_path
 from .spec import Spec, load_data
 from .templating import Templater, build_context
+from .urls import is_loopback_host
 from .workflow import workflow_id_problem
 
 #: Hex digits of a row digest in a plan key (48 bits: no collision in any real batch).
@@ -30,6 +32,9 @@ ROW_DIGEST_LENGTH = 12
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_POLL = 2.0
 DEFAULT_MAX_INTERVAL = 30.0
+WAIT_MODES = ("poll", "hybrid", "callback")
+#: Status reads while a job waits for its callback: often in hybrid, rarely in callback mode.
+DEFAULT_SAFETY_INTERVAL = {"hybrid": 60.0, "callback": 600.0}
 #: Jobs one run may plan (matrix combinations times foreach rows, over every spec): a typo such
 #: as a range too many turns into a refusal before anything is built, not a run that never ends.
 MAX_JOBS_PER_RUN = 100_000
@@ -41,6 +46,10 @@ class WaitSettings:
     timeout: float = DEFAULT_TIMEOUT
     poll_interval: float = DEFAULT_POLL
     max_interval: float = DEFAULT_MAX_INTERVAL
+    #: poll: read the status on a backoff schedule; hybrid and callback: read it when the job's
+    #: callback arrives, and every ``safety_interval`` in case it never does
+    mode: str = "poll"
+    safety_interval: float = 0.0
 
 
 @dataclass
@@ -66,6 +75,8 @@ class JobPlan:
     #: ``workspaces`` for initiate and execute; empty: the workflow's own workspace, if known
     workspaces: tuple[str, ...] = ()
     uploads: UploadSettings = field(default_factory=lambda: UploadSettings())
+    #: the spec's callback.listen / callback.public_url (the run serves one receiver for all)
+    receiver: ReceiverSettings = field(default_factory=lambda: ReceiverSettings())
 
     def describe(self) -> dict[str, Any]:
         """What the journal keeps to find this plan again on resume."""
@@ -160,6 +171,9 @@ class Planner:
         timeout: float | None = None,
         no_wait: bool = False,
         allow_outside_root: bool = False,
+        wait_mode: str | None = None,
+        default_wait_mode: str | None = None,
+        receiver_configured: bool = False,
     ) -> None:
         self.templater = templater
         self.allow_outside_root = allow_outside_root
@@ -168,6 +182,10 @@ class Planner:
         self.default_notify = [dict(n) for n in default_notify]
         self.timeout = timeout
         self.no_wait = no_wait
+        #: --wait-mode, and whether the command line or project file names a receiver
+        self.wait_mode = wait_mode
+        self.default_wait_mode = default_wait_mode  # the project file's [wait] mode
+        self.receiver_configured = receiver_configured
         # Jobs planned per spec, over every spec of the run: a spec planned again (the runner
         # checks, then submits) replaces its count rather than adding to it.
         self._jobs_of: dict[Path, int] = {}
@@ -359,7 +377,6 @@ class Planner:
         callback = render(data.get("callback") or {}, context, file=file, key=("callback",))
         uploads_raw = render(data.get("uploads") or {}, context, file=file, key=("uploads",))
 
-        wait = self._wait(spec, wait_raw)
         callback_url = callback.get("url") or None
         if callback_url is not None:
             if not isinstance(callback_url, str) or not callback_url.startswith("https://"):
@@ -369,6 +386,8 @@ class Planner:
                     key=("callback", "url"),
                     line=at(("callback", "url")),
                 )
+        receiver = _receiver(spec, callback, callback_url)
+        wait = self._wait(spec, wait_raw, receiver=bool(receiver) or self.receiver_configured, own_url=callback_url)
         problem = workflow_id_problem(workflow.get("id"))
         if problem:
             raise SpecError(problem, file=file, key=("workflow", "id"), line=at(("workflow", "id")))
@@ -407,14 +426,16 @@ class Planner:
                 access_scope=uploads_raw.get("access_scope") or UploadSettings.access_scope,
                 workspace_id=uploads_raw.get("workspace_id") or None,
             ),
+            receiver=receiver,
         )
 
-    def _wait(self, spec: Spec, raw: Mapping[str, Any]) -> WaitSettings:
+    def _wait(self, spec: Spec, raw: Mapping[str, Any], *, receiver: bool, own_url: str | None) -> WaitSettings:
         values: dict[str, Any] = {}
         for name, default in (
             ("timeout", DEFAULT_TIMEOUT),
             ("poll_interval", DEFAULT_POLL),
             ("max_interval", DEFAULT_MAX_INTERVAL),
+            ("safety_interval", None),
         ):
             if name not in raw:
                 values[name] = default
@@ -428,8 +449,81 @@ class Planner:
         if values["poll_interval"] <= 0:
             values["poll_interval"] = 0.05  # a zero interval would spin: poll as fast as sensible
         values["max_interval"] = max(values["max_interval"], values["poll_interval"])
+        mode = self._wait_mode(spec, raw, receiver=receiver, own_url=own_url)
+        safety = values.pop("safety_interval")
+        if safety is None:
+            safety = DEFAULT_SAFETY_INTERVAL.get(mode, 0.0)
+        elif safety <= 0:
+            raise spec.error("must be longer than 0: it is how often a job waiting for its callback reads its status", ("wait", "safety_interval"))
         enabled = bool(raw.get("enabled", True)) and not self.no_wait
-        return WaitSettings(enabled=enabled, **values)
+        return WaitSettings(enabled=enabled, mode=mode, safety_interval=safety, **values)
+
+    def _wait_mode(self, spec: Spec, raw: Mapping[str, Any], *, receiver: bool, own_url: str | None) -> str:
+        """The spec's (or --wait-mode's) mode; by default hybrid when a receiver is configured."""
+        explicit = self.wait_mode or raw.get("mode")
+        given = explicit or self.default_wait_mode
+        where = "--wait-mode" if self.wait_mode else "wait.mode" if raw.get("mode") else "[wait] mode in opus-runner.toml"
+        if given is not None and given not in WAIT_MODES:
+            raise spec.error(f"{where} must be one of {', '.join(WAIT_MODES)}, found {given!r}", ("wait", "mode"))
+        if own_url is not None:
+            # callback.url sends the callback to the user's own receiver: opus-runner never hears it.
+            if explicit in ("hybrid", "callback"):
+                raise spec.error(
+                    f"{where} is {given!r}, but callback.url sends this job's callback to your own receiver, "
+                    "which opus-runner does not hear: remove callback.url (and set callback.public_url to "
+                    "opus-runner's receiver) or use wait.mode: poll",
+                    ("wait", "mode"),
+                )
+            return "poll"
+        if given is None:
+            return "hybrid" if receiver else "poll"
+        if given != "poll" and not receiver:
+            raise spec.error(
+                f"{where} is {given!r}, but no callback receiver is configured: set callback.public_url "
+                "(the https URL where Opus reaches the receiver) and/or callback.listen (HOST:PORT for "
+                "the receiver this run starts), in the spec, in opus-runner.toml's [callback] table, or "
+                "with --callback-public-url / --callback-listen",
+                ("wait", "mode"),
+            )
+        return str(given)
+
+
+def _receiver(spec: Spec, callback: Mapping[str, Any], own_url: str | None) -> ReceiverSettings:
+    """The spec's ``callback.listen`` and ``callback.public_url``, checked."""
+    listen_text, public_url = callback.get("listen"), callback.get("public_url")
+    if own_url is not None and (listen_text is not None or public_url is not None):
+        name = "public_url" if public_url is not None else "listen"
+        raise spec.error(
+            f"callback.url (your own receiver) and callback.{name} (opus-runner's) cannot both be "
+            "set: Opus POSTs each job's callback to one URL",
+            ("callback", name),
+        )
+    listen = None
+    if listen_text is not None:
+        try:
+            listen = parse_listen(listen_text)
+        except ValueError as exc:
+            raise spec.error(f"callback.listen {exc}", ("callback", "listen")) from None
+    if public_url is not None:
+        problem = public_url_problem(public_url)
+        if problem:
+            raise spec.error(f"callback.public_url {problem}", ("callback", "public_url"))
+    settings = ReceiverSettings(listen, public_url)
+    problem = settings_problem(settings)
+    if problem:
+        raise spec.error(problem, ("callback", "listen"))
+    return settings
+
+
+def settings_problem(settings: ReceiverSettings) -> str | None:
+    """Why these receiver settings cannot work together, or None."""
+    if settings.listen is not None and settings.public_url is None and not is_loopback_host(settings.listen[0]):
+        host, port = settings.listen
+        return (
+            f"callback.listen {host}:{port} is not a loopback address, so Opus reaches the receiver "
+            "through another address: set callback.public_url to the https URL that forwards to it"
+        )
+    return None
 
 
 def plan_key(name: str, combo: Mapping[str, Any], row: str | int | None) -> str:

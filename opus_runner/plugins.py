@@ -145,6 +145,9 @@ class Handler:
     are checked against (with ``type``, and for notifiers ``on``, already added), or None.
     ``whole_run``: an output that reports on the whole run (junit) is called for every job of
     every process of a run, a resume included, even for jobs delivered before.
+    ``inline``: a plain handler called on the event loop instead of in a worker thread. Set at
+    registration for the built-ins only (trusted and quick: a thread per call cost about 1 ms
+    of CPU a job); another plugin's plain handler may block, so it keeps its thread.
     """
 
     name: str
@@ -152,6 +155,7 @@ class Handler:
     plugin: str
     schema: dict[str, Any] | None = None
     whole_run: bool = False
+    inline: bool = False
 
 
 @dataclass
@@ -422,9 +426,14 @@ class PluginHost:
         with self._named("opus_payload_ready", "the job was not executed"):
             await self.each("opus_payload_ready", offload=True, payload=payload, ctx=ctx)
 
+    def observes_jobs(self) -> bool:
+        """Whether any plugin implements ``opus_job_event`` (else events need not be built for it)."""
+        return bool(self.pm.hook.opus_job_event.get_hookimpls())
+
     async def job_event(self, event: JobEvent, ctx: Context) -> None:
         """``opus_job_event``: every observer hears ``event``; one that raises or overruns is logged, not raised."""
-        await self.each("opus_job_event", offload=True, isolate=True, event=event, ctx=ctx)
+        if self.observes_jobs():
+            await self.each("opus_job_event", offload=True, isolate=True, event=event, ctx=ctx)
 
     async def run_started(self, run: RunInfo, ctx: Context) -> None:
         """``opus_run_started``: every plugin hears that the run's jobs are about to be submitted;
@@ -595,13 +604,22 @@ async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
 
 
 async def call_handler(handler: Handler, *args: Any, timeout: float | None = None) -> Any:
-    """Run an output or notifier handler: await an async one, run a plain one in a worker thread.
+    """Run an output or notifier handler: await an async one, call a plain built-in one
+    (``handler.inline``) directly, and run any other plain one in a worker thread.
 
-    ``timeout`` (seconds, None for no limit) raises :class:`TimeoutError` when exceeded. A
-    plain handler's thread cannot be stopped: it is a daemon thread, so it never keeps the
-    process alive, and whatever it returns late is dropped.
+    ``timeout`` (seconds, None for no limit) raises :class:`TimeoutError` when exceeded; a
+    plain built-in runs to its end (it is quick and does not block). A plain third-party
+    handler's thread cannot be stopped: it is a daemon thread, so it never keeps the process
+    alive, and whatever it returns late is dropped.
     """
-    work = handler.func(*args) if _is_async(handler.func) else _in_thread(handler.func, *args)
+    if _is_async(handler.func):
+        work = handler.func(*args)
+    elif handler.inline:
+        work = handler.func(*args)
+        if not inspect.isawaitable(work):
+            return work
+    else:
+        work = _in_thread(handler.func, *args)
     return await asyncio.wait_for(work, timeout)
 
 
@@ -779,6 +797,8 @@ class _Loader:
 
     def _register_callback(self, table: dict[str, Handler], kind: str, noun: str, plugin: str) -> Callable[..., None]:
         source = self.host.source_of(plugin)
+        # Decided by where the registering plugin came from, never by what it asks for.
+        inline = self.host.origin_of(plugin) == "builtin"
 
         def register(
             name: str, handler: Callable[..., Any], schema: dict[str, Any] | None = None, *, whole_run: bool = False
@@ -805,7 +825,12 @@ class _Loader:
                     plugin=source,
                 )
             table[name] = Handler(
-                name=name, func=handler, plugin=plugin, schema=_entry_schema(kind, name, schema), whole_run=whole_run
+                name=name,
+                func=handler,
+                plugin=plugin,
+                schema=_entry_schema(kind, name, schema),
+                whole_run=whole_run,
+                inline=inline,
             )
 
         return register

@@ -94,6 +94,12 @@ class Reporter:
     def event(self, event: JobEvent) -> None:
         """A job event (submitted, status, completed, failed, cancelled, timed_out)."""
 
+    def shows(self, kind: str) -> bool:
+        """Whether :meth:`event` shows events of ``kind``: when nothing else listens either,
+        the runner does not build the event at all. A subclass that overrides :meth:`event`
+        (docs/library.md) hears every kind unless it overrides this too."""
+        return type(self).event is not Reporter.event
+
     def progress(self, plan_key: str, job_id: str, status: str, node: str | None, done: int, total: int) -> None:
         """Node progress of one running job (only when ``wants_progress``)."""
 
@@ -115,10 +121,36 @@ class JsonReporter(Reporter):
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
+        self._flush_soon = False
 
     def _emit(self, data: dict[str, Any]) -> None:
         self.stream.write(dumps(data) + "\n")
-        self.stream.flush()
+        if self._flush_soon:
+            return
+        # Inside the run's event loop, every line written in one turn of the loop goes out in
+        # one flush at the end of that turn: a reader of the pipe sees each line as soon as the
+        # loop has a moment, and a crash can only take lines of the turn it happened in (an
+        # exit, Ctrl-C included, flushes stdout anyway). Outside a loop: at once.
+        asyncio = sys.modules.get("asyncio")  # never imported just for this
+        try:
+            loop = asyncio.get_running_loop() if asyncio is not None else None
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self.stream.flush()
+            return
+        self._flush_soon = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # the reader went away or the stream was closed: nothing left to tell
+
+    def shows(self, kind: str) -> bool:
+        return True
 
     def start(self, total: int) -> None:
         self._emit({"event": "batch", "time": now_iso(), "jobs": total})
@@ -137,6 +169,10 @@ class JsonReporter(Reporter):
     def summary(self, rows: list[dict[str, Any]]) -> None:
         counts = Counter(r.get("status") or "NOT_SUBMITTED" for r in rows)
         self._emit({"event": "summary", "time": now_iso(), "jobs": len(rows), "statuses": dict(counts)})
+        self._flush()
+
+    def close(self) -> None:
+        self._flush()
 
 
 class PlainReporter(Reporter):
@@ -156,8 +192,11 @@ class PlainReporter(Reporter):
         if not self.quiet and total != 1:
             self._line(f"submitting {total} jobs")
 
+    def shows(self, kind: str) -> bool:
+        return not self.quiet or kind in ("failed", "cancelled", "timed_out")
+
     def event(self, event: JobEvent) -> None:
-        if self.quiet and event.kind not in ("failed", "cancelled", "timed_out"):
+        if not self.shows(event.kind):
             return
         if event.kind == "status":
             who, job_id, status = (printable(v) for v in (event.plan_key or event.spec_name, event.job_id, event.status))
@@ -240,6 +279,9 @@ class RichReporter(PlainReporter):
         if self.total == 1:
             lines.extend(f"{printable(key)}: {node}" for key, node in self.nodes.items())
         return Text("\n".join(lines))
+
+    def shows(self, kind: str) -> bool:
+        return kind != "status"  # the live line counts jobs; status changes show nowhere
 
     def event(self, event: JobEvent) -> None:
         if event.kind == "submitted":

@@ -13,6 +13,8 @@ submitting anything twice, so it is written defensively:
   cost about a millisecond per write on the event loop).
 - Everything stored is masked with :mod:`opus_runner.redact` first, whoever calls: the journal
   never holds a registered secret, even when a caller forgets to mask.
+- A job followed by callbacks has the digest of its callback token (never the token), and
+  every callback accepted for it is listed with the shape of its body (never its values).
 - For each ``secret()`` a run read, the journal keeps a keyed hash of the value (never the
   value), so ``resume`` can refuse a rotated secret instead of writing the old value, echoed
   back by a workflow, unmasked. The key is in :data:`SECRETS_KEY_NAME` beside the journal.
@@ -56,7 +58,7 @@ DB_NAME = "state.db"
 #: The random key of the secret hashes, next to the journal, readable by its owner only.
 SECRETS_KEY_NAME = "secrets.key"
 #: Bumped whenever the tables change; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: A run owned from another host whose heartbeat is older than this is taken over.
 OWNER_STALE_SECONDS = 120.0
 #: How often a running run tells the journal it is alive.
@@ -138,6 +140,19 @@ CREATE TABLE secrets (
     digest TEXT NOT NULL,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE callbacks (
+    digest TEXT PRIMARY KEY,
+    row_id INTEGER NOT NULL REFERENCES jobs(row_id),
+    run_id TEXT NOT NULL REFERENCES runs(run_id)
+);
+CREATE TABLE callback_calls (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    row_id INTEGER NOT NULL,
+    at     TEXT NOT NULL,
+    shape  TEXT NOT NULL
+);
+CREATE INDEX callback_calls_by_run ON callback_calls(run_id, seq);
 """
 
 
@@ -377,12 +392,17 @@ class Journal:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version in (1, 2):
+            elif version in (1, 2, 3):
                 # Older journals keep every row: version 2 added run owners, version 3 the
-                # secret hashes (their runs have none, so resuming them checks no secret).
+                # secret hashes (their runs have none, so resuming them checks no secret),
+                # version 4 the callback tokens (their jobs were followed by polling).
                 if version < 2:
                     conn.execute(_table_sql("owners"))
-                conn.execute(_table_sql("secrets"))
+                if version < 3:
+                    conn.execute(_table_sql("secrets"))
+                conn.execute(_table_sql("callbacks"))
+                conn.execute(_table_sql("callback_calls"))
+                conn.execute("CREATE INDEX IF NOT EXISTS callback_calls_by_run ON callback_calls(run_id, seq)")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise ConfigError(
@@ -951,3 +971,51 @@ class Journal:
             updated_at=row["updated_at"],
         )
 
+    # -- callbacks ----------------------------------------------------------------------
+
+    def derived_key(self, purpose: str, run_id: str) -> bytes:
+        """A key for ``purpose`` in run ``run_id``, derived from the key beside the journal:
+        every process that can read the journal's folder derives the same one, nobody else."""
+        message = "\0".join((purpose, run_id)).encode("utf-8")
+        return hmac.new(self._secrets_key(create=True), message, hashlib.sha256).digest()
+
+    def add_callback(self, row_id: int, digest: str) -> None:
+        """Keep the digest of the token in the job's callbackUrl (before execute sends it)."""
+        with self._write() as db:
+            self._require_job(db, row_id)
+            db.execute(
+                "INSERT OR REPLACE INTO callbacks (digest, row_id, run_id)"
+                " SELECT ?, row_id, run_id FROM jobs WHERE row_id = ?",
+                (_text(digest), int(row_id)),
+            )
+
+    def callback_target(self, digest: str) -> tuple[str, int, str, str] | None:
+        """``(run_id, row_id, plan_key, job_id)`` of the job whose token has ``digest``, or None."""
+        rows = self._read(
+            "SELECT c.run_id, c.row_id, j.plan_key, j.job_id FROM callbacks c"
+            " JOIN jobs j ON j.row_id = c.row_id WHERE c.digest = ?",
+            (_text(digest),),
+        )
+        if not rows or rows[0]["job_id"] is None:
+            return None
+        row = rows[0]
+        return row["run_id"], row["row_id"], row["plan_key"], row["job_id"]
+
+    def record_callback(self, run_id: str, row_id: int, shape: Any) -> int:
+        """List a callback accepted for the job at ``row_id``; its sequence number."""
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO callback_calls (run_id, row_id, at, shape) VALUES (?, ?, ?, ?)",
+                (_text(run_id), int(row_id), _now(), _dump(shape)),
+            )
+            seq = cur.lastrowid
+        assert seq is not None
+        return seq
+
+    def callbacks_since(self, run_id: str, seq: int) -> list[tuple[int, int]]:
+        """``(seq, row_id)`` of the callbacks accepted for run ``run_id`` after ``seq``, in order."""
+        rows = self._read(
+            "SELECT seq, row_id FROM callback_calls WHERE run_id = ? AND seq > ? ORDER BY seq",
+            (_text(run_id), int(seq)),
+        )
+        return [(row["seq"], row["row_id"]) for row in rows]

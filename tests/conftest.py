@@ -238,3 +238,19 @@ def header(name: str, workflow: str, extra: str = "") -> str:
           id: {workflow}
         """
     ) + textwrap.dedent(extra)
+
+
+def old_journal(folder: Path, *, version: int, up_to: str) -> None:
+    """A journal in ``folder`` as schema ``version`` wrote it: the tables before ``CREATE TABLE
+    up_to``, and one run, ``r1``."""
+    import sqlite3
+
+    from opus_runner import state
+
+    folder.mkdir(parents=True)
+    db = sqlite3.connect(folder / "state.db")
+    db.executescript(state._SCHEMA[: state._SCHEMA.index(f"CREATE TABLE {up_to}")])
+    db.execute("INSERT INTO runs (run_id, started_at, argv, cwd, options) VALUES ('r1', 'now', '[]', '/', '{}')")
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", (ROOT, "opus_runner.__main__", "opus_runner.cli", "opus_runner.testing")),
     ("engine", ("opus_runner.engine",)),
     # What the run drives: the HTTP client and the plugin host with its built-in plugins.
-    ("api and plugins", ("opus_runner.api", "opus_runner.client", "opus_runner.plugins", "opus_runner.hookspecs", "opus_runner.builtins")),
+    ("api and plugins", ("opus_runner.api", "opus_runner.client", "opus_runner.plugins", "opus_runner.hookspecs", "opus_runner.builtins", "opus_runner.callbacks")),
     # Specs, their planning and payloads, and the files a run reads and writes (project file,
     # lock, journal) and prints (progress). authoring.py is here, not higher: it only computes
     # from schemas and specs, so it must not reach the runner or the client.
@@ -59,6 +59,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "opus_runner.jsontext",
             "opus_runner.urls",
             "opus_runner.messages",
+            # serves an ASGI app in a thread: the sandbox and the callback receiver
+            "opus_runner.asgiserver",
+            # callback tokens and receiver addresses (stdlib): the planner checks the settings
+            "opus_runner.callbacks.tokens",
             # the table of input types: models names the types from it, and it needs only messages
             "opus_runner.inputs",
             "opus_runner.__about__",

@@ -282,13 +282,15 @@ class Transport:
         self.trace = trace
         self.owns_http = http is None
         if http is None:
+            from .pool import lean_transport
+
+            limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
             http = httpx.AsyncClient(
                 timeout=httpx.Timeout(timeout),
-                limits=httpx.Limits(
-                    max_connections=max_connections,
-                    max_keepalive_connections=max_connections,
-                ),
+                limits=limits,
                 http2=False,
+                # Our own client only: a caller's client keeps the transport it was given.
+                transport=lean_transport(limits),
             )
         self.http: httpx.AsyncClient = http
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from ..__about__ import __version__
-from . import authoring, jobs, plugins, run, sandbox
+from . import authoring, callbacks, jobs, plugins, run, sandbox
 from .options import CONTEXT_SETTINGS
 
 
@@ -49,5 +49,6 @@ for _command in (
     authoring.spec_schema_command,
     plugins.plugins_command,
     sandbox.sandbox_command,
+    callbacks.callbacks_group,
 ):
     main.add_command(_command)

@@ -201,3 +201,27 @@ def client_from(base_url: str | None) -> Any:
     if notice:
         click.echo(printable(notice), err=True)
     return OpusClient(url, key)
+
+
+def callback_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """How jobs wait: polling, or callbacks heard by opus-runner's receiver (docs/callbacks.md)."""
+    return together(
+        click.option(
+            "--wait-mode",
+            type=click.Choice(["poll", "hybrid", "callback"]),
+            help="poll: read statuses on a backoff schedule; hybrid: wake on each job's callback, with a "
+            "status read every minute as the safety net; callback: the same, safety read every 10 minutes "
+            "[default: hybrid with a receiver, else poll].",
+        ),
+        click.option(
+            "--callback-listen",
+            metavar="HOST:PORT",
+            help="Serve the callback receiver in this run on HOST:PORT (0: any free port).",
+        ),
+        click.option(
+            "--callback-public-url",
+            metavar="URL",
+            help="The https URL where Opus reaches the receiver (a server, tunnel or ingress); "
+            "without --callback-listen, a receiver that runs elsewhere (opus-run callbacks serve) on the same journal.",
+        ),
+    )(func)

@@ -15,6 +15,7 @@ from .options import (
     CONTEXT_SETTINGS,
     allow_outside_root_option,
     base_url_option,
+    callback_options,
     concurrency_option,
     connection_options,
     no_local_plugins_option,
@@ -114,6 +115,7 @@ def _execute(options: Any, reporter: Any) -> Any:
 @click.option("--no-wait", is_flag=True, help="Submit and exit without following the jobs.")
 @concurrency_option()
 @timeout_option()
+@callback_options
 @click.option("--keep-going", is_flag=True, help="Skip invalid jobs of a batch instead of submitting nothing.")
 @state_dir_option()
 @output_options
@@ -149,6 +151,7 @@ def _check(mode: str, specs: tuple[str, ...], output_format: str, quiet: bool, v
 @spec_options
 @connection_options
 @schema_source_options("Check inputs")
+@callback_options
 @output_options
 @handle_errors
 def validate_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
@@ -162,6 +165,7 @@ def validate_command(specs: tuple[str, ...], output_format: str, quiet: bool, ve
 @spec_options
 @connection_options
 @schema_source_options("Render")
+@callback_options
 @output_options
 @handle_errors
 def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
@@ -175,6 +179,7 @@ def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
 @base_url_option(help=BASE_URL_ENV_HELP)
 @state_dir_option()
 @timeout_option()
+@callback_options
 @concurrency_option()
 @plugin_option()
 @no_local_plugins_option(help="Do not load the project's plugins folder, nor the plugins the run's journal names.")

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import redact
+from ..callbacks.tokens import ReceiverSettings
 from ..errors import OpusRunnerError, SpecError, ValidationFailed
 from ..models import JobResult, RunInfo
 from ..planning import JobPlan, Planner, PlanFilter
 from ..state import Phase
 from .delivery import Delivery, result_of
 from .job import JobRunner, jsonable, unexpected
+from .listening import Listener, agreed, receiving
 from .report import JobOutcome, RunReport, worst
 from .session import Session
 
@@ -51,6 +53,9 @@ class Checked:
     outcomes: list[JobOutcome] = field(default_factory=list)  # with ``keep``: one per valid job, its masked payload
     #: the valid jobs, to submit without planning them again; None when the batch was too large
     jobs: list[Job] | None = None
+    #: the receiver the specs name (callback.listen / public_url), one for the whole run
+    receiver: ReceiverSettings = field(default_factory=lambda: ReceiverSettings())
+    receiver_conflict: bool = False
 
 
 async def check(session: Session, planner: Planner, plan_filter: PlanFilter, *, keep: bool, remember: bool = False) -> Checked:
@@ -88,6 +93,12 @@ async def check(session: Session, planner: Planner, plan_filter: PlanFilter, *, 
                 found.invalid.add(plan.key)
                 continue
             found.count += 1
+            if not found.receiver_conflict:
+                try:
+                    found.receiver = agreed(found.receiver, plan)
+                except SpecError as exc:
+                    found.errors.append(exc)
+                    found.receiver_conflict = True  # said once, not once per job
             if found.jobs is not None:
                 if len(found.jobs) < MAX_CHECKED_PLANS:
                     found.jobs.append(Job(plan, prepared))
@@ -139,20 +150,24 @@ async def submit(session: Session, planner: Planner, plan_filter: PlanFilter) ->
         report.skipped = found.errors
         for err in found.errors:
             session.reporter.message(f"skipped: {err}", level="warning")
+    settings = session.receiver_settings(found.receiver)
     journal = session.open_journal()
     try:
-        run_id = journal.begin_run(
-            argv=[str(a) for a in sys.argv],
-            cwd=str(session.base),
-            options={**opts.to_record(), "inputs": session.input_digests()},
-        )
-        session.run_id = report.run_id = run_id
-        session.journal_secrets(planner, run_id)
-        if found.jobs is not None:
-            jobs: Iterable[Job] = found.jobs
-        else:
-            jobs = (Job(plan) for plan in planner.plans(session.specs, plan_filter) if plan.key not in found.invalid)
-        await run_batch(session, run_info(session, run_id, resumed=False), jobs, count=found.count, report=report)
+        # The receiver is up before the run is journaled: a port in use stops it here.
+        async with receiving(session, settings) as heard:
+            run_id = journal.begin_run(
+                argv=[str(a) for a in sys.argv],
+                cwd=str(session.base),
+                options={**opts.to_record(), "inputs": session.input_digests()},
+            )
+            session.run_id = report.run_id = run_id
+            session.journal_secrets(planner, run_id)
+            if found.jobs is not None:
+                jobs: Iterable[Job] = found.jobs
+            else:
+                jobs = (Job(plan) for plan in planner.plans(session.specs, plan_filter) if plan.key not in found.invalid)
+            info = run_info(session, run_id, resumed=False)
+            await run_batch(session, info, jobs, count=found.count, report=report, listener=heard.begin(run_id))
         if report.skipped:
             report.exit_code = worst([report.exit_code, 1])
         journal.finish_run(run_id, report.exit_code)
@@ -173,14 +188,16 @@ def run_info(session: Session, run_id: str, *, resumed: bool) -> RunInfo:
     return RunInfo(run_id=run_id, resumed=resumed, started_at=journal.get_run(run_id).started_at, read_results=finished)
 
 
-async def run_batch(session: Session, run: RunInfo, jobs: Iterable[Job], *, count: int, report: RunReport) -> None:
+async def run_batch(
+    session: Session, run: RunInfo, jobs: Iterable[Job], *, count: int, report: RunReport, listener: Listener | None
+) -> None:
     """Take every job to its end under the run's claim, framed by the run-level hooks; fill
     ``report.outcomes`` and ``report.exit_code`` (the worse of the jobs', the notifiers' and
     the hooks')."""
     host = session.host
     assert host is not None
     delivery = Delivery(session)
-    runner = JobRunner(session, delivery, run.run_id, batch_size=count)
+    runner = JobRunner(session, delivery, run.run_id, batch_size=count, listener=listener)
     ctx = session.run_context()
     async with session.owning(run.run_id):
         await host.run_started(run, ctx)

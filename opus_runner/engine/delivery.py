@@ -91,21 +91,28 @@ class Delivery:
         self.notify_failed = False
 
     async def event(self, event: JobEvent, plan: JobPlan, ctx: Context) -> None:
-        host = self.session.host
-        assert host is not None
-        event.time = event.time or now_iso()
-        self.session.reporter.event(event)
-        late = len(host.timed_out)
-        await host.job_event(event, ctx)
-        if len(host.timed_out) > late:
-            self.notify_failed = True  # an observer ran out of time: exit 1, as for a notifier
-        if event.kind == "status":
-            return
+        """Tell the reporter, the ``opus_job_event`` observers and the notifiers subscribed to
+        the event's kind; with none of them listening, nothing is done at all."""
         from ..plugins import notify_events
 
-        for index, entry in enumerate(plan.notify):
-            if event.kind not in notify_events(entry):
-                continue
+        host, reporter = self.session.host, self.session.reporter
+        assert host is not None
+        shown = reporter.shows(event.kind)
+        observed = host.observes_jobs()
+        notifiers = [] if event.kind == "status" else [
+            (index, entry) for index, entry in enumerate(plan.notify) if event.kind in notify_events(entry)
+        ]
+        if not (shown or observed or notifiers):
+            return
+        event.time = event.time or now_iso()
+        if shown:
+            reporter.event(event)
+        if observed:
+            late = len(host.timed_out)
+            await host.job_event(event, ctx)
+            if len(host.timed_out) > late:
+                self.notify_failed = True  # an observer ran out of time: exit 1, as for a notifier
+        for index, entry in notifiers:
             target = Target("notify", index, str(entry.get("type")))
             await self._call(target, entry, plan, event, ctx, event.result, None, None)
 

@@ -38,6 +38,9 @@ from .report import JobOutcome
 from .session import Session, file_digest
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .listening import Listener
+
+if TYPE_CHECKING:  # pragma: no cover
     from ..state import JobRecord
 
 _T = TypeVar("_T")
@@ -66,11 +69,15 @@ class Submitted:
 class JobRunner:
     """Runs the jobs of one run (``run_id``) on the session's client and journal."""
 
-    def __init__(self, session: Session, delivery: Delivery, run_id: str, *, batch_size: int) -> None:
+    def __init__(
+        self, session: Session, delivery: Delivery, run_id: str, *, batch_size: int, listener: Listener | None = None
+    ) -> None:
         self.session = session
         self.delivery = delivery
         self.run_id = run_id
         self.batch_size = batch_size
+        #: the run's callback receiver, when it has one (hybrid and callback modes)
+        self.listener = listener
 
     async def run(self, plan: JobPlan, record: JobRecord | None = None, prepared: dict[str, Any] | None = None) -> JobOutcome:
         """Take the job to its end; whatever happens is in the outcome, nothing raises but a
@@ -186,9 +193,10 @@ class JobRunner:
             journal.set_job_id(row_id, job_id)  # durable before execute is sent
         outcome.job_id = ctx.job_id = job_id
         await host.payload_ready(payload, ctx)
+        callback = self._callback_url(plan, row_id, job_id)
         journal.mark_executing(row_id)
         try:
-            execution = await self._execute_patiently(plan, job_id, payload, workspaces)
+            execution = await self._execute_patiently(plan, job_id, payload, workspaces, callback)
         except ExecuteRefused as exc:
             # The job never started: it ends here, FAILED with the platform's words, so
             # neither this run nor a resume sends it again blindly.
@@ -213,67 +221,54 @@ class JobRunner:
         return Submitted(record.row_id, record.job_id, ctx)
 
     async def _wait(self, plan: JobPlan, job_id: str, row_id: int, ctx: Context, outcome: JobOutcome) -> str | None:
-        """Poll status with capped exponential backoff and jitter until terminal (the status),
-        or until the timeout (None)."""
-        session = self.session
-        assert session.client is not None and session.journal is not None
+        """Follow the job to a terminal status (returned), or until the timeout (None).
+
+        poll: the status is read at once, then on a gently growing interval with jitter.
+        hybrid and callback: it is read when the job's callback wakes it, and every
+        ``safety_interval`` in case the callback never comes (a receiver down, a lost POST).
+        """
         settings = plan.wait
         deadline = time.monotonic() + settings.timeout
+        listener = self.listener if settings.mode != "poll" else None
+        follow = _Following(self, plan, job_id, row_id, ctx, outcome)
         interval = settings.poll_interval
-        last: str | None = None
-        unknown = 0  # consecutive UNKNOWN readings
-        unreadable = False
-        while True:
-            try:
-                status = await session.client.status(job_id)
-            except (ApiError, NetworkError) as exc:
-                # An executed job is followed for as long as its wait allows: a rate limit or a
-                # gateway hiccup (already retried by the client) never abandons it.
-                if not transient(exc):
-                    raise
-                if not unreadable:
-                    unreadable = True
-                    session.reporter.message(
-                        f"{plan.key}: the status of job {job_id} could not be read ({exc}); still "
-                        f"following it until wait.timeout ({settings.timeout:g}s)",
-                        level="warning",
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                await asyncio.sleep(min(remaining, interval * random.uniform(0.5, 1.0)))
-                interval = min(settings.max_interval, interval * 2)
-                continue
-            unknown = unknown + 1 if status == "UNKNOWN" else 0
-            if unknown == UNKNOWN_WARN_AFTER:
-                session.reporter.message(
-                    f"{plan.key}: job {job_id} has reported status UNKNOWN {unknown} times in a row; "
-                    f"still checking until wait.timeout ({settings.timeout:g}s). Look at it with "
-                    f"'opus-run status {job_id}' or in Opus",
-                    level="warning",
-                )
-            if status != last:
-                session.journal.add_status(row_id, status)
-                outcome.status = status
-                # The terminal status gets its own event (completed, failed...) from _finish.
-                if status not in TERMINAL_STATUSES and (last is not None or status != "PENDING"):
-                    await self.delivery.event(JobEvent("status", job_id, plan.spec.name, status, plan.key), plan, ctx)
-                last = status
-            if status in TERMINAL_STATUSES:
-                return status
-            if session.reporter.wants_progress and self.batch_size == 1:  # node progress shows for one job only
-                with contextlib.suppress(OpusRunnerError):
-                    audit = await session.client.audit(job_id)
-                    session.reporter.progress(
-                        plan.key, job_id, status, audit.running_node, audit.nb_executed, audit.nb_nodes
-                    )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            await asyncio.sleep(min(remaining, interval * random.uniform(0.8, 1.0)))
-            # Gentle growth: a 10 s job is seen within about 2 s of its end with 6 status calls.
-            # UNKNOWN is re-checked at the first interval: it is a reading to confirm, not progress.
-            interval = settings.poll_interval if unknown else min(settings.max_interval, interval * 1.3)
+        soon = 0  # reads left at the poll interval: after a wake-up that found the job still running
+        if listener is not None:
+            listener.follow(row_id)
+        try:
+            read_now = listener is None
+            while True:
+                if not read_now:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    if listener is None or soon or follow.unsure:
+                        pause = interval * random.uniform(0.8, 1.0)
+                        woken = await listener.wait(row_id, min(remaining, pause)) if listener else await _sleep(min(remaining, pause))
+                    else:
+                        # Never early: a safety read just before the end would be one read too many.
+                        woken = await listener.wait(row_id, min(remaining, settings.safety_interval * random.uniform(1.0, 1.1)))
+                    if woken:
+                        # The callback may come a moment before the status says so: a few
+                        # quick reads before going back to the safety schedule.
+                        soon, interval = 3, settings.poll_interval
+                    elif soon:
+                        soon -= 1
+                read_now = False
+                status = await follow.read()
+                if status is None:  # unreadable for now (already reported)
+                    interval = min(settings.max_interval, interval * 2)
+                    continue
+                if status in TERMINAL_STATUSES:
+                    return status
+                if self.session.reporter.wants_progress and self.batch_size == 1:  # node progress shows for one job only
+                    await follow.progress(status)
+                # Gentle growth: a 10 s job is seen within about 2 s of its end with 6 status calls.
+                # UNKNOWN is re-checked at the first interval: it is a reading to confirm, not progress.
+                interval = settings.poll_interval if follow.unknown else min(settings.max_interval, interval * 1.3)
+        finally:
+            if listener is not None:
+                listener.done(row_id)
 
     async def _finish(
         self,
@@ -365,13 +360,13 @@ class JobRunner:
             interval = min(plan.wait.max_interval, interval * 2)
 
     async def _execute_patiently(
-        self, plan: JobPlan, job_id: str, payload: dict[str, Any], workspaces: tuple[str, ...]
+        self, plan: JobPlan, job_id: str, payload: dict[str, Any], workspaces: tuple[str, ...], callback_url: str
     ) -> Any:
         """Execute, sent again only while the job provably has no input; an unclear outcome is
         settled by asking the job, patiently, never by guessing."""
         client = self.session.client
         assert client is not None
-        send = lambda: client.execute(job_id, payload, callback_url=self._callback_url(plan), workspaces=workspaces)  # noqa: E731
+        send = lambda: client.execute(job_id, payload, callback_url=callback_url, workspaces=workspaces)  # noqa: E731
         deadline = time.monotonic() + plan.wait.timeout
         while True:
             try:
@@ -421,14 +416,19 @@ class JobRunner:
         own = ctx.workflow.workspace_id if ctx.workflow else None
         return (own,) if own else ()
 
-    def _callback_url(self, plan: JobPlan) -> str:
-        """The spec's ``callback.url``, else the project's ``callback_url``, else the
+    def _callback_url(self, plan: JobPlan, row_id: int, job_id: str) -> str:
+        """The spec's ``callback.url``; else, for a job waiting for its callback, the run's
+        receiver with the job's token; else the project's ``callback_url``; else the
         never-resolving placeholder (Opus requires one on every execute)."""
         from ..urls import PLACEHOLDER_CALLBACK_URL
 
+        if plan.callback_url:
+            return plan.callback_url
+        if self.listener is not None and plan.wait.mode != "poll":
+            return self.listener.url_for(row_id, plan.key, job_id)
         config = self.session.config
         configured = config.callback_url if config else None
-        return plan.callback_url or configured or PLACEHOLDER_CALLBACK_URL
+        return configured or PLACEHOLDER_CALLBACK_URL
 
     async def _refused(
         self, plan: JobPlan, job_id: str, row_id: int, ctx: Context, outcome: JobOutcome, exc: ExecuteRefused
@@ -508,3 +508,74 @@ def transient(exc: OpusRunnerError) -> bool:
 
 def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+async def _sleep(seconds: float) -> bool:
+    await asyncio.sleep(seconds)
+    return False
+
+
+class _Following:
+    """The status reads of one job being followed: journaled and announced when they change,
+    warned about when unreadable or UNKNOWN for long."""
+
+    def __init__(self, runner: JobRunner, plan: JobPlan, job_id: str, row_id: int, ctx: Context, outcome: JobOutcome) -> None:
+        self.runner = runner
+        self.session = runner.session
+        self.plan, self.job_id, self.row_id, self.ctx, self.outcome = plan, job_id, row_id, ctx, outcome
+        self.last: str | None = None
+        self.unknown = 0  # consecutive UNKNOWN readings
+        self.unreadable = False  # the user was told the status could not be read
+        self.failed_last = False  # the last read failed
+
+    @property
+    def unsure(self) -> bool:
+        """The last reading settled nothing (unreadable, or UNKNOWN): read again soon."""
+        return self.failed_last or self.unknown > 0
+
+    async def read(self) -> str | None:
+        """The status now; None when it could not be read for a reason that may pass."""
+        session, plan, job_id = self.session, self.plan, self.job_id
+        assert session.client is not None and session.journal is not None
+        try:
+            status = await session.client.status(job_id)
+        except (ApiError, NetworkError) as exc:
+            # An executed job is followed for as long as its wait allows: a rate limit or a
+            # gateway hiccup (already retried by the client) never abandons it.
+            if not transient(exc):
+                raise
+            self.failed_last = True
+            if not self.unreadable:
+                self.unreadable = True
+                session.reporter.message(
+                    f"{plan.key}: the status of job {job_id} could not be read ({exc}); still "
+                    f"following it until wait.timeout ({plan.wait.timeout:g}s)",
+                    level="warning",
+                )
+            return None
+        self.failed_last = False
+        self.unknown = self.unknown + 1 if status == "UNKNOWN" else 0
+        if self.unknown == UNKNOWN_WARN_AFTER:
+            session.reporter.message(
+                f"{plan.key}: job {job_id} has reported status UNKNOWN {self.unknown} times in a row; "
+                f"still checking until wait.timeout ({plan.wait.timeout:g}s). Look at it with "
+                f"'opus-run status {job_id}' or in Opus",
+                level="warning",
+            )
+        if status != self.last:
+            session.journal.add_status(self.row_id, status)
+            self.outcome.status = status
+            # The terminal status gets its own event (completed, failed...) from _finish.
+            if status not in TERMINAL_STATUSES and (self.last is not None or status != "PENDING"):
+                event = JobEvent("status", job_id, plan.spec.name, status, plan.key)
+                await self.runner.delivery.event(event, plan, self.ctx)
+            self.last = status
+        return status
+
+    async def progress(self, status: str) -> None:
+        """Node n of m from the audit, for the progress display."""
+        session = self.session
+        assert session.client is not None
+        with contextlib.suppress(OpusRunnerError):
+            audit = await session.client.audit(self.job_id)
+            session.reporter.progress(self.plan.key, self.job_id, status, audit.running_node, audit.nb_executed, audit.nb_nodes)

@@ -44,6 +44,9 @@ class RunOptions:
     environ: Mapping[str, str] | None = None  # default: os.environ
     retry: Any = None  # a client.RetryPolicy (library users and tests); default policy otherwise
     replan: bool = False  # resume: plan jobs never started from files that changed since the run began
+    wait_mode: str | None = None  # poll | hybrid | callback (wins over the spec's wait.mode)
+    callback_listen: str | None = None  # "HOST:PORT": serve the callback receiver in the run
+    callback_public_url: str | None = None  # where Opus reaches the receiver
 
     def to_record(self) -> dict[str, Any]:
         """What the journal keeps of the options, to resume with the same settings."""
@@ -63,6 +66,9 @@ class RunOptions:
             "only": list(self.only),
             "shard": self.shard,
             "limit": self.limit,
+            "wait_mode": self.wait_mode,
+            "callback_listen": self.callback_listen,
+            "callback_public_url": self.callback_public_url,
         }
 
     def from_record(self, recorded: Mapping[str, Any], *, run_id: str) -> ResumedOptions:
@@ -109,6 +115,9 @@ class RunOptions:
             only=recorded.get("only") or [],
             shard=recorded.get("shard"),
             limit=recorded.get("limit"),
+            wait_mode=self.wait_mode or recorded.get("wait_mode"),
+            callback_listen=self.callback_listen or recorded.get("callback_listen"),
+            callback_public_url=self.callback_public_url or recorded.get("callback_public_url"),
             no_wait=False,
             mode="run",
         )

@@ -19,6 +19,7 @@ from ..planning import Planner
 from ..progress import Reporter
 from ..state import JobRecord, Journal, Phase, RunRecord
 from .batch import Job, run_batch, run_info
+from .listening import agreed_by, receiving
 from .options import RunOptions
 from .report import RunReport, worst
 from .session import Session, environ_of, open_journal
@@ -56,9 +57,11 @@ async def resume(
         records = {r.plan_key: r for r in journal.jobs(run.run_id)}
         jobs, refused, changed = _resume_plan(session, planner, records, run.options.get("inputs"))
         report = RunReport(run_id=run.run_id)
-        async with session.connection():
+        settings = session.receiver_settings(agreed_by(job.plan for job in jobs))
+        async with session.connection(), receiving(session, settings) as heard:
             info = run_info(session, run.run_id, resumed=True)
-            await run_batch(session, info, jobs, count=len(jobs), report=report)
+            listener = heard.begin(run.run_id)
+            await run_batch(session, info, jobs, count=len(jobs), report=report, listener=listener)
         if refused:
             shown = ", ".join(display_path(Path(c)) for c in changed)
             report.notes.append(

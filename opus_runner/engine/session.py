@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import redact
+from ..callbacks.tokens import ReceiverSettings
 from ..config import ProjectConfig, default_plugins_dir, default_state_dir, load_project_config
 from ..durations import parse_duration
 from ..errors import ApiError, ConfigError, NetworkError, NotFoundError, OpusRunnerError, SpecError, UsageError, ValidationFailed
@@ -232,7 +233,38 @@ class Session:
             timeout=timeout,
             no_wait=self.options.no_wait,
             allow_outside_root=self.options.allow_outside_root,
+            wait_mode=self.options.wait_mode,
+            default_wait_mode=self.config.wait_mode,
+            receiver_configured=bool(self.receiver_settings()),
         )
+
+    def receiver_settings(self, specs_say: ReceiverSettings | None = None) -> ReceiverSettings:
+        """Where the run hears its callbacks: each of listen and public_url from the command
+        line, else the project file, else the specs (``specs_say``, one setting for all)."""
+        from ..callbacks.tokens import parse_listen, public_url_problem
+        from ..planning import settings_problem
+
+        assert self.config is not None
+        opts, project = self.options, self.config.receiver
+        listen = project.listen
+        if opts.callback_listen is not None:
+            try:
+                listen = parse_listen(opts.callback_listen)
+            except ValueError as exc:
+                raise UsageError(f"--callback-listen {exc}") from None
+        public_url = opts.callback_public_url or project.public_url
+        if opts.callback_public_url is not None:
+            problem = public_url_problem(opts.callback_public_url)
+            if problem:
+                raise UsageError(f"--callback-public-url {problem}")
+        if specs_say is not None:
+            listen = listen or specs_say.listen
+            public_url = public_url or specs_say.public_url
+        settings = ReceiverSettings(listen, public_url)
+        problem = settings_problem(settings)
+        if problem:
+            raise UsageError(problem)
+        return settings
 
     def plan_filter(self) -> PlanFilter:
         opts = self.options

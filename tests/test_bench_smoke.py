@@ -187,6 +187,23 @@ def test_requests_per_job_counts_requests_and_lags_with_the_clock_sped_up() -> N
         assert figures["lag_after_callback"] is None
 
 
+def test_requests_per_job_follows_jobs_by_callback() -> None:
+    data, report = run_bench("requests_per_job.py", "--modes", "callback", "--durations", "2,4", "--jobs", "2", "--scale", "4")
+    lines = ratio_lines(report)
+    assert "(target <= 4 req)" in report
+    assert lines["finish lag after the callback, 4 s callback"].endswith(("ok", "MISSED"))
+    for name in ("2 s callback", "4 s callback"):
+        figures = data["results"][name]
+        requests = figures["requests"]
+        assert requests["POST initiate"] == requests["POST execute"] == requests["GET results"] == 2
+        assert figures["callbacks_sent"] == 2  # the sandbox POSTed each job's callback...
+        # ...and the runner was woken by it: fewer status reads than polling makes (3 or more).
+        assert requests.get("GET status", 0) <= 2 * 2
+        # Read from the journal's accepted callbacks: the job is reported after its callback came.
+        assert figures["lag_after_callback"] > 0
+        assert figures["lag_after_end"] >= figures["lag_after_callback"]
+
+
 def test_ratio_lines_say_whether_the_target_was_met() -> None:
     assert _common.ratio("wall ratio a/b", 1.1, 1.0, 1.25).line() == "wall ratio a/b: 1.10x (target <= 1.25x) ok"
     assert _common.ratio("wall ratio a/b", 1.5, 1.0, 1.25).line() == "wall ratio a/b: 1.50x (target <= 1.25x) MISSED"

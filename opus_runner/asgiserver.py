@@ -19,7 +19,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO
 
-from .errors import ConfigError, UsageError
+from .errors import ConfigError
 
 START_TIMEOUT = 10.0
 
@@ -49,8 +49,7 @@ def bind(host: str, port: int, what: str) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        # A usage error (exit 2): the command asked for an address it cannot have.
-        raise UsageError(
+        raise ConfigError(
             f"Cannot serve {what} on {host}:{port}: {exc.strerror or exc}; choose another port, or 0 for any free one."
         ) from None
     return sock

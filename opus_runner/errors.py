@@ -1,4 +1,7 @@
-"""The one exception tree of opus-runner. Only ``cli/console.py`` turns these into messages and exit codes.
+"""The one exception tree of opus-runner, and the one table of exit codes (:data:`EXIT_CODES`).
+
+Only ``cli/console.py`` turns these errors into messages and exit codes; ``docs/cli.md``
+prints :data:`EXIT_CODES` (``tools/gen_cli_docs.py``), so the table users read is this one.
 
     OpusRunnerError                      exit 1 unless a subclass says otherwise
     ├── UsageError                       2  bad command-line use (``--var`` without ``=``, ...)
@@ -8,21 +11,25 @@
     ├── ValidationFailed                 2  several SpecErrors found at once (all reported)
     ├── PluginError                      2  a plugin failed to load or registered badly
     ├── PluginTimeout                    1  a hook implementation ran out of time ([timeouts])
-    ├── ConfigError                      3  missing or unusable configuration (no service key, ...)
+    ├── ConfigError                      2  missing or unusable configuration (opus-runner.toml,
+    │                                       no service key, the state folder, a sandbox fixture)
     ├── ApiError                         3  the Opus API answered with an error
     │   ├── AuthError                    3  the service key was rejected
-    │   ├── NotFoundError                3  unknown workflow or job
-    │   │   └── WorkflowNotFound         3  schema/init named an unknown workflow or version
+    │   ├── NotFoundError                3  the API lost a workflow, job or file it named itself
+    │   │   ├── WorkflowNotFound         2  the command named an unknown workflow or version
+    │   │   └── JobNotFound              2  the command named a job id the API does not know
     │   ├── AnswerTooLarge               3  an answer larger than the client reads (decompressed)
     │   ├── ExecuteOutcomeUnknown        3  execute may or may not have reached the server
     │   │   └── ExecuteNotReceived       3  every attempt ended unclear, and the job shows no input
     │   └── ExecuteRefused               1  the platform refused to execute one job (inside a 2xx too)
     ├── NetworkError                     3  the API could not be reached (after retries)
-    │   └── SlowAnswerError              3  an answer missed the whole-answer deadline (not retried)
+    │   ├── SlowAnswerError              3  an answer missed the whole-answer deadline (not retried)
+    │   └── TlsError                     3  the TLS handshake failed (a certificate): not retried
     ├── JobFailed                        1  a job ended FAILED, CANCELLED or STOPPED
     ├── JobTimedOut                      1  a job did not finish within its timeout
+    ├── JobNotFinished                   4  ``status``/``results`` of a job still running
     ├── DeliveryFailed                   1  an output or notifier plugin failed (result kept)
-    └── Interrupted                      130  Ctrl-C; state is saved
+    └── Interrupted                      130  Ctrl-C; state is saved (143/129: SIGTERM/SIGHUP)
 
 Each error carries its context as attributes (``file``, ``key``, ``line``, ``job_id``,
 ``status_code``...) so callers can inspect it; ``str(error)`` is the one sentence shown to users.
@@ -31,17 +38,101 @@ Each error carries its context as attributes (``file``, ``key``, ``line``, ``job
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+#: Every job completed; every check passed; the command did what it was asked.
+EXIT_OK = 0
+#: A job failed, was cancelled or timed out, or an output, notifier or hook failed.
+EXIT_FAILED = 1
+#: The input is wrong (usage, spec, configuration, an unknown workflow or job): nothing was submitted.
+EXIT_USAGE = 2
+#: The API answered with an error, refused the key, or could not be reached.
+EXIT_API = 3
+#: ``status``/``results`` of a job that has not finished: no outcome to report yet.
+EXIT_NOT_FINISHED = 4
+#: Ctrl-C (SIGINT); a stop signal exits ``128 + signal``, as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+#: The commands that talk to the API (what exit 3 can come from).
+API_COMMANDS = ("run", "validate", "render", "resume", "schema", "init", "lock", "drift", "status", "results", "audit")
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    """One row of the exit-code table: ``code`` as printed, what it means, and the commands that
+    exit with it: ``commands``, or every command but those in ``unless`` when ``commands`` is None."""
+
+    code: str
+    meaning: str
+    commands: tuple[str, ...] | None = None
+    unless: tuple[str, ...] = ()
+
+    def names(self) -> str:
+        """The commands column: ``every command``, ``every command but `x```, or a list."""
+        if self.commands is None:
+            but = ", ".join(f"`{name}`" for name in self.unless)
+            return f"every command but {but}" if but else "every command"
+        return ", ".join(f"`{name}`" for name in self.commands)
+
+
+#: The table every command honours, printed in docs/cli.md; tests/test_exit_codes.py drives each
+#: row for each command it names.
+EXIT_CODES: tuple[ExitCode, ...] = (
+    ExitCode(
+        str(EXIT_OK),
+        "Success: every job completed; every check passed (`validate`; `drift`: nothing breaks a spec); "
+        "a `--dry-run` or `--no-wait` did what it was asked; `sandbox` stopped with Ctrl-C.",
+    ),
+    ExitCode(
+        str(EXIT_FAILED),
+        "A job failed, was cancelled or timed out, or an output, notifier or hook failed or overran its time "
+        "limit (the result is kept in the journal); `drift`: a workflow change breaks a spec.",
+        ("run", "resume", "status", "results", "drift"),
+    ),
+    ExitCode(
+        str(EXIT_USAGE),
+        "The input is wrong and nothing was submitted: usage, spec, template or validation error; a workflow, "
+        "version or job id the API does not know; `opus-runner.toml`, the service key missing, an unusable "
+        "state folder; a plugin that fails to load; a missing, outdated or edited `opus-runner.lock`.",
+    ),
+    ExitCode(
+        str(EXIT_API),
+        "API, auth or network error: the service answered with an error or rejected the key, or could not be "
+        "reached after retries (a TLS certificate error fails at once: it is not retried). Any command exits 3 "
+        "on an unexpected error too (a bug: run again with `--verbose` and report the traceback).",
+        API_COMMANDS,
+    ),
+    ExitCode(
+        str(EXIT_NOT_FINISHED),
+        "The job has not finished yet (`PENDING`, `IN_PROGRESS`, `WAITING`...): no outcome to report; ask "
+        "again later.",
+        ("status", "results"),
+    ),
+    ExitCode(
+        str(EXIT_INTERRUPTED),
+        "Interrupted (Ctrl-C). `run` and `resume` keep every job's state in the journal, and the message says "
+        "how to finish the run with `opus-run resume`.",
+        unless=("sandbox",),
+    ),
+    ExitCode(
+        "143 / 129",
+        "Stopped by SIGTERM (what CI sends when it cancels a job) or SIGHUP: the same as Ctrl-C, resume hint "
+        "included.",
+        ("run", "resume"),
+    ),
+)
 
 
 class OpusRunnerError(Exception):
     """Base of every error opus-runner raises on purpose."""
 
-    exit_code: int = 1
+    exit_code: int = EXIT_FAILED
 
 
 class UsageError(OpusRunnerError):
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class LockError(UsageError):
@@ -74,7 +165,7 @@ class SpecError(OpusRunnerError):
     indexes), ``line`` the 1-based line in a YAML/JSON file when known.
     """
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(
         self,
@@ -112,7 +203,7 @@ class TemplateError(SpecError):
 class ValidationFailed(OpusRunnerError):
     """Every problem found in one pass, so users fix them all at once."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, errors: Iterable[SpecError]) -> None:
         self.errors: list[SpecError] = list(errors)
@@ -124,7 +215,7 @@ class ValidationFailed(OpusRunnerError):
 class PluginError(OpusRunnerError):
     """A plugin failed to import, or registered something invalid. ``plugin`` names it."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, message: str, *, plugin: str | None = None) -> None:
         self.plugin = plugin
@@ -143,13 +234,16 @@ class PluginTimeout(OpusRunnerError):
 
 
 class ConfigError(OpusRunnerError):
-    exit_code = 3
+    """The configuration is missing or unusable: ``opus-runner.toml``, the service key, the state
+    folder, a sandbox fixture. The user's to fix, like a spec error: nothing was submitted."""
+
+    exit_code = EXIT_USAGE
 
 
 class ApiError(OpusRunnerError):
     """The Opus API answered with an error. ``message`` quotes the server's own words."""
 
-    exit_code = 3
+    exit_code = EXIT_API
 
     def __init__(
         self,
@@ -186,8 +280,23 @@ class NotFoundError(ApiError):
 class WorkflowNotFound(NotFoundError):
     """``opus-run schema``/``init`` named a workflow (or version) the API does not know.
 
-    Its text is the one sentence given, without the HTTP call a generic ApiError names.
+    The user's input is wrong, as when a spec names it (exit 2 in ``run`` too). Its text is the
+    one sentence given, without the HTTP call a generic ApiError names.
     """
+
+    exit_code = EXIT_USAGE
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class JobNotFound(NotFoundError):
+    """``opus-run status``/``results``/``audit`` named a job id the API does not know (exit 2).
+
+    Its text is the one sentence given (the id, where it was looked for, what to check).
+    """
+
+    exit_code = EXIT_USAGE
 
     def __str__(self) -> str:
         return self.message
@@ -217,7 +326,7 @@ class ExecuteRefused(ApiError):
     never resent blindly. Its text is the one sentence given (it names the job and the status).
     """
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
     def __str__(self) -> str:
         return self.message
@@ -228,7 +337,7 @@ class AnswerTooLarge(ApiError):
 
 
 class NetworkError(OpusRunnerError):
-    exit_code = 3
+    exit_code = EXIT_API
 
 
 class SlowAnswerError(NetworkError):
@@ -240,8 +349,17 @@ class SlowAnswerError(NetworkError):
     transient = False
 
 
+class TlsError(NetworkError):
+    """The TLS handshake failed: a certificate that does not verify, or no TLS at that address.
+
+    Not ``transient``, and never retried: a certificate does not fix itself between attempts.
+    """
+
+    transient = False
+
+
 class JobFailed(OpusRunnerError):
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
     def __init__(self, message: str, *, job_id: str | None = None, status: str | None = None):
         self.job_id = job_id
@@ -253,10 +371,24 @@ class JobTimedOut(JobFailed):
     pass
 
 
+class JobNotFinished(OpusRunnerError):
+    """``status``/``results`` of a job that is still running: there is no outcome yet (exit 4).
+
+    ``status`` is the job's current status; the text says it and how to look again.
+    """
+
+    exit_code = EXIT_NOT_FINISHED
+
+    def __init__(self, message: str, *, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(message)
+
+
 class DeliveryFailed(OpusRunnerError):
     """An output or notifier plugin raised; the result itself is safe in the journal."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
     def __init__(self, message: str, *, plugin: str | None = None, job_id: str | None = None):
         self.plugin = plugin
@@ -265,4 +397,4 @@ class DeliveryFailed(OpusRunnerError):
 
 
 class Interrupted(OpusRunnerError):
-    exit_code = 130
+    exit_code = EXIT_INTERRUPTED

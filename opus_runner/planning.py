@@ -18,12 +18,13 @@ from typing import Any
 
 from .callbacks.tokens import ReceiverSettings, parse_listen, public_url_problem
 from .durations import parse_duration
+from .messages import did_you_mean
 from .errors import SpecError, TemplateError, UsageError
 from .models import UploadSettings, WorkflowRef
 from .config import load_project_config
 from .paths import confine, display_path
 from .spec import Spec, load_data
-from .templating import Templater, build_context
+from .templating import Templater, build_context, parse_var_value
 from .urls import is_loopback_host
 from .workflow import workflow_id_problem
 
@@ -98,20 +99,120 @@ class PlanFilter:
     limit: int | None = None
     keys: frozenset[str] | None = None  # exactly these plan keys (resume)
 
+    @property
+    def selects(self) -> bool:
+        """Whether a selector of the command line is given (--only, --shard, --limit)."""
+        return bool(self.only) or self.shard is not None or self.limit is not None
+
     def admits(self, plan: JobPlan) -> bool:
         if self.keys is not None and plan.key not in self.keys:
             return False
+        return all(self.only_matches(plan)) and self.in_shard(plan)
+
+    def only_matches(self, plan: JobPlan) -> list[bool]:
+        """For each ``--only KEY=VALUE``, whether the plan's matrix or row value KEY is VALUE."""
+        out = []
         for name, wanted in self.only:
             values = [plan.matrix.get(name), (plan.row or {}).get(name)]
-            if not any(v is not None and str(v) == wanted for v in values):
-                return False
-        if self.shard is not None:
-            k, n = self.shard
-            # By hash of the plan key, not by position: a row added to a CSV moves no other job
-            # to another shard.
-            if shard_of(plan.key, n) != k:
-                return False
-        return True
+            out.append(any(v is not None and str(v) == wanted for v in values))
+        return out
+
+    def in_shard(self, plan: JobPlan) -> bool:
+        if self.shard is None:
+            return True
+        k, n = self.shard
+        # By hash of the plan key, not by position: a row added to a CSV moves no other job
+        # to another shard.
+        return shard_of(plan.key, n) == k
+
+
+#: Matrix values a "selected nothing" message lists per key, at most.
+_VALUES_SHOWN = 10
+
+
+@dataclass
+class Selection:
+    """How the selectors of the command line thinned one spec's plans, for the message when
+    they selected nothing. Row values are never kept: a message must not carry a data file's
+    content (matrix values come from the spec itself)."""
+
+    planned: int = 0
+    #: plans each --only term admits on its own
+    per_only: list[int] = field(default_factory=list)
+    #: plans every --only term admits
+    only: int = 0
+    #: of those, the plans in the --shard
+    sharded: int = 0
+    row_keys: set[str] = field(default_factory=set)
+    matrix_values: dict[str, list[str]] = field(default_factory=dict)
+
+    def count(self, plan: JobPlan, matches: list[bool], in_shard: bool) -> None:
+        self.planned += 1
+        if not self.per_only:
+            self.per_only = [0] * len(matches)
+        for i, matched in enumerate(matches):
+            self.per_only[i] += matched
+        if plan.row:
+            self.row_keys.update(str(k) for k in plan.row)
+        for name, value in plan.matrix.items():
+            seen = self.matrix_values.setdefault(str(name), [])
+            if len(seen) <= _VALUES_SHOWN and _scalar(value) not in seen:
+                seen.append(_scalar(value))
+        if all(matches):
+            self.only += 1
+            self.sharded += in_shard
+
+
+def nothing_selected(plan_filter: PlanFilter, selections: Sequence[tuple[Spec, Selection]]) -> str | None:
+    """The sentence for selectors that admit none of the planned jobs (which one, out of how
+    many), or None when they selected some, or there was nothing to select from."""
+    planned = sum(s.planned for _spec, s in selections)
+    if not plan_filter.selects or planned == 0:
+        return None
+    where = (
+        f"of the {_jobs(planned)} planned from "
+        + (_rel(selections[0][0]) if len(selections) == 1 else f"{len(selections)} specs")
+    )
+    if plan_filter.only and sum(s.only for _spec, s in selections) == 0:
+        for i, (name, wanted) in enumerate(plan_filter.only):
+            if sum(s.per_only[i] for _spec, s in selections if s.per_only) == 0:
+                return f"--only {name}={wanted} selected none {where}: {_why_no_match(name, wanted, selections)}"
+        given = " ".join(f"--only {n}={v}" for n, v in plan_filter.only)
+        return f"{given} together selected none {where} (each alone selects some): no job has all those values; drop one"
+    if plan_filter.shard is not None and sum(s.sharded for _spec, s in selections) == 0:
+        k, n = plan_filter.shard
+        after = sum(s.only for _spec, s in selections)
+        among = f"the {_jobs(after)} --only selected" if plan_filter.only else f"the {_jobs(planned)} planned"
+        return (
+            f"--shard {k}/{n} selected none of {among}: jobs go to shards by a hash of their names, so "
+            f"with {_jobs(after)} over {n} shards some shards are empty; use fewer shards"
+        )
+    return None
+
+
+def _jobs(count: int) -> str:
+    return f"{count} job{'s' if count != 1 else ''}"
+
+
+def _why_no_match(name: str, wanted: str, selections: Sequence[tuple[Spec, Selection]]) -> str:
+    matrix: dict[str, list[str]] = {}
+    rows: set[str] = set()
+    for _spec, s in selections:
+        for key, values in s.matrix_values.items():
+            matrix.setdefault(key, []).extend(v for v in values if v not in matrix.get(key, []))
+        rows |= s.row_keys
+    if name in matrix:
+        values = matrix[name]
+        shown = ", ".join(values[:_VALUES_SHOWN]) + (", ..." if len(values) > _VALUES_SHOWN else "")
+        hint = did_you_mean(wanted, values)
+        return f"matrix.{name} is one of {shown}" + (f"; {hint}" if hint else "")
+    if name in rows:
+        return f"no foreach row has {wanted!r} in its {name!r} column"
+    names = sorted(set(matrix) | rows)
+    if not names:
+        return "the jobs have no matrix or foreach row values to select by"
+    hint = did_you_mean(name, names)
+    return f"no job has a matrix or row value named {name!r}" + (f"; {hint}" if hint else "") + f" (names: {', '.join(names)})"
 
 
 def _workspaces(spec: Spec, raw: Any, line: int | None) -> tuple[str, ...]:
@@ -157,6 +258,38 @@ def parse_assignments(items: Sequence[str], option: str) -> list[tuple[str, str]
     return pairs
 
 
+def parse_var_assignments(items: Sequence[str], option: str = "--var") -> list[tuple[str, Any]]:
+    """``["n=3", "regions=[eu, us]"]`` -> ``[("n", 3), ("regions", ["eu", "us"])]``: each value
+    as :func:`~opus_runner.templating.parse_var_value` reads it."""
+    return [(name, parse_var_value(text, name=name, option=option)) for name, text in parse_assignments(items, option)]
+
+
+def check_declared_vars(specs: Sequence[Spec], names: Sequence[str], option: str = "--var") -> None:
+    """A UsageError for the first of ``names`` that none of ``specs`` declares under ``vars``:
+    a misspelt ``--var quater=Q4`` would otherwise be ignored while the spec runs with its
+    default."""
+    declared: list[str] = []
+    for spec in specs:
+        declared += [str(k) for k in spec.data.get("vars") or {} if str(k) not in declared]
+    for name in names:
+        if name in declared:
+            continue
+        files = ", ".join(_rel(s) for s in specs)
+        if not declared:
+            owner = f"{files} declares no vars" if len(specs) == 1 else f"none of {files} declares vars"
+            raise UsageError(
+                f"{option} {name}: {owner}; to take {name!r} from the command line, declare it in the "
+                f"spec with a default or null (vars: {{{name}: null}})"
+            )
+        owner = f"{files} declares" if len(specs) == 1 else f"{files} declare"
+        hint = did_you_mean(name, declared)
+        raise UsageError(
+            f"{option} {name}: {owner} no variable {name!r}"
+            + (f"; {hint}" if hint else "")
+            + f" (declared: {', '.join(declared)}); fix the name, or declare it under vars in the spec"
+        )
+
+
 class Planner:
     """Turns specs into JobPlans with one Templater (each spec rendered by its
     :meth:`~opus_runner.templating.Templater.for_spec`) and the run's variable overrides."""
@@ -190,6 +323,8 @@ class Planner:
         # checks, then submits) replaces its count rather than adding to it.
         self._jobs_of: dict[Path, int] = {}
         self._jobs_planned = 0
+        #: per spec, how the last filtered planning of it selected (see check_selection)
+        self._selections: dict[Path, tuple[Spec, Selection]] = {}
 
     # -- expansion ---------------------------------------------------------------------------
 
@@ -197,13 +332,31 @@ class Planner:
         """Every job of the batch, in spec order, filtered; ``--limit`` applies last."""
         produced = 0
         for spec in specs:
+            selection = Selection()
+            if plan_filter is not None and plan_filter.selects:
+                self._selections[spec.path] = (spec, selection)
             for plan in self.plan_spec(spec):
-                if plan_filter is not None and not plan_filter.admits(plan):
-                    continue
-                if plan_filter is not None and plan_filter.limit is not None and produced >= plan_filter.limit:
-                    return
+                if plan_filter is not None:
+                    if plan_filter.keys is not None and plan.key not in plan_filter.keys:
+                        continue
+                    matches, in_shard = plan_filter.only_matches(plan), plan_filter.in_shard(plan)
+                    if plan_filter.selects:
+                        selection.count(plan, matches, in_shard)
+                    if not (all(matches) and in_shard):
+                        continue
+                    if plan_filter.limit is not None and produced >= plan_filter.limit:
+                        return
                 produced += 1
                 yield plan
+
+    def check_selection(self, plan_filter: PlanFilter, specs: Sequence[Spec]) -> None:
+        """A UsageError when --only, --shard or --limit selected none of the jobs ``specs``
+        planned (call it once every spec was planned with ``plan_filter``): a misspelt
+        ``--only regoin=eu`` would otherwise run nothing and exit 0."""
+        selections = [self._selections[spec.path] for spec in specs if spec.path in self._selections]
+        problem = nothing_selected(plan_filter, selections)
+        if problem:
+            raise UsageError(problem)
 
     def plan_spec(self, spec: Spec) -> Iterator[JobPlan]:
         self._jobs_planned -= self._jobs_of.get(spec.path, 0)

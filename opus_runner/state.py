@@ -40,7 +40,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -825,11 +825,17 @@ class Journal:
         """Phase ``executed``: the server acknowledged execute."""
         self._advance(row_id, "executed")
 
-    def add_status(self, row_id: int, status: str) -> None:
-        """Set the job's last seen status; the history gains an entry only when it changed."""
+    def add_status(self, row_id: int, status: str, *, executed: bool = False) -> None:
+        """Set the job's last seen status; the history gains an entry only when it changed.
+
+        ``executed``: the job has its payload, so its phase is at least ``executed`` (one write
+        for the execute's acknowledgement and the first status read after it).
+        """
         status = _text(status)
         with self._write() as db:
-            self._require_job(db, row_id)
+            phase = self._require_job(db, row_id)
+            if executed and _RANK[phase] < _RANK["executed"]:
+                db.execute("UPDATE jobs SET phase = 'executed' WHERE row_id = ?", (row_id,))
             self._append_status(db, row_id, status)
             db.execute(
                 "UPDATE jobs SET status = ?, updated_at = ? WHERE row_id = ? "
@@ -844,8 +850,14 @@ class Journal:
         status: str,
         result: dict[str, Any] | None,
         error: str | None,
+        intended: Sequence[str] = (),
     ) -> None:
-        """Record how the job ended (phase ``finished``); the status joins the history too."""
+        """Record how the job ended (phase ``finished``); the status joins the history too.
+
+        ``intended``: the delivery targets about to be written, marked intended (as
+        :meth:`record_delivery` with ``ok=False``) in the same commit: one write instead of one
+        per target, and a crash right after it still finds every target to check.
+        """
         status = _text(status)
         with self._write() as db:
             self._require_job(db, row_id)
@@ -861,6 +873,8 @@ class Journal:
                     row_id,
                 ),
             )
+            for target in intended:
+                self._upsert_delivery(db, row_id, target, ok=False, error=None)
 
     def record_delivery(
         self, row_id: int, target: str, *, ok: bool, error: str | None = None
@@ -872,12 +886,16 @@ class Journal:
         """
         with self._write() as db:
             self._require_job(db, row_id)
-            db.execute(
-                "INSERT INTO deliveries (row_id, target, ok, error, at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (row_id, target) DO UPDATE SET"
-                " ok = excluded.ok, error = excluded.error, at = excluded.at",
-                (row_id, _text(target), 1 if ok else 0, _opt_text(error), _now()),
-            )
+            self._upsert_delivery(db, row_id, target, ok=ok, error=error)
+
+    @staticmethod
+    def _upsert_delivery(db: sqlite3.Connection, row_id: int, target: str, *, ok: bool, error: str | None) -> None:
+        db.execute(
+            "INSERT INTO deliveries (row_id, target, ok, error, at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (row_id, target) DO UPDATE SET"
+            " ok = excluded.ok, error = excluded.error, at = excluded.at",
+            (row_id, _text(target), 1 if ok else 0, _opt_text(error), _now()),
+        )
 
     def jobs(self, run_id: str) -> list[JobRecord]:
         """Every job of run ``run_id``, in plan order; raises :class:`UsageError` when unknown."""

@@ -675,7 +675,7 @@ def build_context(
 ) -> dict[str, Any]:
     """The template context of SPEC.md section 1 (``job``/``result`` come in ``extra``)."""
     context: dict[str, Any] = {
-        "vars": Namespace("vars", vars),
+        "vars": vars_namespace(vars),
         "env": templater.env_namespace(),
         "matrix": Namespace("matrix", matrix),
         "row": Namespace("row", row),
@@ -685,3 +685,63 @@ def build_context(
         for name, value in extra.items():
             context[name] = Namespace(name, value) if isinstance(value, Mapping) else value
     return context
+
+
+# -- template variables: what --var and --vars-file give, and the vars a spec leaves unset ------
+
+#: Why ``{{ vars.NAME }}`` fails for a variable whose value is null (``vars: {quarter: null}``).
+UNSET_VAR = "declared with no value (null) in the spec's vars; pass --var {name}=... (or set it in --vars-file)"
+_COLLECTION_START = ("[", "{")
+_QUOTES = ('"', "'")
+
+
+def vars_namespace(variables: Mapping[str, Any] | None) -> Namespace:
+    """``vars`` as templates see it: a variable left null is not there, and a template asking
+    for it is told how to give it a value."""
+    unset = {str(k): UNSET_VAR.format(name=k) for k, v in (variables or {}).items() if v is None}
+    return Namespace("vars", variables, withheld=unset)
+
+
+def parse_var_value(text: str, *, name: str, option: str = "--var") -> Any:
+    """The value of ``--var NAME=TEXT``, as the same text would be in a spec's ``vars:`` where
+    that cannot surprise: a YAML/JSON list or mapping (``[eu, us]``), a quoted string (``'"3"'``
+    is the string 3), a number, true/false or null; anything else is the text itself, so that
+    ``--var title='Q3: draft #2'`` stays that string and a date stays text.
+
+    A value that starts like a list, mapping or quoted string but is not one is a UsageError,
+    not text: ``[eu, us`` is a typo, not a title.
+    """
+    import math
+
+    from .errors import SpecError, UsageError
+    from .spec import load_data
+
+    stripped = text.strip()
+    if not stripped:
+        return text
+    if stripped.startswith(_COLLECTION_START + _QUOTES):
+        want = (list, dict) if stripped.startswith(_COLLECTION_START) else (str,)
+        what = "list or mapping" if want != (str,) else "quoted string"
+        try:
+            value = load_data(stripped, display=option)
+        except SpecError as exc:
+            problem = exc.message
+        else:
+            if isinstance(value, want):
+                return value
+            problem = f"it reads as {type(value).__name__}"
+        raise UsageError(
+            f"{option} {name}: {_short(text)} is not a valid YAML or JSON {what} ({problem}); "
+            f"fix it, or quote the whole value to pass it as text: {option} '{name}=\"...\"'"
+        )
+    if "#" in stripped:  # YAML would drop a comment: "x #2" is text, not "x"
+        return text
+    try:
+        value = load_data(stripped, display=option)
+    except SpecError:
+        return text
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return value
+    return text

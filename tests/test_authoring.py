@@ -83,15 +83,15 @@ def test_schema_of_a_v2_only_workflow(project: Project) -> None:
 MISSING = "00000000-0000-4000-8000-00000000dead"  # a well-formed id no workflow has
 
 
-def test_schema_unknown_workflow_is_one_sentence_exit_3(project: Project) -> None:
+def test_schema_unknown_workflow_is_one_sentence_exit_2(project: Project) -> None:
     result = project.run("schema", MISSING)
-    assert result.exit_code == 3
+    assert result.exit_code == 2
     assert result.stderr == (
         f"error: workflow {MISSING!r} not found at {project.sandbox.base_url}; check the workflow id "
         "(and --base-url or OPUS_BASE_URL)\n"
     )
     result = project.run("schema", WF["all-types"], "--version", "9")
-    assert result.exit_code == 3
+    assert result.exit_code == 2
     assert f"workflow {WF['all-types']!r} (version 9) was not found" in result.stderr
     assert "has no version 9 (its versions: 1, 2)" in result.stderr
     result = project.run("schema", MISSING, "--format", "json")
@@ -110,7 +110,7 @@ def test_schema_usage_errors(project: Project) -> None:
     result = project.run("schema", WF["all-types"], "--version", "1", "--version-id", "x")
     assert result.exit_code == 2 and "give only one of them" in result.stderr
     result = project.run("schema", WF["all-types"], env={"OPUS_SERVICE_KEY": None})
-    assert result.exit_code == 3 and "OPUS_SERVICE_KEY" in result.stderr
+    assert result.exit_code == 2 and "OPUS_SERVICE_KEY" in result.stderr
 
 
 # -- opus-run init -----------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_init_usage_errors(project: Project) -> None:
     result = project.run("init", WF["quick"], "-o", "spec.json")
     assert result.exit_code == 2 and "name the file *.yaml or *.yml" in result.stderr
     result = project.run("init", MISSING)
-    assert result.exit_code == 3 and f"workflow {MISSING!r} not found" in result.stderr
+    assert result.exit_code == 2 and f"workflow {MISSING!r} not found" in result.stderr
 
 
 def _field(var: str, display: str, type_: str = "str", **kw: Any) -> InputField:

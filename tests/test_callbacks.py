@@ -28,7 +28,7 @@ CALLBACK_WORKFLOWS: dict[str, Any] = {
         **WORKFLOWS["workflows"],
         LATER: {
             "name": "Later",
-            "duration": "3s",
+            "duration": "5s",
             "inputs": [{"variable_name": "workflow_input_q", "display_name": "Question", "type": "str"}],
             "outputs": {"answer": "Later: {{ inputs.Question }}"},
         },
@@ -206,7 +206,9 @@ def test_with_the_receiver_down_hybrid_finishes_every_job_by_polling(cb_project:
     path = cb_project.spec("down.yaml", body)
     result = cb_project.run("run", str(path), "--callback-public-url", dead, "-q")
     assert result.exit_code == 0, result.output
-    assert cb_project.sandbox.state.callbacks_failed == 3 and cb_project.sandbox.state.callbacks_sent == 0
+    # the sandbox POSTs each callback callback_delay (0.2 s) after its job ends: maybe after the run
+    wait_for(lambda: cb_project.sandbox.state.callbacks_failed == 3)
+    assert cb_project.sandbox.state.callbacks_sent == 0
     assert sorted(line["status"] for line in lines(cb_project.root / "out.ndjson")) == ["COMPLETED"] * 3
 
 
@@ -217,7 +219,7 @@ def test_a_receiver_restarted_mid_run_wakes_the_jobs_that_end_after(cb_project: 
         url, port = server.base_url, server.port
         server.stop()  # down when the run starts
         # One job at a time: the first ends (its callback lost, found by its 200 ms safety
-        # read), then the second runs 3 s, longer than the restart takes; its safety read is
+        # read), then the second runs 5 s, far longer than the restart takes; its safety read is
         # 10 minutes away, so only its callback can end it.
         first = spec(cb_project, "first", "hybrid", safety="200ms")
         second = spec(cb_project, "second", "hybrid", workflow=LATER)
@@ -395,21 +397,19 @@ def test_without_a_mode_a_configured_receiver_means_hybrid(cb_project: Project) 
 
 
 def test_a_callback_that_comes_before_the_status_says_so_is_followed_by_a_few_quick_reads(cb_project: Project, receiver: _Served) -> None:
-    path = spec(cb_project, "early", workflow=LATER)
+    path = spec(cb_project, "early", workflow="slow")  # runs 30 s: it is running throughout
     child = opus_run(cb_project, "run", str(path), "--callback-public-url", receiver.url, "-q")
     try:
         wait_for(lambda: cb_project.sandbox.state.requests[("POST", "execute")] == 1)
         real = next(iter(cb_project.sandbox.state.jobs.values())).callback_url
-        assert httpx.post(real, json={}).status_code == 200  # the job runs for 3 s more
-        out, err = child.communicate(timeout=30)
+        assert httpx.post(real, json={}).status_code == 200
+        # the early wake-up's read (IN PROGRESS), then three quick reads at the poll interval:
+        # what catches a status that lags its callback. Without them: one read, then 10 minutes.
+        wait_for(lambda: status_reads(cb_project) >= 4)
     finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == 0, err
-    # the early wake-up (IN PROGRESS), three quick reads at the poll interval, then the real
-    # callback's read: the quick reads are what catches a status that lags its callback
-    assert status_reads(cb_project) >= 4
-    assert receiver.receiver.accepted == 2
+        child.kill()
+        child.communicate(timeout=30)
+    assert receiver.receiver.accepted == 1
 
 
 def test_a_callback_that_came_while_the_run_was_down_wakes_the_job_on_resume(cb_project: Project, receiver: _Served) -> None:
@@ -463,3 +463,25 @@ def journal_rows(project: Project) -> list[Any]:
         return []
     finally:
         db.close()
+
+
+def test_dropped_callbacks_are_made_up_for_by_the_safety_reads(cb_project: Project) -> None:
+    cb_project.sandbox.faults.add({"route": "callback", "kind": "drop", "times": 2})
+    cb_project.file("rows.csv", "q\na\nb\nc\n")
+    body = header("dropped", "quick", "foreach: {file: rows.csv}\ninputs:\n  Question: '{{ row.q }}'\n" + waiting("hybrid", "300ms") + NDJSON)
+    path = cb_project.spec("dropped.yaml", body)
+    result = cb_project.run("run", str(path), "--callback-listen", "127.0.0.1:0", "-q")
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: cb_project.sandbox.state.callbacks_dropped == 2)
+    assert sorted(line["status"] for line in lines(cb_project.root / "out.ndjson")) == ["COMPLETED"] * 3
+
+
+def test_a_callback_the_platform_sends_twice_changes_nothing(cb_project: Project, receiver: _Served) -> None:
+    cb_project.sandbox.faults.add({"route": "callback", "kind": "duplicate", "gap": 0.2})
+    path = spec(cb_project, "twice")
+    result = cb_project.run("run", str(path), "--callback-public-url", receiver.url, "-q")
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: receiver.receiver.accepted == 2)
+    assert cb_project.sandbox.state.callbacks_duplicated == 1
+    assert [line["status"] for line in lines(cb_project.root / "out.ndjson")] == ["COMPLETED"]
+    assert cb_project.sandbox.state.requests[("GET", "results")] == 1

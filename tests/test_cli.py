@@ -24,6 +24,7 @@ workflow:
   id: 3f69dcbf-2d6e-4b8a-9c1e-5a7b0c4d2e11
 vars:
   month: "2026-11"
+  who: null
 inputs:
   Title: "Report {{ vars.month }} for {{ vars.who }}"
   Token: "{{ secret('DEMO_TOKEN') }}"
@@ -100,6 +101,7 @@ def test_vars_file_must_be_a_mapping(spec: Path, tmp_path: Path) -> None:
 
 
 def test_undefined_variable_and_template_syntax(spec: Path, tmp_path: Path) -> None:
+    spec.write_text(SPEC.replace("  who: null\n", ""))
     result = invoke("validate", str(spec))
     assert result.exit_code == 2
     assert "demo.yaml" in result.stderr and "inputs.Title" in result.stderr and "vars has no key 'who'" in result.stderr
@@ -183,7 +185,7 @@ def test_a_flag_is_spelled_the_same_in_every_command() -> None:
 
 def test_default_command_is_run(spec: Path) -> None:
     result = invoke(str(spec), "--var", "who=x")
-    assert result.exit_code == 3 and "OPUS_SERVICE_KEY" in result.stderr and "--sandbox" in result.stderr
+    assert result.exit_code == 2 and "OPUS_SERVICE_KEY" in result.stderr and "--sandbox" in result.stderr
 
 
 def test_help_imports_no_heavy_modules() -> None:

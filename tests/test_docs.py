@@ -247,7 +247,7 @@ def test_real_event_streams_match_the_schema(project: Project, event_validator: 
         {"event": "completed", "time": "2026-01-01T00:00:00.000Z", "job_id": "j", "spec_name": "s", "plan_key": "s", "status": "FAILED", "outputs": {}},
         {"event": "batch", "time": "2026-01-01T00:00:00.000Z", "jobs": 1, "surprise": True},
         {"event": "message", "time": "yesterday", "level": "info", "message": "m"},
-        {"event": "error", "exit_code": 4, "message": "m"},
+        {"event": "error", "exit_code": 5, "message": "m"},
         {"event": "unknown"},
     ],
 )

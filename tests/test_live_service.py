@@ -242,7 +242,7 @@ def test_a_project_callback_url_that_is_not_https_is_refused(live: Project) -> N
     (live.root / "opus-runner.toml").write_text('callback_url = "http://example.com/cb"\n')
     path = spec(live, "q", QUICK, "inputs:\n  Question: q\n")
     result = live.run("run", path)
-    assert result.exit_code == 3
+    assert result.exit_code == 2
     assert "callback_url must be an https URL that Opus can reach" in result.stderr
 
 

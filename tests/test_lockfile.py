@@ -122,7 +122,7 @@ def test_lock_reflects_exactly_the_given_specs(project: Project) -> None:
 def test_lock_needs_a_key(project: Project) -> None:
     quick_spec(project)
     result = project.run("lock", "q.yaml", env={"OPUS_SERVICE_KEY": None})
-    assert result.exit_code == 3
+    assert result.exit_code == 2
     assert "OPUS_SERVICE_KEY" in result.stderr and "Traceback" not in result.output
     assert not (project.root / LOCK_FILE).exists()
 
@@ -131,7 +131,7 @@ def test_lock_of_an_unknown_workflow_fails_without_writing(project: Project) -> 
     missing = "00000000-0000-4000-8000-00000000dead"
     project.spec("x.yaml", header("x", missing) + "inputs: {}\n")
     result = project.run("lock", "x.yaml")
-    assert result.exit_code == 3
+    assert result.exit_code == 2
     assert missing in result.stderr and "not found" in result.stderr
     assert not (project.root / LOCK_FILE).exists()
 

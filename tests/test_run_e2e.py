@@ -269,7 +269,7 @@ def test_a_workflow_id_that_is_not_a_uuid_is_refused_at_validation(project: Proj
 def test_missing_key_and_wrong_key(project: Project) -> None:
     spec = project.spec("q.yaml", header("q", "quick") + "inputs:\n  Question: q\n")
     result = project.run("run", spec, env={"OPUS_SERVICE_KEY": ""})
-    assert result.exit_code == 3
+    assert result.exit_code == 2
     assert "OPUS_SERVICE_KEY" in result.stderr and "--sandbox" in result.stderr
     result = project.run("run", spec, env={"OPUS_SERVICE_KEY": "sk-wrong-key-123456"})
     assert result.exit_code == 3
@@ -310,7 +310,7 @@ def test_status_results_and_audit_commands(project: Project) -> None:
     audit = json.loads(project.run("audit", job_id, "--format", "json").stdout)
     assert audit["nb_nodes"] >= 1
     missing = project.run("status", "no-such-job")
-    assert missing.exit_code == 3 and "not found" in missing.stderr
+    assert missing.exit_code == 2 and "not found" in missing.stderr
 
 
 def test_library_api_runs_without_the_cli(project: Project) -> None:

@@ -348,7 +348,7 @@ def test_faults_over_http(server: SandboxServer, client: httpx.Client) -> None:
     assert bad.status_code == 400
     assert bad.json()["message"] == [
         "rule 1: 'kind' must be one of status, rate_limit, delay, drop, lose_response, inner_error, "
-        "trickle, gzip_bomb, deep_json, nan, "
+        "trickle, gzip_bomb, deep_json, nan, duplicate, "
         "found 'explode'"
     ]
     assert len(server.faults) == 1  # a bad list adds nothing

@@ -18,6 +18,7 @@ import click
 
 from opus_runner.authoring import _one_line
 from opus_runner.cli import main as opus_run
+from opus_runner.errors import EXIT_CODES
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
@@ -95,6 +96,23 @@ def _option_rows(command: Any) -> list[str]:
     return rows
 
 
+def _exit_code_section() -> list[str]:
+    """The exit-code table, from ``opus_runner.errors.EXIT_CODES`` (the one place codes are defined)."""
+    rows = [f"| `{row.code.replace(' / ', '` / `')}` | {_cell(row.meaning)} | {_cell(row.names())} |" for row in EXIT_CODES]
+    return [
+        "## Exit codes",
+        "",
+        "The same table holds for every command; a command exits only with the codes of the rows that",
+        "name it. With `--format json`, a command that fails prints an `error` event carrying the same",
+        "`exit_code` and message as its last line (see [events.md](events.md)).",
+        "",
+        "| code | meaning | commands |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def cli_reference_markdown() -> str:
     """The CLI reference (``docs/cli.md``), generated from the click commands.
 
@@ -109,9 +127,8 @@ def cli_reference_markdown() -> str:
         "<!-- Generated from the click commands by `python tools/gen_cli_docs.py`; do not edit by hand. -->",
         "",
         *[p + "\n" for p in _paragraphs(opus_run.help or "")],
-        "Every command takes `-h`/`--help`; `opus-run --version` prints the version. Exit codes: `0` success,",
-        "`1` a job failed, was cancelled or timed out (or, for `drift`, a spec breaks), `2` usage, spec or",
-        "validation error, `3` API, auth or network error, `130` interrupted.",
+        "Every command takes `-h`/`--help`; `opus-run --version` prints the version. Every command exits",
+        "with a code of the [exit-code table](#exit-codes) below.",
         "",
         "For a checkout you do not trust (a pull request), add `--untrusted`: no file of the checkout is",
         "imported as a plugin (the plugins folder, `plugins_dir`, a `--plugin` a resumed run's journal names)",
@@ -133,7 +150,7 @@ def cli_reference_markdown() -> str:
         commands.append((name, command))
         summary = command.get_short_help_str(limit=300)
         lines.append(f"| [`{name}`](#opus-run-{name}) | {_cell(summary)} |")
-    lines.append("")
+    lines += ["", *_exit_code_section()]
     for name, command in commands:
         ctx = click.Context(command, info_name=name, parent=root)
         usage = " ".join(["opus-run", name, *command.collect_usage_pieces(ctx)])

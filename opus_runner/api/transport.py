@@ -22,6 +22,7 @@ import json
 import logging
 import random as _random
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import httpx
 
 from .. import redact
 from ..__about__ import __version__
-from ..errors import AnswerTooLarge, ConfigError, NetworkError, SlowAnswerError
+from ..errors import AnswerTooLarge, ConfigError, NetworkError, SlowAnswerError, TlsError
 from ..urls import display_url
 from .answers import is_permanent, status_reason
 
@@ -54,6 +55,8 @@ NEVER_SENT: tuple[type[Exception], ...] = (
 )
 # Transport errors that are our own fault (bad scheme, malformed request): retrying cannot help.
 _NOT_RETRYABLE: tuple[type[Exception], ...] = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+# A handshake cut short is the network's doing; another attempt may well get through.
+_TLS_TRANSIENT: tuple[type[ssl.SSLError], ...] = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
 # Only these answers say "come back later" with a Retry-After worth honouring (RFC 9110).
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 #: Seconds a whole exchange (request sent, answer read to its end) may take.
@@ -183,6 +186,25 @@ def describe(exc: BaseException) -> str:
     text = str(exc).strip()
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+def tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a transport failure (httpx wraps httpcore's, which wraps ssl's),
+    unless it is a handshake the network cut short; None when TLS is not to blame."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLError):
+            return None if isinstance(cause, _TLS_TRANSIENT) else cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _reason(error: ssl.SSLError) -> str:
+    """``WRONG_VERSION_NUMBER`` -> ``wrong version number``; the whole text when ssl gave no reason."""
+    reason = getattr(error, "reason", None)  # set by the ssl module, not by every raiser
+    return reason.replace("_", " ").lower() if reason else describe(error)
 
 
 def _attempts(n: int) -> str:
@@ -406,6 +428,9 @@ class Transport:
             except _NOT_RETRYABLE as exc:
                 raise self._network_error(exc, label, attempt, target) from exc
             except httpx.TransportError as exc:
+                tls = tls_failure(exc)
+                if tls is not None:
+                    raise self._tls_error(tls, label, target) from exc
                 if rule.may_resend(exc):
                     delay = policy.backoff(attempt - 1)
                     if last or not self._may_retry(exc, started, delay):
@@ -450,6 +475,17 @@ class Transport:
                 return self.retry.after(wanted)
         # No Retry-After (Opus documents none for its 429s): back off with full jitter.
         return self.retry.backoff(retry)
+
+    def _tls_error(self, error: ssl.SSLError, label: str, target: str) -> TlsError:
+        shown = redact.without_userinfo(target)
+        if isinstance(error, ssl.SSLCertVerificationError):
+            why = getattr(error, "verify_message", None) or _reason(error)
+            what = f"the TLS certificate of {shown} was refused ({why})"
+            fix = "check the base URL; behind a proxy that re-signs TLS, point SSL_CERT_FILE at its CA certificates"
+        else:
+            what = f"the TLS handshake with {shown} failed ({_reason(error)})"
+            fix = "check the base URL's scheme and port (https:// needs a server that speaks TLS there)"
+        return TlsError(redact.mask(scrub(f"{what} during {label}; TLS errors are not retried: {fix}")))
 
     def _network_error(
         self, exc: Exception, label: str, attempts: int, target: str

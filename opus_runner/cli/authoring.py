@@ -54,7 +54,8 @@ def _runner(base_url: str | None, sandbox: bool, sandbox_workflows: Path | None,
 def fetch_schema(workflow_id: str, version: int | None, version_id: str | None, **options: Any) -> tuple[Any, Any]:
     """``(WorkflowRef, WorkflowSchema)`` of one workflow, through the plugin hook (live API or sandbox).
 
-    An unknown workflow or version is one sentence (exit 3); both pins at once is a usage error.
+    An unknown workflow or version is one sentence (exit 2, as when a spec names it); both pins
+    at once is a usage error.
     """
     import asyncio
     from ..authoring import not_found

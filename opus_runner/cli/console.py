@@ -1,5 +1,6 @@
 """What every command prints besides its results: the logging set-up of --verbose/--quiet, and
-errors turned into one line and an exit code, in one place (:func:`handle_errors`)."""
+errors turned into one line and an exit code, in one place (:func:`handle_errors`). The codes
+are those of ``errors.EXIT_CODES`` (the table in docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..errors import OpusRunnerError, ValidationFailed
+from ..errors import EXIT_API, EXIT_INTERRUPTED, OpusRunnerError, ValidationFailed
 
 
 def setup_logging(verbose: bool, quiet: bool = False) -> None:
@@ -40,8 +41,12 @@ def fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
     if isinstance(exc, OpusRunnerError):
         code = exc.exit_code
         text = redact.mask(redact.without_userinfo(str(exc)))
+    elif isinstance(exc, KeyboardInterrupt):
+        # Ctrl-C in a command with no run to save (a look-up, a listing): nothing to resume.
+        code, text = EXIT_INTERRUPTED, "interrupted"
     else:
-        code = 3 if not isinstance(exc, KeyboardInterrupt) else 130
+        # Not an error raised on purpose: a bug, reported like a failure outside the runner (3).
+        code = EXIT_API
         text = redact.mask(redact.without_userinfo(f"unexpected error: {type(exc).__name__}: {exc}"))
     if verbose:
         import traceback

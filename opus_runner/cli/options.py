@@ -79,11 +79,17 @@ def untrusted_option(help: str = UNTRUSTED_HELP) -> Decorator:
 
 
 def var_option() -> Decorator:
-    return click.option("--var", "var", multiple=True, metavar="KEY=VALUE", help="Set a template variable (repeatable; wins over --vars-file).")
+    return click.option(
+        "--var",
+        "var",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Set a variable the spec declares under vars (repeatable; wins over --vars-file). VALUE reads as YAML: 3 a number, '[eu, us]' a list, '\"3\"' a string, anything else the text.",
+    )
 
 
 def vars_file_option() -> Decorator:
-    return click.option("--vars-file", type=click.Path(path_type=Path), metavar="FILE", help="YAML or JSON mapping of template variables.")
+    return click.option("--vars-file", type=click.Path(path_type=Path), metavar="FILE", help="YAML or JSON mapping of template variables; - reads it from standard input.")
 
 
 def allow_outside_root_option(help: str = ALLOW_OUTSIDE_ROOT_HELP) -> Decorator:

@@ -111,6 +111,8 @@ async def check(session: Session, planner: Planner, plan_filter: PlanFilter, *, 
                     session.reporter.rendered(outcome, header="would submit" if session.options.dry_run else None)
                 else:
                     found.outcomes.append(outcome)
+    if not found.errors:
+        planner.check_selection(plan_filter, session.specs)
     return found
 
 

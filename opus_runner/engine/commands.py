@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, UsageError
+from ..errors import ConfigError, NotFoundError, SpecError, UsageError, ValidationFailed
 from ..models import WorkflowRef, WorkflowSchema
 from ..progress import Reporter
 from ..spec import Spec
@@ -20,6 +20,7 @@ from .session import Session
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..api import OpusClient
+    from ..planning import JobPlan
     from ..config import ProjectConfig
 
 
@@ -85,20 +86,27 @@ class Runner:
         session = self._session(mode="validate")
         session.load_specs()
         session.load_plugins()
-        seen: dict[tuple[str, str], tuple[Spec, WorkflowRef]] = {}
+        seen: dict[tuple[str, str], JobPlan] = {}
         for plan in session.planner().plans(session.specs):
-            seen.setdefault((str(plan.spec.path), plan.workflow.key), (plan.spec, plan.workflow))
+            seen.setdefault((str(plan.spec.path), plan.workflow.key), plan)
         if not live:
-            return [(spec, ref, None) for spec, ref in seen.values()]
+            return [(plan.spec, plan.workflow, None) for plan in seen.values()]
         out: list[tuple[Spec, WorkflowRef, WorkflowSchema | None]] = []
+        unknown: list[SpecError] = []
         async with session.connection():
             if session.client is None:
                 from ..api import NO_KEY_MESSAGE
 
                 raise ConfigError(NO_KEY_MESSAGE)
-            for spec, ref in seen.values():
-                ctx = session.context(None, spec, dry_run=True)
-                out.append((spec, ref, await session.schema_for(ref, ctx)))
+            for plan in seen.values():
+                ctx = session.context(None, plan.spec, dry_run=True)
+                try:
+                    out.append((plan.spec, plan.workflow, await session.schema_for(plan.workflow, ctx)))
+                except NotFoundError as exc:
+                    # A spec naming an unknown workflow is the spec's error (exit 2), as in run.
+                    unknown.append(await session._not_found(plan, exc))
+        if unknown:
+            raise ValidationFailed(unknown)
         return out
 
     async def workflow_schema(self, ref: WorkflowRef) -> WorkflowSchema:

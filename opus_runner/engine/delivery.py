@@ -124,13 +124,21 @@ class Delivery:
         ctx: Context,
         outcome: JobOutcome,
         only: set[str] | None = None,
+        *,
+        marked: bool = False,
     ) -> None:
         """Route the result to every output (or the targets keyed in ``only``); a failing
-        output never loses the result."""
+        output never loses the result. ``marked``: the journal already has every target marked
+        intended (:func:`intended`, written with the result)."""
         for target, entry in Target.outputs_of(plan):
             if only is not None and target.key not in only:
                 continue
-            await self._call(target, entry, plan, result, ctx, result, row_id, outcome)
+            await self._call(target, entry, plan, result, ctx, result, row_id, outcome, marked=marked)
+
+    @staticmethod
+    def intended(plan: JobPlan) -> list[str]:
+        """The outputs a finished job is about to be delivered to, as the journal names them."""
+        return [target.key for target, _ in Target.outputs_of(plan)]
 
     async def redeliver(self, plan: JobPlan, record: JobRecord) -> JobOutcome:
         """A finished job of a resumed run: deliver only what was not delivered before."""
@@ -164,6 +172,8 @@ class Delivery:
         result: JobResult | None,
         row_id: int | None,
         outcome: JobOutcome | None,
+        *,
+        marked: bool = False,
     ) -> None:
         from ..plugins import call_handler
 
@@ -171,7 +181,7 @@ class Delivery:
         assert session.host is not None and session.config is not None
         registry = session.host.outputs if target.kind == "outputs" else session.host.notifiers
         journal = session.journal if row_id is not None else None
-        if target.kind == "outputs" and journal is not None:
+        if target.kind == "outputs" and journal is not None and not marked:
             # Intended before it is written: a crash between the write and its record leaves
             # this mark, and the redelivery then checks the target first (ctx.redelivery).
             journal.record_delivery(row_id, target.key, ok=False)  # type: ignore[arg-type]

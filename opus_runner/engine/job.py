@@ -121,7 +121,8 @@ class JobRunner:
             return
         status = await self._wait(plan, job_id, row_id, ctx, outcome)
         result = await self._finish(plan, job_id, row_id, status or GAVE_UP, ctx, outcome, gave_up=status is None)
-        await self.delivery.deliver(plan, result, row_id, ctx, outcome)
+        # A real end was journaled with its outputs marked intended (one write); a give-up was not.
+        await self.delivery.deliver(plan, result, row_id, ctx, outcome, marked=status is not None)
 
     async def _settle_executing(self, record: JobRecord) -> Phase:
         """The run stopped between sending execute and hearing back: the platform knows. Its
@@ -201,9 +202,13 @@ class JobRunner:
             # The job never started: it ends here, FAILED with the platform's words, so
             # neither this run nor a resume sends it again blindly.
             result = await self._refused(plan, job_id, row_id, ctx, outcome, exc)
-            await self.delivery.deliver(plan, result, row_id, ctx, outcome)
+            await self.delivery.deliver(plan, result, row_id, ctx, outcome, marked=True)
             return None
-        journal.mark_executed(row_id)
+        if not plan.wait.enabled:
+            journal.mark_executed(row_id)
+        # else the execute's acknowledgement is journaled with the first status read (one
+        # write): a crash before it leaves the job "executing", which resume settles by asking
+        # Opus whether the job holds its payload, never by sending it again.
         outcome.status = execution.status or "PENDING"
         await self.delivery.event(JobEvent("submitted", job_id, plan.spec.name, outcome.status, plan.key), plan, ctx)
         return Submitted(row_id, job_id, ctx)
@@ -318,9 +323,15 @@ class JobRunner:
         if gave_up:
             # The job may still finish on the platform: it stays unfinished in the journal, so
             # `opus-run resume` follows it again and delivers its real result.
-            session.journal.add_status(row_id, status)
+            session.journal.add_status(row_id, status, executed=True)
         else:
-            session.journal.set_result(row_id, status=status, result={**result.as_dict(), "raw": result.raw}, error=result.error)
+            session.journal.set_result(
+                row_id,
+                status=status,
+                result={**result.as_dict(), "raw": result.raw},
+                error=result.error,
+                intended=self.delivery.intended(plan),
+            )
         kind = _TERMINAL_EVENT.get(status, "failed")
         await self.delivery.event(
             JobEvent(kind, job_id, plan.spec.name, status, plan.key, result=result, error=result.error), plan, ctx
@@ -445,7 +456,9 @@ class JobRunner:
             finished_at=now_iso(),
             error=error,
         )
-        journal.set_result(row_id, status="FAILED", result={**result.as_dict(), "raw": {}}, error=error)
+        journal.set_result(
+            row_id, status="FAILED", result={**result.as_dict(), "raw": {}}, error=error, intended=self.delivery.intended(plan)
+        )
         outcome.status, outcome.result, outcome.error, outcome.exit_code = "FAILED", result, error, exc.exit_code
         self.session.reporter.message(f"{plan.key}: {error}", level="error")
         await self.delivery.event(JobEvent("failed", job_id, plan.spec.name, "FAILED", plan.key, result=result, error=error), plan, ctx)
@@ -563,7 +576,10 @@ class _Following:
                 level="warning",
             )
         if status != self.last:
-            session.journal.add_status(self.row_id, status)
+            if status not in TERMINAL_STATUSES:
+                # A terminal status is journaled with the result, in one write (_finish); until
+                # then the journal says the job is still running, which resume reads again.
+                session.journal.add_status(self.row_id, status, executed=True)
             self.outcome.status = status
             # The terminal status gets its own event (completed, failed...) from _finish.
             if status not in TERMINAL_STATUSES and (self.last is not None or status != "PENDING"):

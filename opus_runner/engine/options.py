@@ -15,7 +15,9 @@ class RunOptions:
     specs: Sequence[str | Path] = ()
     mode: str = "run"  # run | validate | render
     var: Sequence[str] = ()  # "KEY=VALUE"
-    vars_file: str | Path | None = None
+    vars_file: str | Path | None = None  # "-": read the mapping from standard input
+    #: what ``vars_file="-"`` read (the session fills it in), kept so a resume has it
+    vars_stdin: Mapping[str, Any] | None = None
     vars: Mapping[str, Any] | None = None  # library users: variables as a mapping (wins over var)
     base_url: str | None = None
     service_key: str | None = None  # default: $OPUS_SERVICE_KEY
@@ -54,6 +56,7 @@ class RunOptions:
             "specs": [str(s) for s in self.specs],
             "var": list(self.var),
             "vars_file": str(self.vars_file) if self.vars_file else None,
+            "vars_stdin": dict(self.vars_stdin) if self.vars_stdin is not None else None,
             "vars": dict(self.vars) if self.vars else None,
             "base_url": self.base_url,
             "sandbox": self.sandbox,
@@ -105,6 +108,8 @@ class RunOptions:
             specs=recorded.get("specs") or [],
             var=recorded.get("var") or [],
             vars_file=recorded.get("vars_file"),
+            # A run that read its vars from stdin resumes with them, not with this stdin.
+            vars_stdin=recorded.get("vars_stdin") if recorded.get("vars_file") == "-" else None,
             vars=recorded.get("vars"),
             base_url=base_url,
             timeout=self.timeout or recorded.get("timeout"),

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from ..durations import parse_duration
 from ..errors import ApiError, ConfigError, NetworkError, NotFoundError, OpusRunnerError, SpecError, UsageError, ValidationFailed
 from ..models import Context, UploadSettings, WorkflowRef, WorkflowSchema
 from ..paths import confine, display_path
-from ..planning import JobPlan, Planner, PlanFilter, parse_assignments, parse_shard
+from ..planning import JobPlan, Planner, PlanFilter, check_declared_vars, parse_assignments, parse_shard, parse_var_assignments
 from ..progress import Reporter
 from ..spec import Spec, find_specs, load_spec
 from ..workflow import unknown_type_warning
@@ -35,6 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..state import Journal
 
 log = logging.getLogger("opus_runner")
+#: ``--vars-file -``: the variables come from standard input.
+STDIN = "-"
 
 
 def environ_of(options: RunOptions) -> dict[str, str]:
@@ -62,6 +65,10 @@ class Session:
         trust: ResumedOptions | None = None,
         journal: Journal | None = None,
     ) -> None:
+        if options.vars_file is not None and str(options.vars_file) == STDIN and options.vars_stdin is None:
+            # Read once, here, and kept in the options: the journal records them for resume,
+            # when stdin is long gone.
+            options = replace(options, vars_stdin=read_vars_stdin())
         self.options = options
         #: what the command does: run, validate, render, or schema (which asks the API)
         self.mode = mode or options.mode
@@ -180,14 +187,16 @@ class Session:
             self.log.warning(text)
 
     def vars_file(self) -> Path | None:
-        """``--vars-file``, read against :attr:`base` when relative."""
-        if self.options.vars_file is None:
+        """``--vars-file``, read against :attr:`base` when relative; None for none or stdin."""
+        if self.options.vars_file is None or str(self.options.vars_file) == STDIN:
             return None
         return self.base / Path(self.options.vars_file).expanduser()
 
     def _var_overrides(self) -> dict[str, Any]:
+        """The variables that override the specs' defaults: --vars-file (or stdin), then
+        --var (each a name some spec declares), then the library's ``vars`` mapping."""
         opts = self.options
-        overrides: dict[str, Any] = {}
+        overrides: dict[str, Any] = dict(opts.vars_stdin or {})
         path = self.vars_file()
         if path is not None:
             assert self.config is not None
@@ -200,7 +209,9 @@ class Session:
                     label=f"--vars-file {shown}:",
                 )
             overrides.update(load_vars_file(path, shown=shown))
-        overrides.update(dict(parse_assignments(list(opts.var), "--var")))
+        assigned = parse_var_assignments(list(opts.var), "--var")
+        check_declared_vars(self.specs, [name for name, _value in assigned], "--var")
+        overrides.update(dict(assigned))
         if opts.vars:
             overrides.update(opts.vars)
         return overrides
@@ -505,12 +516,40 @@ def file_digest(path: Path) -> str:
         return "missing"
 
 
+def read_vars_stdin() -> dict[str, Any]:
+    """``--vars-file -``: a YAML or JSON mapping read from standard input, with a spec's size limit."""
+    import sys
+
+    from ..spec import MAX_SPEC_BYTES
+
+    shown = "--vars-file - (stdin)"
+    try:
+        text = sys.stdin.read(MAX_SPEC_BYTES + 1)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{shown}: cannot read standard input: {exc}") from None
+    if len(text) > MAX_SPEC_BYTES:
+        raise UsageError(f"{shown}: more than {MAX_SPEC_BYTES // (1024 * 1024)} MB of variables; pass a smaller mapping")
+    return _vars_from_text(text, shown=shown, json_format=False)
+
+
+def _vars_from_text(text: str, *, shown: str, json_format: bool) -> dict[str, Any]:
+    from ..spec import load_data
+
+    try:
+        data = load_data(text, display=shown, json_format=json_format)
+    except SpecError as exc:
+        raise UsageError(f"{shown}: {exc.message}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{shown}: expected a mapping of variable names to values, found {type(data).__name__}")
+    return data
+
+
 def load_vars_file(path: Path, *, shown: Path | None = None) -> dict[str, Any]:
     """Variables from a YAML or JSON mapping (``--vars-file``), read like a spec (spec.load_data).
 
     ``shown`` is the path as the user gave it, for messages (default: ``path``)."""
-    from ..spec import load_data
-
     shown = shown if shown is not None else path
     if not path.is_file():
         raise UsageError(f"--vars-file {shown}: no such file")
@@ -518,12 +557,4 @@ def load_vars_file(path: Path, *, shown: Path | None = None) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--vars-file {shown}: cannot read it: {exc}") from None
-    try:
-        data = load_data(text, display=str(shown), json_format=path.suffix.lower() == ".json")
-    except SpecError as exc:
-        raise UsageError(f"--vars-file {shown}: {exc.message}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"--vars-file {shown}: expected a mapping of variable names to values, found {type(data).__name__}")
-    return data
+    return _vars_from_text(text, shown=f"--vars-file {shown}", json_format=path.suffix.lower() == ".json")

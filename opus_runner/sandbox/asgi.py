@@ -62,8 +62,9 @@ class SandboxApp(SandboxCore):
         state: SandboxState | None = None,
         faults: FaultSet | None = None,
         base_url: str | None = None,
+        callback_delay: float | None = None,
     ) -> None:
-        super().__init__(fixture, state=state, faults=faults, base_url=base_url)
+        super().__init__(fixture, state=state, faults=faults, base_url=base_url, callback_delay=callback_delay)
         self._key = key.encode("utf-8")
         self._router = Starlette(
             routes=self._routes(),

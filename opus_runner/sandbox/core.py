@@ -29,7 +29,8 @@ class SandboxCore:
     """The fixture, state and fault rules a sandbox serves, and what its routes look up in them.
 
     ``base_url`` is what file URLs are built on; the server sets it once it knows its port
-    (without it, the URL the request came in on is used).
+    (without it, the URL the request came in on is used). ``callback_delay`` (seconds), when
+    given, replaces the fixture's callback delays.
     """
 
     def __init__(
@@ -39,13 +40,14 @@ class SandboxCore:
         state: SandboxState | None = None,
         faults: FaultSet | None = None,
         base_url: str | None = None,
+        callback_delay: float | None = None,
     ) -> None:
         self.fixture = fixture
         self.state = state if state is not None else SandboxState()
         self.faults = faults if faults is not None else FaultSet()
         self.base_url = base_url.rstrip("/") if base_url else None
         self.workspaces = frozenset(w.workspace_id for w in fixture.workflows.values())
-        self.callbacks = Callbacks(self.state)
+        self.callbacks = Callbacks(self.state, self.faults, callback_delay)
         self._next_job = FIRST_JOB_NUMBER
 
     def base(self, request: Request) -> str:

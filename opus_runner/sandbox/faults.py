@@ -33,6 +33,18 @@ How often: ``times: N`` fires on the first N matching calls; ``every: N`` fires 
 matching call; ``probability: p`` (with ``seed`` for a repeatable sequence) fires at random.
 ``times`` also caps ``every`` and ``probability``. With none of them a rule fires on every call.
 
+Callbacks: the pseudo-route ``callback`` is the POST the sandbox makes to a job's loopback
+``callbackUrl`` when the job ends (callbacks.py). It takes three kinds, decided when the callback
+is due (``callback_delay`` after the job's end):
+
+- ``drop``: the callback is never sent (counted as ``callbacks_dropped``);
+- ``delay``: it is sent ``seconds`` later than due;
+- ``duplicate``: it is sent twice, the second time ``gap`` seconds (default 1) after the first
+  POST ends, the same body both times (real webhooks are delivered at least once).
+
+``*`` never matches ``callback``: a rule faults callbacks only when it names the route.
+``duplicate`` and ``gap`` apply to the ``callback`` route only, and ``method`` does not apply to it.
+
 ``status`` and ``rate_limit`` take ``process: true`` too: the request is processed for real,
 then the fault's answer replaces the server's (a gateway 502 in front of a server that did
 execute the job).
@@ -59,6 +71,8 @@ from typing import Any
 from ..durations import parse_duration
 from ..errors import ConfigError
 
+#: The pseudo-route of the callbacks the sandbox POSTs (not a route it serves).
+CALLBACK_ROUTE = "callback"
 #: Route names a rule may target (``*`` targets them all). ``/_sandbox/*`` is never faulted.
 ROUTE_NAMES = (
     "workflow",
@@ -80,7 +94,12 @@ ROUTE_NAMES = (
     "search",
     "archive",
     "delete",
+    CALLBACK_ROUTE,
 )
+#: The kinds a ``callback`` rule may have: the sandbox is the client there, so only what can
+#: happen to an outbound call it makes.
+CALLBACK_KINDS = ("drop", "delay", "duplicate")
+DEFAULT_DUPLICATE_GAP = 1.0
 #: Kinds that may process the request for real before answering (``process: true``): a gateway
 #: that times out or is rate limited in front of a server that did the work.
 PROCESSING_KINDS = ("status", "rate_limit", "inner_error")
@@ -95,6 +114,7 @@ FAULT_KINDS = (
     "gzip_bomb",
     "deep_json",
     "nan",
+    "duplicate",
 )
 #: Kinds that wait ``seconds`` (required): before the answer, or between its bytes.
 TIMED_KINDS = ("delay", "trickle")
@@ -111,6 +131,7 @@ _FIELDS = (
     "body",
     "retry_after",
     "seconds",
+    "gap",
     "size",
     "depth",
     "variant",
@@ -144,6 +165,7 @@ class FaultRule:
     body: str = "json"
     retry_after: str | None = None
     seconds: float = 0.0
+    gap: float = DEFAULT_DUPLICATE_GAP
     size: int = DEFAULT_BOMB_SIZE
     depth: int = DEFAULT_JSON_DEPTH
     variant: str = "status_code"
@@ -165,7 +187,7 @@ class FaultRule:
 
     def applies_to(self, route: str, method: str) -> bool:
         """True when this rule targets ``route`` called with ``method``."""
-        if self.route != "*" and self.route != route:
+        if self.route != route and (self.route != "*" or route == CALLBACK_ROUTE):
             return False
         return self.method is None or self.method == method
 
@@ -198,6 +220,8 @@ class FaultRule:
             data.update(retry_after=self.retry_after, body=self.body)
         elif self.kind in TIMED_KINDS:
             data["seconds"] = self.seconds
+        elif self.kind == "duplicate":
+            data["gap"] = self.gap
         elif self.kind == "gzip_bomb":
             data["size"] = self.size
         elif self.kind == "deep_json":
@@ -282,6 +306,23 @@ def parse_rule(data: Mapping[str, Any] | FaultRule) -> FaultRule:
         raise FaultRuleError(
             f"'route' must be '*' or one of {', '.join(ROUTE_NAMES)}, found {route!r}", field="route"
         )
+    if route == CALLBACK_ROUTE:
+        if kind not in CALLBACK_KINDS:
+            raise FaultRuleError(
+                f"the 'callback' route is the sandbox's own POST to a job's callbackUrl, so it takes only "
+                f"kinds {', '.join(CALLBACK_KINDS)}, not {kind!r}",
+                field="kind",
+            )
+        if "method" in data:
+            raise FaultRuleError(
+                "'method' does not apply to the 'callback' route (a callback is always a POST); remove it",
+                field="method",
+            )
+    elif kind == "duplicate":
+        raise FaultRuleError(
+            f"kind 'duplicate' only applies to route 'callback' (a callback sent twice), not {route!r}",
+            field="kind",
+        )
     method = data.get("method")
     if method is not None:
         if not isinstance(method, str) or method.upper() not in _METHODS:
@@ -350,7 +391,13 @@ def parse_rule(data: Mapping[str, Any] | FaultRule) -> FaultRule:
         raise FaultRuleError(
             f"'seconds' only applies to kinds {', '.join(TIMED_KINDS)}, not {kind!r}", field="seconds"
         )
-    for name, owner in (("size", "gzip_bomb"), ("depth", "deep_json")):
+    gap = DEFAULT_DUPLICATE_GAP
+    if kind == "duplicate" and "gap" in data:
+        try:
+            gap = parse_duration(data["gap"])
+        except ValueError as exc:
+            raise FaultRuleError(f"'gap' is not valid: {exc}", field="gap") from None
+    for name, owner in (("size", "gzip_bomb"), ("depth", "deep_json"), ("gap", "duplicate")):
         if name in data and kind != owner:
             raise FaultRuleError(f"'{name}' only applies to kind {owner!r}, not {kind!r}", field=name)
     size = _positive_int(data, "size") or DEFAULT_BOMB_SIZE
@@ -379,6 +426,7 @@ def parse_rule(data: Mapping[str, Any] | FaultRule) -> FaultRule:
         body=body,
         retry_after=retry_after,
         seconds=seconds,
+        gap=gap,
         size=size,
         depth=depth,
         variant=variant,

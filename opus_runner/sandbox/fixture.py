@@ -15,13 +15,23 @@ workflows:
     stop: false                   # true: the job ends with status "stopped"
     hold: {status: WAITING, duration: 2s}   # after PENDING, report WAITING (or UNKNOWN) this long,
                                             # on top of duration, before IN_PROGRESS
+    callback_delay: 1s            # this workflow's callbacks: overrides the top-level value
     nodes: [Input, Process, Output]
     version: 1                    # the latest version number
     inputs: [{variable_name, display_name, type, is_nullable, allowed_file_types, description, wire}]
     outputs: {name: template | {value: template, type, displayName}}
     versions: {1: {inputs: [...], outputs: {...}}}   # older versions
+callback_delay: 200ms             # from a job's end to its callback POST (default 0.2 s)
 faults: []                        # fault rules applied when the server starts (faults.py)
 ```
+
+Callbacks: when a job that was executed with a loopback ``callbackUrl`` ends, the sandbox POSTs
+``{jobExecutionId, status, results}`` to it once, ``callback_delay`` after the end (a real
+platform notices the end and queues the webhook first). ``callback_delay`` takes a duration
+(``200ms``, ``1s``) or a number of seconds; the server's own ``callback_delay`` (``SandboxServer``,
+``opus-run sandbox --callback-delay``) overrides every value here. Fault rules on the pseudo-route
+``callback`` drop, delay or duplicate callbacks (faults.py). Callbacks to other hosts are never
+sent (counted as ``callbacks_skipped``).
 
 ``wire`` (``array_files`` inputs only): ``array`` (default) describes the input live as an
 ``array`` of file items, which the client must send as ``type: "array"`` with a ``typeDefinition``;
@@ -43,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..durations import parse_duration
-from ..errors import SpecError
+from ..errors import ConfigError, SpecError
 from ..models import INPUT_TYPES
 from .faults import FaultRule, FaultRuleError, parse_rule
 
@@ -80,6 +90,8 @@ HOLD_STATUSES = ("WAITING", "UNKNOWN")
 WIRE_FORMS = ("array", "array_files")
 DEFAULT_NODES = ("Input", "Process", "Output")
 DEFAULT_FAIL_MESSAGE = "The workflow failed"
+#: Seconds from a job's end to its callback POST, unless the fixture or the server says otherwise.
+DEFAULT_CALLBACK_DELAY = 0.2
 #: The workspace of every workflow that names none.
 DEFAULT_WORKSPACE_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "opus-sandbox:workspace"))
 #: The packaged demo workflows' ids, by the names they had before Opus ids became UUIDs.
@@ -105,12 +117,14 @@ _WORKFLOW_KEYS = (
     "fail_node",
     "stop",
     "hold",
+    "callback_delay",
     "nodes",
     "version",
     "inputs",
     "outputs",
     "versions",
 )
+_FIXTURE_KEYS = ("workflows", "faults", "callback_delay")
 _INPUT_KEYS = (
     "variable_name",
     "display_name",
@@ -409,6 +423,7 @@ class WorkflowDef:
     fail_node: str | None = None
     stop: bool = False
     hold: Hold | None = None
+    callback_delay: float = DEFAULT_CALLBACK_DELAY  # from the end to the callback POST
     nodes: tuple[str, ...] = DEFAULT_NODES
     latest: int = 1
     versions: Mapping[int, VersionDef] = field(default_factory=dict)
@@ -445,6 +460,7 @@ class Fixture:
     workflows: Mapping[str, WorkflowDef]
     faults: tuple[FaultRule, ...] = ()
     source: str | None = None
+    callback_delay: float = DEFAULT_CALLBACK_DELAY  # the top-level value (each workflow has its own)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -490,13 +506,14 @@ def _parse(text: str, path: Path) -> Any:
 def _build(data: Any, file: str | None) -> Fixture:
     if not isinstance(data, Mapping):
         raise FixtureError("a sandbox fixture must be a mapping with a 'workflows:' key", file=file)
-    unknown = [k for k in data if k not in ("workflows", "faults")]
+    unknown = [k for k in data if k not in _FIXTURE_KEYS]
     if unknown:
         raise FixtureError(
-            f"unknown key {unknown[0]!r}; a sandbox fixture has only 'workflows' and 'faults'",
+            f"unknown key {unknown[0]!r}; a sandbox fixture has only {', '.join(_FIXTURE_KEYS)}",
             file=file,
             key=(str(unknown[0]),),
         )
+    callback_delay = _callback_delay(data, DEFAULT_CALLBACK_DELAY, file, ())
     workflows_data = data.get("workflows")
     if not isinstance(workflows_data, Mapping) or not workflows_data:
         raise FixtureError(
@@ -525,7 +542,7 @@ def _build(data: Any, file: str | None) -> Fixture:
                 file=file,
                 key=("workflows", str(wid)),
             )
-        workflows[canonical] = _workflow(canonical, wdata, file, ("workflows", str(wid)))
+        workflows[canonical] = _workflow(canonical, wdata, file, ("workflows", str(wid)), callback_delay)
 
     faults_data = data.get("faults") or []
     if not isinstance(faults_data, list):
@@ -537,7 +554,30 @@ def _build(data: Any, file: str | None) -> Fixture:
         except FaultRuleError as exc:
             key: Key = ("faults", index, exc.field) if exc.field else ("faults", index)
             raise FixtureError(str(exc), file=file, key=key) from None
-    return Fixture(workflows=workflows, faults=tuple(faults), source=file)
+    return Fixture(workflows=workflows, faults=tuple(faults), source=file, callback_delay=callback_delay)
+
+
+def callback_delay_override(value: float | str | None) -> float | None:
+    """The server's ``callback_delay`` in seconds (None: the fixture's apply), or a ConfigError."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"callback_delay: {exc}; give the time from a job's end to its callback, e.g. 200ms or 1s"
+        ) from None
+
+
+def _callback_delay(data: Mapping[str, Any], default: float, file: str | None, key: Key) -> float:
+    if "callback_delay" not in data:
+        return default
+    try:
+        return parse_duration(data["callback_delay"])
+    except ValueError as exc:
+        raise FixtureError(
+            f"{exc} (the time from a job's end to its callback)", file=file, key=(*key, "callback_delay")
+        ) from None
 
 
 def _choice(data: Mapping[str, Any], name: str, choices: tuple[str, ...], file: str | None, key: Key) -> str:
@@ -549,7 +589,9 @@ def _choice(data: Mapping[str, Any], name: str, choices: tuple[str, ...], file: 
     return str(value)
 
 
-def _workflow(wid: str, data: Any, file: str | None, key: Key) -> WorkflowDef:
+def _workflow(
+    wid: str, data: Any, file: str | None, key: Key, callback_delay: float = DEFAULT_CALLBACK_DELAY
+) -> WorkflowDef:
     if not isinstance(data, Mapping):
         raise FixtureError(
             "a workflow must be a mapping (name, duration, inputs, outputs, ...)", file=file, key=key
@@ -689,6 +731,7 @@ def _workflow(wid: str, data: Any, file: str | None, key: Key) -> WorkflowDef:
         fail_node=fail_node,
         stop=stop,
         hold=hold,
+        callback_delay=_callback_delay(data, callback_delay, file, key),
         nodes=tuple(nodes_data),
         latest=latest,
         versions=versions,

@@ -15,7 +15,7 @@ from .. import redact
 from ..asgiserver import ThreadedServer, require_asgi, serve_foreground
 from ..errors import ConfigError
 from .faults import FaultRule, FaultRuleError, FaultSet, load_faults_file
-from .fixture import Fixture, load_fixture
+from .fixture import Fixture, callback_delay_override, load_fixture
 
 if TYPE_CHECKING:  # pragma: no cover
     from .asgi import SandboxApp
@@ -56,6 +56,8 @@ class SandboxServer:
     workflows. ``key`` defaults to a fresh ``sk-sandbox-<hex>`` (registered as a secret, so it
     is masked wherever opus-runner prints). ``faults`` is a list of fault rules or a YAML/JSON
     file of them, added after the fixture's own ``faults:``. ``port=0`` picks a free port.
+    ``callback_delay`` (seconds, or a duration such as ``"200ms"``) replaces every callback delay
+    of the fixture.
 
     ```python
     from opus_runner.sandbox import DEMO_IDS
@@ -75,6 +77,7 @@ class SandboxServer:
         port: int = 0,
         faults: FaultsArg = None,
         allow_remote: bool = False,
+        callback_delay: float | str | None = None,
     ) -> None:
         _require_dependencies()
         from ..urls import is_loopback_host
@@ -93,7 +96,10 @@ class SandboxServer:
         self.faults = FaultSet(self.fixture.faults)
         self._add_faults(faults)
         self.state: SandboxState = SandboxState()
-        self.app: SandboxApp = SandboxApp(self.fixture, key=self.key, state=self.state, faults=self.faults)
+        delay = callback_delay_override(callback_delay)
+        self.app: SandboxApp = SandboxApp(
+            self.fixture, key=self.key, state=self.state, faults=self.faults, callback_delay=delay
+        )
         self._http = ThreadedServer(self.app, host=host, port=port, what="the sandbox", name="opus-sandbox")
 
     def _add_faults(self, faults: FaultsArg) -> None:
@@ -168,6 +174,7 @@ def serve(
     faults_file: str | Path | None = None,
     *,
     allow_remote: bool = False,
+    callback_delay: float | str | None = None,
     out: TextIO | None = None,
 ) -> None:
     """Serve the sandbox until interrupted, after printing its URL and the environment to use it.
@@ -180,7 +187,13 @@ def serve(
     Ctrl-C stops it and returns normally.
     """
     server = SandboxServer(
-        workflows, key=key, host=host, port=port, faults=faults_file, allow_remote=allow_remote
+        workflows,
+        key=key,
+        host=host,
+        port=port,
+        faults=faults_file,
+        allow_remote=allow_remote,
+        callback_delay=callback_delay,
     )
     server.start()
     # Printing the sandbox's own key is the point here: it is how a user points the runner at it.

@@ -49,8 +49,10 @@ class Job:
     workspaces: str | None = None  # the ``workspaces`` initiate received
     source: str = "api"
     archived: bool = False
-    callback_sent: bool = False
+    callback_sent: bool = False  # its callback came due and was handled (POSTed or dropped)
     callback_skipped: bool = False  # the callbackUrl is not on loopback: never delivered
+    callback_posts: int = 0  # callback POSTs attempted (2 when a duplicate fault fired)
+    callback_dropped: bool = False  # a drop fault kept its callback from being sent
 
     @property
     def live(self) -> bool:
@@ -190,7 +192,12 @@ class SandboxState:
     time that were initiated and whose terminal status or results the client had not read yet.
     ``key_sent_to_presigned`` counts presigned PUTs and GETs that carried the service key,
     ``content_type_sent_to_presigned`` the live presigned PUTs refused for a ``Content-Type``.
-    ``callbacks_skipped`` counts jobs whose callbackUrl is not on loopback (never POSTed).
+    Callbacks: ``callbacks_sent`` counts POSTs the receiver answered (with any status; the
+    statuses are in ``callback_answers``), ``callbacks_failed`` POSTs that got no answer
+    (refused, reset, or no answer within 5 s), ``callbacks_dropped`` callbacks a ``drop`` fault
+    kept from being sent, ``callbacks_duplicated`` the extra POSTs ``duplicate`` faults made, and
+    ``callbacks_skipped`` jobs whose callbackUrl is not on loopback (never POSTed). So
+    sent + failed = the POSTs attempted = jobs called back + duplicated.
     """
 
     def __init__(self) -> None:
@@ -210,6 +217,9 @@ class SandboxState:
         self.callbacks_sent = 0
         self.callbacks_failed = 0
         self.callbacks_skipped = 0
+        self.callbacks_dropped = 0
+        self.callbacks_duplicated = 0
+        self.callback_answers: Counter[int] = Counter()
 
     def reset(self) -> None:
         """Forget everything (in place, so references held by tests stay valid)."""
@@ -229,6 +239,9 @@ class SandboxState:
         self.callbacks_sent = 0
         self.callbacks_failed = 0
         self.callbacks_skipped = 0
+        self.callbacks_dropped = 0
+        self.callbacks_duplicated = 0
+        self.callback_answers.clear()
 
     def add_job(self, job: Job) -> None:
         self.jobs[job.id] = job
@@ -285,6 +298,7 @@ class SandboxState:
                     "status": job.status(now),
                     "archived": job.archived,
                     "error": job.error,
+                    "callback_posts": job.callback_posts,
                 }
                 for job in list(self.jobs.values())
             },
@@ -295,4 +309,7 @@ class SandboxState:
             "callbacks_sent": self.callbacks_sent,
             "callbacks_failed": self.callbacks_failed,
             "callbacks_skipped": self.callbacks_skipped,
+            "callbacks_dropped": self.callbacks_dropped,
+            "callbacks_duplicated": self.callbacks_duplicated,
+            "callback_answers": {str(status): n for status, n in sorted(self.callback_answers.items())},
         }

@@ -16,8 +16,10 @@ from ..responses import bad_request, json_response
 
 
 async def sandbox_stats(sandbox: SandboxCore, request: Request) -> Response:
-    """``GET /_sandbox/stats``: the state as JSON, plus the fault rules and their counters."""
-    return json_response({**sandbox.state.as_json(), "faults": sandbox.faults.as_list()})
+    """``GET /_sandbox/stats``: the state as JSON, the callbacks not yet done, and the fault rules."""
+    return json_response(
+        {**sandbox.state.as_json(), "callbacks_pending": sandbox.callbacks.pending, "faults": sandbox.faults.as_list()}
+    )
 
 
 async def sandbox_reset(sandbox: SandboxCore, request: Request) -> Response:

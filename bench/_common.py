@@ -323,9 +323,8 @@ BENCH_INPUTS = [
 ]
 
 
-def write_fixture(path: Path, *, duration: str | float = 0, callback_delay: float | None = None) -> Path:
-    """A sandbox fixture with the one bench workflow (JSON: the sandbox reads .json fixtures);
-    ``callback_delay`` (seconds from a job's end to its callback POST) only when given."""
+def write_fixture(path: Path, *, duration: str | float = 0) -> Path:
+    """A sandbox fixture with the one bench workflow (JSON: the sandbox reads .json fixtures)."""
     workflow = {
         "name": "Bench report",
         "duration": duration,
@@ -333,14 +332,12 @@ def write_fixture(path: Path, *, duration: str | float = 0, callback_delay: floa
         "inputs": BENCH_INPUTS,
         "outputs": {"summary": "Report for {{ inputs.Customer }} in {{ inputs.Region }}"},
     }
-    fixture: dict[str, Any] = {
+    fixture = {
         "workflows": {
             BENCH_WORKFLOW_ID: workflow,
             BENCH_DOCUMENTED_ID: {**workflow, "dialect": "documented"},
         }
     }
-    if callback_delay is not None:
-        fixture["callback_delay"] = callback_delay
     path.write_text(json.dumps(fixture, indent=2), encoding="utf-8")
     return path
 

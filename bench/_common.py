@@ -273,6 +273,12 @@ class Sandbox:
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback only
             return json.loads(response.read())
 
+    def api(self, path: str) -> Any:
+        """``GET path`` of the API itself, with the key (e.g. a job's audit after a run)."""
+        request = urllib.request.Request(f"{self.base_url}{path}", headers={"x-service-key": self.key})
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback only
+            return json.loads(response.read())
+
     def stats(self) -> dict[str, Any]:
         """``GET /_sandbox/stats``."""
         return self._call("GET", "/_sandbox/stats")
@@ -349,8 +355,16 @@ def write_rows(path: Path, rows: int) -> Path:
     return path
 
 
-def write_spec(path: Path, *, rows_file: str, wait: Mapping[str, str] | None = None, name: str = "bench") -> Path:
-    """A foreach spec with one job per CSV row; ``wait`` None leaves the runner's defaults."""
+def write_spec(
+    path: Path,
+    *,
+    rows_file: str,
+    wait: Mapping[str, str] | None = None,
+    name: str = "bench",
+    ndjson: str | None = None,
+) -> Path:
+    """A foreach spec with one job per CSV row; ``wait`` None leaves the runner's defaults;
+    ``ndjson`` names the file of an ``ndjson`` output (else the default ``stdout`` output)."""
     lines = [
         "apiVersion: opus-runner/v1",
         "kind: Job",
@@ -369,33 +383,92 @@ def write_spec(path: Path, *, rows_file: str, wait: Mapping[str, str] | None = N
     if wait is not None:
         lines.append("wait:")
         lines += [f"  {k}: {v}" for k, v in wait.items()]
+    if ndjson is not None:
+        lines += ["outputs:", "  - type: ndjson", f"    path: {ndjson}"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def aaico_python(explicit: str | None) -> tuple[str | None, str]:
-    """The interpreter that can import ``opus_aaico`` (``--aaico-python``, else this one),
-    or None and the reason it cannot."""
+#: What opus-aaico's HTTP stack imports while it works: its own dependencies (pydantic, httpx and
+#: httpx's: httpcore, h11, anyio, certifi, idna) and sniffio, which none of them requires but
+#: httpcore imports inside every lock it sets up (``httpcore/_synchronization.py``,
+#: ``current_async_library``): without it every request pays a failed import, a search of the
+#: whole ``sys.path``, which made 26 % of the SDK's CPU. A fresh ``pip install opus-aaico`` lacks it.
+AAICO_STACK = ("pydantic", "httpx", "httpcore", "h11", "anyio", "sniffio", "certifi", "idna")
+#: Modules httpx uses when present and that change what goes on the wire (``Accept-Encoding``):
+#: the SDK's interpreter should have the same of them as opus-runner's, or the report says so.
+WIRE_OPTIONAL = ("brotli", "brotlicffi", "zstandard")
+
+_PROBE = """
+import importlib.metadata, importlib.util, json, sys
+def has(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+try:
+    version = importlib.metadata.version("opus-aaico")
+except importlib.metadata.PackageNotFoundError:
+    version = None
+json.dump({"version": version, "present": [n for n in sys.argv[1:] if has(n)]}, sys.stdout)
+"""
+
+
+@dataclass
+class AaicoEnv:
+    """The interpreter opus-aaico runs in and whether it is complete (``missing`` empty)."""
+
+    python: str
+    version: str | None
+    missing: list[str]
+    wire_differences: list[str]  # optional modules one interpreter has and the other lacks
+
+    def refusal(self) -> str | None:
+        """Why no comparison with opus-aaico can be published from this interpreter, or None."""
+        if self.version is None:
+            return (
+                f"opus-aaico is not installed for {self.python} (it comes with the test extra: "
+                f"pip install -e '.[test]'); to use another interpreter: python -m venv /tmp/aaico && "
+                f"/tmp/aaico/bin/pip install opus-aaico sniffio, then pass --aaico-python /tmp/aaico/bin/python"
+            )
+        if self.missing:
+            return (
+                f"the opus-aaico environment of {self.python} is incomplete, so its figures would not be "
+                f"fair: it lacks {', '.join(self.missing)} (opus-aaico's HTTP stack imports "
+                f"{'it' if len(self.missing) == 1 else 'them'} while it runs; without sniffio every "
+                f"request pays a failed import). Install with: {self.python} -m pip install {' '.join(self.missing)}"
+            )
+        return None
+
+
+def _present(python: str, names: Sequence[str]) -> tuple[str | None, set[str]]:
+    probe = subprocess.run(
+        [python, "-c", _PROBE, *names], capture_output=True, text=True, timeout=60, env=clean_env()
+    )
+    if probe.returncode != 0:
+        raise OSError(probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else f"exit {probe.returncode}")
+    data = json.loads(probe.stdout)
+    return data["version"], set(data["present"])
+
+
+def aaico_env(explicit: str | None) -> tuple[AaicoEnv | None, str]:
+    """The interpreter for opus-aaico (``--aaico-python``, ``OPUS_BENCH_AAICO_PYTHON``, else this
+    one) and what it has; or None and the reason it cannot be asked."""
     python = explicit or os.environ.get("OPUS_BENCH_AAICO_PYTHON") or PYTHON
     try:
-        probe = subprocess.run(
-            [python, "-c", "import opus_aaico, sys; sys.stdout.write(getattr(opus_aaico, '__version__', '?'))"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=clean_env(),
-        )
+        version, present = _present(python, [*AAICO_STACK, *WIRE_OPTIONAL])
+        _, ours = _present(PYTHON, WIRE_OPTIONAL) if python != PYTHON else (None, present)
     except OSError as exc:
-        return None, f"{python} cannot be run ({exc.strerror or exc})"
+        return None, f"{python} cannot be run ({getattr(exc, 'strerror', None) or exc})"
     except subprocess.TimeoutExpired:
         return None, f"{python} did not answer within 60 s"
-    if probe.returncode != 0:
-        return None, (
-            f"opus-aaico is not importable by {python} (it is not a project dependency); to include it: "
-            "python -m venv /tmp/aaico && /tmp/aaico/bin/pip install opus-aaico httpx, then pass "
-            "--aaico-python /tmp/aaico/bin/python"
-        )
-    return python, probe.stdout.strip()
+    missing = [name for name in AAICO_STACK if name not in present]
+    differences = [
+        f"{name} ({'only opus-runner has it' if name in ours else 'only opus-aaico has it'})"
+        for name in WIRE_OPTIONAL
+        if (name in ours) != (name in present)
+    ]
+    return AaicoEnv(python, version, missing, differences), ""
 
 
 # -- statistics and output -----------------------------------------------------------------------

@@ -1,24 +1,30 @@
 """Batch throughput: N duration-0 jobs at concurrency C, opus-runner against the floor.
 
-(a) opus-runner: one spec with a CSV foreach of N rows, run by
+(a) opus-runner: one spec with a CSV foreach of N rows and an ``ndjson`` output, run by
     ``opus-run run spec.yaml --concurrency C --format json -q --state-dir <tmp>`` (wait
     poll_interval 50 ms, so a duration-0 job is seen finished at its first status call);
-(b) the floor: bench/floor_client.py, a hand-written httpx script that makes exactly the same
-    API calls per job on the same poll schedule, with one AsyncClient and a semaphore of C;
-(c) opus-aaico's async ``workflows.run`` on the same jobs, when an interpreter that can import
-    it is at hand (``--aaico-python``); otherwise the report says why it was skipped.
+(b) the floor: bench/floor_client.py, a hand-written httpx script that does the same work: the
+    same API calls per job on the same poll schedule, one result line per job in an ndjson file,
+    one AsyncClient and a semaphore of C;
+(c) opus-aaico's async ``workflows.run`` on the same jobs, when an interpreter with a complete
+    opus-aaico environment is at hand (``--aaico-python``; sniffio included: see
+    ``_common.AAICO_STACK``); otherwise the report says what is missing and how to install it,
+    and publishes no comparison.
 
 Every client is a child process measured with ``os.wait4``: wall seconds, CPU seconds, peak
 RSS. The sandbox runs in its own process and is reset before every run; the requests it
-counted give the requests per job of each client. Targets: wall <= 1.25x, CPU <= 1.5x.
+counted give the requests per job of each client. The variants run in interleaved rounds
+(``--repeat``, default 5; the order rotated each round) and the figures are medians. Targets:
+opus-runner's wall and CPU <= 1.1x the floor's, its CPU <= 0.7x opus-aaico's.
 
-    python bench/batch.py                   # 1000 jobs, concurrency 50, 1 run of each
+    python bench/batch.py                   # 1000 jobs, concurrency 50, 5 rounds
     python bench/batch.py --jobs 200 --repeat 3 --json
     python bench/batch.py --profile /tmp/runner.prof   # plus one opus-runner run under cProfile
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     BENCH_DIR,
     BENCH_DOCUMENTED_ID,
+    AAICO_STACK,
     BENCH_WORKFLOW_ID,
     PYTHON,
     BenchError,
@@ -37,7 +44,7 @@ from _common import (  # noqa: E402
     Report,
     Sandbox,
     Workdir,
-    aaico_python,
+    aaico_env,
     base_parser,
     main_guard,
     median_of,
@@ -50,9 +57,14 @@ from _common import (  # noqa: E402
     write_spec,
 )
 
-WALL_TARGET = 1.25
-CPU_TARGET = 1.5
+WALL_TARGET = 1.1
+CPU_TARGET = 1.1
+AAICO_CPU_TARGET = 0.7
 MAX_INTERVAL = 1.0
+SPEC_NAME = "bench-batch"
+RUNNER_NDJSON = "runner.ndjson"
+#: The fields of each line of the runner's ndjson output (JobResult.as_dict): the floor writes them too.
+RESULT_FIELDS = {"job_id", "status", "spec_name", "plan_key", "title", "url", "started_at", "finished_at", "error", "final", "outputs"}
 
 
 def _runner_argv(spec: Path, concurrency: int, state_dir: Path) -> list[str]:
@@ -89,6 +101,17 @@ def _check_client(m: Measurement, jobs: int, what: str) -> None:
         raise BenchError(f"{what} did not complete all {jobs} jobs: {summary}")
 
 
+def _check_ndjson(path: Path, jobs: int, what: str) -> None:
+    """The same work done: one line per job, each with the runner's ndjson fields, COMPLETED."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    records = [json.loads(line) for line in lines]
+    if len(records) != jobs or len({r["job_id"] for r in records}) != jobs:
+        raise BenchError(f"{what} wrote {len(records)} result lines to {path.name}, expected one for each of {jobs} jobs")
+    for record in records:
+        if set(record) != RESULT_FIELDS or record["status"] != "COMPLETED" or not record["outputs"]:
+            raise BenchError(f"{what} wrote a result line unlike the runner's ndjson output: {record}")
+
+
 def _profile(sandbox: Sandbox, spec: Path, concurrency: int, workdir: Path, out: Path) -> str:
     """One more opus-runner run under cProfile (not counted in the figures); its top functions."""
     import io
@@ -103,23 +126,30 @@ def _profile(sandbox: Sandbox, spec: Path, concurrency: int, workdir: Path, out:
     return f"cProfile of one more opus-runner run ({m.wall:.1f} s under the profiler), saved to {out}:\n{text.getvalue()}"
 
 
-def run() -> int:
-    parser = base_parser(__doc__ or "", jobs=1000, concurrency=50, repeat=1)
+def make_parser() -> argparse.ArgumentParser:
+    """The options of this benchmark (five interleaved rounds by default)."""
+    parser = base_parser(__doc__ or "", jobs=1000, concurrency=50, repeat=5)
     parser.add_argument("--poll-interval", type=float, default=0.05, help="first poll interval in seconds [default: 0.05]")
     parser.add_argument("--aaico-python", metavar="PYTHON", help="an interpreter that can import opus_aaico [env: OPUS_BENCH_AAICO_PYTHON]")
     parser.add_argument("--no-aaico", action="store_true", help="do not try the opus-aaico SDK")
     parser.add_argument("--profile", metavar="FILE", type=Path, help="also run opus-runner once under cProfile, saving the stats here")
-    args = parser.parse_args()
+    return parser
+
+
+def run() -> int:
+    args = make_parser().parse_args()
     report = Report("batch", args)
     report.settings(jobs=args.jobs, concurrency=args.concurrency, repeat=args.repeat, poll_interval=args.poll_interval, duration=0)
 
-    if args.no_aaico:
-        aaico, why = None, "--no-aaico was given"
-    else:
-        aaico, why = aaico_python(args.aaico_python)
+    aaico, why = None, "--no-aaico was given"
+    if not args.no_aaico:
+        env, why = aaico_env(args.aaico_python)
+        if env is not None:
+            why = env.refusal() or ""
+            aaico = None if why else env
     variants: list[tuple[str, Any]] = [("opus-runner", None), ("floor", None)]
     if aaico is not None:
-        variants.append((f"opus-aaico {why}", aaico))
+        variants.append((f"opus-aaico {aaico.version}", aaico.python))
 
     with Workdir(args.keep) as work:
         write_rows(work / "rows.csv", args.jobs)
@@ -127,7 +157,8 @@ def run() -> int:
             work / "batch.yaml",
             rows_file="rows.csv",
             wait={"timeout": "10m", "poll_interval": f"{args.poll_interval}s", "max_interval": f"{MAX_INTERVAL}s"},
-            name="bench-batch",
+            name=SPEC_NAME,
+            ndjson=RUNNER_NDJSON,
         )
         runs: dict[str, list[Measurement]] = {label: [] for label, _ in variants}
         with Sandbox(write_fixture(work / "workflows.json", duration=0)) as sandbox:
@@ -137,20 +168,28 @@ def run() -> int:
                 for label, python in variants[shift:] + variants[:shift]:
                     report.progress(f"run {r + 1}/{args.repeat}: {label}")
                     if label == "opus-runner":
+                        out = work / RUNNER_NDJSON
+                        out.unlink(missing_ok=True)  # the output appends: one round's lines only
                         m = sandbox.measure(label, _runner_argv(spec, args.concurrency, work / f"state-{r}"), cwd=work)
                         _check_runner(m, args.jobs)
+                        _check_ndjson(out, args.jobs, "opus-runner")
                     elif label == "floor":
+                        out = work / "floor.ndjson"
+                        out.unlink(missing_ok=True)
                         argv = [
                             PYTHON,
                             str(BENCH_DIR / "floor_client.py"),
                             "--rows", str(work / "rows.csv"),
                             "--workflow", BENCH_WORKFLOW_ID,
+                            "--ndjson", str(out),
+                            "--name", SPEC_NAME,
                             "--concurrency", str(args.concurrency),
                             "--poll-interval", str(args.poll_interval),
                             "--max-interval", str(MAX_INTERVAL),
                         ]  # fmt: skip
                         m = sandbox.measure(label, argv, cwd=work)
                         _check_client(m, args.jobs, "the floor client")
+                        _check_ndjson(out, args.jobs, "the floor client")
                     else:
                         argv = [
                             python,
@@ -181,12 +220,15 @@ def run() -> int:
     routes = sorted({k for m in medians.values() for k in m.requests})
     report.say(table(["requests", *medians], [[route, *(m.requests.get(route, 0) for m in medians.values())] for route in routes]))
     if aaico is None:
-        report.note(f"opus-aaico skipped: {why}")
+        report.note(f"opus-aaico skipped, no comparison published: {why}")
     else:
         report.note(
-            "opus-aaico ran against the documented-dialect copy of the workflow: its workflows.run "
-            "sends no callbackUrl, which the live service refuses with 400"
+            f"opus-aaico ran with {aaico.python} (its HTTP stack complete: {', '.join(AAICO_STACK)}) against "
+            "the documented-dialect copy of the workflow: its workflows.run sends no callbackUrl, which "
+            "the live service refuses with 400; it writes no result lines"
         )
+        if aaico.wire_differences:
+            report.note("optional HTTP modules that differ between the two interpreters: " + ", ".join(aaico.wire_differences))
     if profile is not None:
         report.say("")
         report.say(profile.rstrip())
@@ -197,7 +239,8 @@ def run() -> int:
     report.add_ratio(Ratio("requests/job ratio opus-runner/floor", sum(runner.requests.values()) / max(1, sum(floor.requests.values()))))
     for label, m in medians.items():
         if label.startswith("opus-aaico"):
-            report.add_ratio(ratio("wall ratio opus-aaico/floor", m.wall, floor.wall))
+            report.add_ratio(ratio("CPU ratio opus-runner/opus-aaico", runner.cpu, m.cpu, AAICO_CPU_TARGET))
+            report.add_ratio(ratio("wall ratio opus-runner/opus-aaico", runner.wall, m.wall))
             report.add_ratio(ratio("CPU ratio opus-aaico/floor", m.cpu, floor.cpu))
     return report.finish()
 

@@ -164,7 +164,7 @@ def test_options_before_a_job_command_are_its_own(project: Project) -> None:
     job_id = _submitted_job(project)
     env = {"OPUS_BASE_URL": ""}
     result = project.run("-v", "--base-url", project.sandbox.base_url, "--format", "json", "status", job_id, env=env)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, 4), result.output  # 4: not finished yet
     assert json.loads(result.stdout) in ("IN_PROGRESS", "COMPLETED")  # --format json reached status
     # -v reached status: an error comes with its traceback.
     quiet = project.run("--base-url", project.sandbox.base_url, "status", "no-such-job", env=env)
@@ -178,9 +178,9 @@ def test_the_commands_own_option_wins_over_the_one_before_it(project: Project) -
     env = {"OPUS_BASE_URL": ""}
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port
     result = project.run("--base-url", dead, "status", "--base-url", project.sandbox.base_url, job_id, env=env)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, 4), result.output  # the job's outcome (4: not finished yet)
     result = project.run("--base-url", project.sandbox.base_url, "status", "--base-url", dead, job_id, env=env)
-    assert result.exit_code != 0
+    assert result.exit_code == 3  # the network error
 
 
 def test_an_option_the_command_lacks_is_refused_by_the_command(project: Project) -> None:

@@ -153,7 +153,7 @@ for _command in (
     run.resume_command,
     history.rerun_command,
     history.runs_command,
-    jobs.status_command,
+    history.status_command,
     jobs.results_command,
     jobs.audit_command,
     history.wait_command,

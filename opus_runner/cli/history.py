@@ -1,8 +1,7 @@
-"""Looking back at work, from the journal: ``runs`` (the past runs), ``status RUN`` (one run's
-jobs, ``--watch`` until it is done; the command itself is in jobs.py, with the job look-up),
-``rerun --failed`` (a new run of a run's failed jobs) and ``wait JOB_ID`` (follow one job to its
-end), with the tables they print. No row of a table wraps: on a terminal (or with ``COLUMNS``)
-the widest free-text column is cut to fit, with an ellipsis.
+"""Looking at work, from the journal: ``runs`` (the past runs), ``status [RUN_ID]`` (one run's
+jobs, ``--watch`` until it is done; a job id is looked up in the API as before), ``rerun
+--failed`` (a new run of a run's failed jobs) and ``wait JOB_ID`` (follow one job to its end).
+No row of their tables wraps (cli/tables.py).
 
 Exit codes follow the table in errors.py: ``status RUN`` and ``wait`` exit by the outcome (0 every
 job completed, 1 one failed, was cancelled or timed out, 4 not finished yet).
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .console import handle_errors, setup_logging
+from .tables import counts_text, cut, duration_text, echo_lines, fit_table, local_time, seconds_between, terminal_width
 from .options import (
     ALLOW_OUTSIDE_ROOT_HELP,
     BASE_URL_ENV_HELP,
@@ -25,6 +25,7 @@ from .options import (
     allow_outside_root_option,
     base_url_option,
     callback_options,
+    client_from,
     concurrency_option,
     connection_options,
     no_local_plugins_option,
@@ -40,100 +41,7 @@ from .options import (
 if TYPE_CHECKING:  # pragma: no cover
     from ..state import JobRecord, Journal, RunRecord
 
-#: Statuses in the order counts are said; the rest follow in the order they are met.
-COUNT_ORDER = ("COMPLETED", "FAILED", "CANCELLED", "STOPPED", "TIMED_OUT")
-#: The narrowest a cut column gets (a cut below this says nothing).
-MIN_COLUMN = 8
 INTERVAL_HELP = "First pause between status reads (45s, 500ms) [default: 2s]; it grows up to 30s."
-
-
-# -- tables ------------------------------------------------------------------------------------
-
-
-def terminal_width() -> int | None:
-    """The columns rows must fit in: ``COLUMNS`` when set, else the terminal's when stdout is
-    one; None (no limit) for a pipe or a file, which do not wrap."""
-    import os
-    import shutil
-
-    columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
-        return int(columns)
-    if sys.stdout.isatty():
-        return shutil.get_terminal_size().columns
-    return None
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
-
-
-def fit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, width: int | None, shrink: Sequence[int] = ()) -> list[str]:
-    """The lines of a table, columns two spaces apart; with ``width``, the ``shrink`` columns
-    are cut (in that order, down to :data:`MIN_COLUMN`) until every line fits, and a line still
-    too wide is cut at the end. Cells are made :func:`printable` (server text included)."""
-    from ..progress import printable
-
-    cells = [[printable("-" if c is None or c == "" else c) for c in row] for row in rows]
-    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
-    if width is not None:
-        for col in shrink:
-            excess = sum(widths) + 2 * (len(widths) - 1) - width
-            if excess <= 0:
-                break
-            widths[col] = max(MIN_COLUMN, len(headers[col]), widths[col] - excess)
-
-    def line(values: Sequence[str]) -> str:
-        text = "  ".join(_cut(v, w).ljust(w) for v, w in zip(values, widths)).rstrip()
-        return text if width is None else _cut(text, width)
-
-    return [line(list(headers)), *(line(row) for row in cells)]
-
-
-def local_time(iso: str | None) -> str:
-    """A journal time (UTC, ISO 8601) in the local zone, to the second."""
-    from datetime import datetime
-
-    if not iso:
-        return "-"
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return iso
-
-
-def seconds_between(start: str | None, end: str | None = None) -> float | None:
-    """Seconds from ``start`` to ``end`` (default: now), journal times; None when unknown."""
-    from datetime import datetime, timezone
-
-    try:
-        begin = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
-        finish = datetime.fromisoformat(end.replace("Z", "+00:00")) if end else datetime.now(timezone.utc)
-    except ValueError:
-        return None
-    return max(0.0, (finish - begin).total_seconds())
-
-
-def duration_text(seconds: float | None) -> str:
-    """``3.2s``, ``4m12s``, ``1h02m``."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-
-
-def counts_text(counts: Mapping[str, int]) -> str:
-    """``18 completed, 2 failed, 1 pending``: the ends first, then what is still going."""
-    order = [s for s in COUNT_ORDER if s in counts] + [s for s in counts if s not in COUNT_ORDER]
-    return ", ".join(f"{counts[s]} {s.lower().replace('_', ' ')}" for s in order if counts[s]) or "no jobs"
-
-
-def _echo_lines(lines: Sequence[str]) -> None:
-    click.echo("\n".join(lines))
 
 
 # -- the journal of the project here -----------------------------------------------------------
@@ -168,17 +76,125 @@ def run_state(journal: Journal, run: RunRecord) -> str:
     return "ended" if run.finished_at is not None else "stopped"
 
 
+# -- opus-run status [RUN_ID|JOB_ID] -------------------------------------------------------------
+
+
+@click.command("status", context_settings=CONTEXT_SETTINGS)
+@click.argument("target", metavar="[RUN_ID|JOB_ID]", required=False)
+@click.option("--watch", "-w", is_flag=True, help="Show it again at each change until it is done (a run: its jobs; a job: its status).")
+@click.option("--interval", metavar="DURATION", help="With --watch, the first pause between reads (45s, 500ms) [default: 2s].")
+@base_url_option(help=BASE_URL_ENV_HELP)
+@state_dir_option()
+@output_options
+@handle_errors
+def status_command(
+    target: str | None,
+    watch: bool,
+    interval: str | None,
+    base_url: str | None,
+    state_dir: Path | None,
+    output_format: str,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Show a run's jobs (default: the latest run of the journal), or a job's status.
+
+    A run's table lists each job's plan key, job id, status, duration and error. Exit 0 when
+    every job COMPLETED, 1 when one failed, was cancelled or timed out, 4 while one has not
+    finished."""
+    setup_logging(verbose, quiet)
+    pause = parse_duration_option("--interval", interval)
+    journal = journal_if_any(state_dir)
+    if journal is not None:
+        with journal:
+            run_id = _run_of(journal, target)
+            if run_id is not None:
+                sys.exit(
+                    show_run(
+                        journal,
+                        run_id,
+                        watch=watch,
+                        interval=pause or 2.0,
+                        base_url=base_url,
+                        output_format=output_format,
+                        quiet=quiet,
+                    )
+                )
+    if target is None:
+        raise _no_journal(state_dir)
+    if looks_like_run_id(target):
+        from ..errors import UsageError
+
+        raise UsageError(f"{target!r} looks like a run id, and there is no journal here to find it in; run this in the project that ran it, or give --state-dir")
+    sys.exit(_job_status(target, watch=watch, interval=pause, base_url=base_url, output_format=output_format, quiet=quiet))
+
+
+def looks_like_run_id(text: str) -> bool:
+    """``20261201-134538-63c05e``: the shape of the journal's run ids (job ids are numeric or UUIDs)."""
+    import re
+
+    return re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", text) is not None
+
+
+def _run_of(journal: Any, target: str | None) -> str | None:
+    """The run ``target`` names in ``journal`` (its latest run when None); None when it names
+    no run there and is not shaped like a run id (then it is a job id)."""
+    if target is None:
+        latest = journal.latest_run()
+        if latest is None:
+            from ..errors import UsageError
+
+            raise UsageError(f"no runs in {journal.path} yet: run specs first (opus-run SPEC...), or give a job id")
+        return str(latest.run_id)
+    if journal.has_run(target):
+        return target
+    if looks_like_run_id(target):
+        journal.get_run(target)  # the journal's "no run X; the most recent runs are ..."
+    return None
+
+
+def _job_status(job_id: str, *, watch: bool, interval: float | None, base_url: str | None, output_format: str, quiet: bool) -> int:
+    """``status JOB_ID``: the job's status from the API (followed to its end with --watch)."""
+    import asyncio
+
+    from .. import redact
+    from ..progress import printable
+    from .jobs import _of_known_job, outcome_code
+
+    if watch:
+        announce = not quiet and output_format == "text"
+        status = asyncio.run(follow_job(job_id, base_url=base_url, timeout=None, interval=interval, announce=announce))
+    else:
+
+        async def read() -> str:
+            async with client_from(base_url) as client:
+                return str(await _of_known_job(client, job_id, client.status(job_id)))
+
+        status = asyncio.run(read())
+    if output_format == "json":
+        import json
+
+        click.echo(json.dumps(redact.mask(status), ensure_ascii=False))
+    else:
+        click.echo(printable(redact.mask(status)))
+    return outcome_code(status)
+
+
 # -- opus-run runs -----------------------------------------------------------------------------
 
 
 @click.command("runs", context_settings=CONTEXT_SETTINGS)
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, metavar="N", help="Show the N most recent runs.")
+@click.option("--limit", type=int, metavar="N", help="Show the N most recent runs [default: 20].")
 @state_dir_option()
 @report_options("the runs")
 @handle_errors
-def runs_command(limit: int, state_dir: Path | None, output_format: str, verbose: bool) -> None:
+def runs_command(limit: int | None, state_dir: Path | None, output_format: str, verbose: bool) -> None:
     """List the project's past runs, newest first: id, start, exit code, jobs by status, specs."""
     setup_logging(verbose)
+    if limit is not None and limit < 1:
+        from ..errors import UsageError
+
+        raise UsageError(f"--limit must be 1 or more, found {limit}")
     journal = journal_if_any(state_dir)
     if journal is None:
         if output_format == "json":
@@ -187,7 +203,7 @@ def runs_command(limit: int, state_dir: Path | None, output_format: str, verbose
             click.echo("no runs yet: run specs with opus-run SPEC...", err=True)
         return
     with journal:
-        runs = journal.runs(limit)
+        runs = journal.runs(limit or 20)
         counts = journal.status_counts([r.run_id for r in runs])
         states = {r.run_id: run_state(journal, r) for r in runs}
     if output_format == "json":
@@ -205,7 +221,7 @@ def runs_command(limit: int, state_dir: Path | None, output_format: str, verbose
         ]
         for r in runs
     ]
-    _echo_lines(fit_table(["run", "started", "exit", "jobs", "specs"], rows, width=terminal_width(), shrink=(4, 3)))
+    echo_lines(fit_table(["run", "started", "exit", "jobs", "specs"], rows, width=terminal_width(), shrink=(4, 3)))
 
 
 def _run_document(run: RunRecord, state: str, counts: Mapping[str, int]) -> dict[str, Any]:
@@ -326,7 +342,7 @@ class RunView:
         ]
         table = fit_table(["job", "job id", "status", "duration", "error"], body, width=width, shrink=(4, 0))
         totals = f"{counts_text(self.counts())} in {duration_text(elapsed)}"
-        return [_cut(head, width) if width else head, *table, totals]
+        return [cut(head, width) if width else head, *table, totals]
 
     def hints(self) -> list[str]:
         """What to do next, for a run that is not running."""
@@ -380,7 +396,6 @@ async def _read_live(view: RunView, base_url: str | None, notes: list[str]) -> N
     if view.blocked:
         _note(notes, view.blocked)
         return
-    from .options import client_from
 
     async with client_from(base_url) as client:
         for job_id in ids:
@@ -430,7 +445,7 @@ def show_run(
                     click.echo("\x1b[H\x1b[J", nl=False)
                 elif shown is not None:
                     click.echo()
-                _echo_lines(view.lines(terminal_width()))
+                echo_lines(view.lines(terminal_width()))
             shown = current
         code = view.exit_code()
         if not watch or code != 4 or not _can_change(view):
@@ -554,7 +569,6 @@ async def follow_job(job_id: str, *, base_url: str | None, timeout: float | None
     from ..planning import DEFAULT_POLL
     from ..progress import printable
     from .jobs import _of_known_job
-    from .options import client_from
 
     seen: list[str] = []
 

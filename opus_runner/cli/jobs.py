@@ -1,6 +1,5 @@
-"""``status``, ``results`` and ``audit``: one job, read from the API by its id (no spec, no
-runner); ``status`` of a run id (or of no id: the latest run) shows that run's jobs from the
-journal instead (cli/history.py lays it out).
+"""``results`` and ``audit``: one job, read from the API by its id (no spec, no runner), and
+what ``status JOB_ID`` and ``wait`` (cli/history.py) share with them.
 
 ``status`` and ``results`` exit by the outcome (docs/cli.md, exit codes): 0 completed,
 1 failed, cancelled or timed out, 4 not finished yet. ``audit`` shows the job's nodes: 0 when it
@@ -11,13 +10,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
 from .console import handle_errors, setup_logging
-from .options import BASE_URL_ENV_HELP, CONTEXT_SETTINGS, base_url_option, client_from, output_options, state_dir_option
+from .options import BASE_URL_ENV_HELP, CONTEXT_SETTINGS, base_url_option, client_from, output_options
 
 #: What a job command found: the data it prints, and the exit code it leaves with.
 Looked = tuple[Any, int]
@@ -114,109 +112,6 @@ async def results_command(client: Any, job_id: str) -> Looked:
     return shown, code
 
 
-@click.command("status", context_settings=CONTEXT_SETTINGS)
-@click.argument("target", metavar="[RUN_ID|JOB_ID]", required=False)
-@click.option("--watch", "-w", is_flag=True, help="Show it again at each change until it is done (a run: its jobs; a job: its status).")
-@click.option("--interval", metavar="DURATION", help="With --watch, the first pause between reads (45s, 500ms) [default: 2s].")
-@base_url_option(help=BASE_URL_ENV_HELP)
-@state_dir_option()
-@output_options
-@handle_errors
-def status_command(
-    target: str | None,
-    watch: bool,
-    interval: str | None,
-    base_url: str | None,
-    state_dir: Path | None,
-    output_format: str,
-    quiet: bool,
-    verbose: bool,
-) -> None:
-    """Show a run's jobs (default: the latest run of the journal), or a job's status.
-
-    A run's table lists each job's plan key, job id, status, duration and error. Exit 0 when
-    every job COMPLETED, 1 when one failed, was cancelled or timed out, 4 while one has not
-    finished."""
-    from . import history
-
-    setup_logging(verbose, quiet)
-    pause = history.parse_duration_option("--interval", interval)
-    journal = history.journal_if_any(state_dir)
-    if journal is not None:
-        with journal:
-            run_id = _run_of(journal, target)
-            if run_id is not None:
-                sys.exit(
-                    history.show_run(
-                        journal,
-                        run_id,
-                        watch=watch,
-                        interval=pause or 2.0,
-                        base_url=base_url,
-                        output_format=output_format,
-                        quiet=quiet,
-                    )
-                )
-    if target is None:
-        raise history._no_journal(state_dir)
-    if looks_like_run_id(target):
-        from ..errors import UsageError
-
-        raise UsageError(f"{target!r} looks like a run id, and there is no journal here to find it in; run this in the project that ran it, or give --state-dir")
-    sys.exit(_job_status(target, watch=watch, interval=pause, base_url=base_url, output_format=output_format, quiet=quiet))
-
-
-def looks_like_run_id(text: str) -> bool:
-    """``20261201-134538-63c05e``: the shape of the journal's run ids (job ids are numeric or UUIDs)."""
-    import re
-
-    return re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", text) is not None
-
-
-def _run_of(journal: Any, target: str | None) -> str | None:
-    """The run ``target`` names in ``journal`` (its latest run when None); None when it names
-    no run there and is not shaped like a run id (then it is a job id)."""
-    if target is None:
-        latest = journal.latest_run()
-        if latest is None:
-            from ..errors import UsageError
-
-            raise UsageError(f"no runs in {journal.path} yet: run specs first (opus-run SPEC...), or give a job id")
-        return str(latest.run_id)
-    if journal.has_run(target):
-        return target
-    if looks_like_run_id(target):
-        journal.get_run(target)  # the journal's "no run X; the most recent runs are ..."
-    return None
-
-
-def _job_status(job_id: str, *, watch: bool, interval: float | None, base_url: str | None, output_format: str, quiet: bool) -> int:
-    """``status JOB_ID``: the job's status from the API (followed to its end with --watch)."""
-    import asyncio
-
-    from .. import redact
-    from ..progress import printable
-
-    if watch:
-        from .history import follow_job
-
-        status = asyncio.run(follow_job(job_id, base_url=base_url, timeout=None, interval=interval, announce=not quiet and output_format == "text"))
-    else:
-
-        async def read() -> str:
-            async with client_from(base_url) as client:
-                return str(await _of_known_job(client, job_id, client.status(job_id)))
-
-        status = asyncio.run(read())
-    if output_format == "json":
-        import json
-
-        click.echo(json.dumps(redact.mask(status), ensure_ascii=False))
-    else:
-        click.echo(printable(redact.mask(status)))
-    return outcome_code(status)
-
-
 @click.command("audit", context_settings=CONTEXT_SETTINGS)
 @click.argument("job_id")
 @click.option("--raw", is_flag=True, help="Print the API's answer as it came (as --format json does), not the table.")
@@ -257,7 +152,7 @@ def audit_lines(job_id: str, body: Any) -> list[str] | None:
     the order they started; None when the body has no per-node data to lay out."""
     from collections.abc import Mapping
 
-    from .history import duration_text, fit_table, terminal_width
+    from .tables import duration_text, fit_table, terminal_width
 
     data = body.get("audit") if isinstance(body, Mapping) else None
     nodes = data.get("nodes_execution_data") if isinstance(data, Mapping) else None

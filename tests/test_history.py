@@ -364,3 +364,19 @@ def test_an_audit_of_another_shape_is_shown_as_it_came() -> None:
 
     assert audit_lines("1", {"auditTrail": [{"node": "Input"}]}) is None
     assert audit_lines("1", {"audit": {"nodes_execution_data": {}}}) is None
+
+
+def test_status_of_a_sandbox_run_never_points_at_the_sandbox_that_ended(project: Project) -> None:
+    import yaml
+
+    from conftest import WORKFLOWS
+
+    project.file("wf.yaml", yaml.safe_dump(WORKFLOWS))
+    (project.root / "opus-runner.toml").write_text('state_dir = ".opus-run"\nsandbox_workflows = "wf.yaml"\n')
+    project.spec("long.yaml", header("long", "slow") + "inputs:\n  Question: q\n")
+    assert project.run("run", "long.yaml", "--sandbox", "--no-wait").exit_code == 0
+    result = project.run("status")
+    assert result.exit_code == 4
+    assert "ran against an in-process --sandbox, which ended with it" in result.stderr
+    assert "opus-run sandbox" in result.stderr
+    assert "resume" not in result.stderr and "--watch" not in result.stderr

@@ -56,7 +56,7 @@ EXIT_INTERRUPTED = 130
 
 
 #: The commands that talk to the API (what exit 3 can come from).
-API_COMMANDS = ("run", "validate", "render", "resume", "schema", "init", "lock", "drift", "status", "results", "audit")
+API_COMMANDS = ("run", "validate", "render", "resume", "rerun", "schema", "init", "lock", "drift", "status", "results", "audit", "wait")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
         str(EXIT_FAILED),
         "A job failed, was cancelled or timed out, or an output, notifier or hook failed or overran its time "
         "limit (the result is kept in the journal); `drift`: a workflow change breaks a spec.",
-        ("run", "resume", "status", "results", "drift"),
+        ("run", "resume", "rerun", "status", "results", "wait", "drift"),
     ),
     ExitCode(
         str(EXIT_USAGE),
@@ -106,13 +106,13 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ),
     ExitCode(
         str(EXIT_NOT_FINISHED),
-        "The job has not finished yet (`PENDING`, `IN_PROGRESS`, `WAITING`...): no outcome to report; ask "
-        "again later.",
-        ("status", "results"),
+        "The job (`status RUN`: a job of the run) has not finished yet (`PENDING`, `IN_PROGRESS`, `WAITING`...): "
+        "no outcome to report; ask again later (`wait`: its `--timeout` passed first).",
+        ("status", "results", "wait"),
     ),
     ExitCode(
         str(EXIT_INTERRUPTED),
-        "Interrupted (Ctrl-C). `run` and `resume` keep every job's state in the journal, and the message says "
+        "Interrupted (Ctrl-C). `run`, `resume` and `rerun` keep every job's state in the journal, and the message says "
         "how to finish the run with `opus-run resume`.",
         # Ctrl-C is how these stop (exit 0), or they end before it can come.
         unless=("sandbox", "callbacks", "help", "version"),
@@ -121,7 +121,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
         "143 / 129",
         "Stopped by SIGTERM (what CI sends when it cancels a job) or SIGHUP: the same as Ctrl-C, resume hint "
         "included.",
-        ("run", "resume"),
+        ("run", "resume", "rerun"),
     ),
 )
 

@@ -1037,3 +1037,31 @@ class Journal:
             (_text(run_id), int(seq)),
         )
         return [(row["seq"], row["row_id"]) for row in rows]
+
+    # -- history: read-only queries of opus-run runs, status RUN and rerun --------------------
+
+    def has_run(self, run_id: str) -> bool:
+        """Whether the journal holds run ``run_id`` (``status ID`` tells a run from a job by it)."""
+        return bool(self._read("SELECT 1 FROM runs WHERE run_id = ?", (_text(run_id),)))
+
+    def status_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """For each of ``run_ids``, how many of its jobs are in each status; a job that has no
+        status yet (never sent) counts under its phase, upper-case (``PLANNED``, ``INITIATED``)."""
+        ids = [_text(r) for r in run_ids]
+        counts: dict[str, dict[str, int]] = {run_id: {} for run_id in ids}
+        if not ids:
+            return counts
+        marks = ", ".join("?" for _ in ids)
+        rows = self._read(
+            f"SELECT run_id, COALESCE(status, UPPER(phase)) AS shown, COUNT(*) AS n FROM jobs"
+            f" WHERE run_id IN ({marks}) GROUP BY run_id, shown ORDER BY MIN(row_id)",
+            tuple(ids),
+        )
+        for row in rows:
+            counts[row["run_id"]][row["shown"]] = row["n"]
+        return counts
+
+    def is_running(self, run_id: str) -> bool:
+        """Whether a live process owns run ``run_id`` now (it is being run or resumed)."""
+        owner = self.owner(run_id)
+        return owner is not None and _owner_alive(owner["host"], owner["pid"], owner["heartbeat"])

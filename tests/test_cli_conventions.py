@@ -98,7 +98,7 @@ def test_a_bare_folder_or_spec_still_means_run(project: Project) -> None:
 def test_help_command_prints_the_group_and_each_command_help() -> None:
     assert invoke("help").stdout == invoke("--help").stdout
     assert invoke("help", "run").stdout == invoke("run", "--help").stdout
-    assert "Usage: opus-run status [OPTIONS] JOB_ID" in invoke("help", "status").stdout
+    assert "Usage: opus-run status [OPTIONS] [RUN_ID|JOB_ID]" in invoke("help", "status").stdout
 
 
 def test_help_of_an_unknown_command_says_did_you_mean() -> None:

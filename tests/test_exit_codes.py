@@ -160,6 +160,28 @@ def _(p: Project) -> int:
     return p.run("resume", run_id).exit_code
 
 
+@case("runs", 0, "listed")
+def _(p: Project) -> int:
+    assert p.run("run", "ok.yaml").exit_code == 0
+    result = p.run("runs")
+    assert "1 completed" in result.stdout
+    return result.exit_code
+
+
+@case("rerun", 0, "completed this time")
+def _(p: Project) -> int:
+    p.spec("med.yaml", header("med", "medium") + "inputs:\n  Question: q\n")
+    assert p.run("run", "med.yaml", "--timeout", "200ms").exit_code == 1
+    return p.run("rerun", "--failed", "--timeout", "20s").exit_code
+
+
+@case("wait", 0, "completed")
+def _(p: Project) -> int:
+    result = p.run("wait", _submitted(p, "ok.yaml"), "--interval", "50ms")
+    assert result.stdout.strip() == "COMPLETED"
+    return result.exit_code
+
+
 @case("plugins", 0, "listed")
 def _(p: Project) -> int:
     return p.run("plugins").exit_code
@@ -247,6 +269,23 @@ def _(p: Project) -> int:
     return result.exit_code
 
 
+@case("rerun", 1, "failed again")
+def _(p: Project) -> int:
+    p.spec("bad.yaml", header("bad", "broken") + "inputs:\n  Question: q\n")
+    _finished(p, "bad.yaml", 1)
+    result = p.run("rerun", "--failed")
+    assert "model quota exceeded" in result.output
+    return result.exit_code
+
+
+@case("wait", 1, "failed")
+def _(p: Project) -> int:
+    p.spec("bad.yaml", header("bad", "broken") + "inputs:\n  Question: q\n")
+    result = p.run("wait", _submitted(p, "bad.yaml"), "--interval", "50ms")
+    assert result.stdout.strip() == "FAILED"
+    return result.exit_code
+
+
 @case("drift", 1, "a spec breaks")
 def _(p: Project) -> int:
     assert p.run("lock", "ok.yaml").exit_code == 0
@@ -277,6 +316,9 @@ EVERY_COMMAND: dict[str, tuple[str, ...]] = {
     "plugins": ("plugins",),
     "spec-schema": ("spec-schema",),
     "sandbox": ("sandbox", "--port", "0"),
+    "runs": ("runs",),
+    "rerun": ("rerun", "--failed"),
+    "wait": ("wait", "1"),
 }
 
 
@@ -337,8 +379,23 @@ def _unknown_job(command: str) -> Case:
     return run
 
 
-for _command in ("status", "results", "audit"):
+for _command in ("status", "results", "audit", "wait"):
     case(_command, 2, "unknown job")(_unknown_job(_command))
+
+
+@case("rerun", 2, "nothing to rerun")
+def _(p: Project) -> int:
+    assert p.run("run", "ok.yaml").exit_code == 0
+    result = p.run("rerun", "--failed")
+    assert "nothing to rerun" in result.stderr
+    return result.exit_code
+
+
+@case("runs", 2, "bad limit")
+def _(p: Project) -> int:
+    result = p.run("runs", "--limit", "0")
+    assert result.stderr.strip() == "error: --limit must be 1 or more, found 0"
+    return result.exit_code
 
 
 @case("run", 2, "invalid spec")
@@ -446,6 +503,7 @@ API_ARGS: dict[str, tuple[str, ...]] = {
     "status": ("status", "1"),
     "results": ("results", "1"),
     "audit": ("audit", "1"),
+    "wait": ("wait", "1"),
 }
 
 
@@ -475,6 +533,15 @@ def _(p: Project) -> int:
     code, _err, run_id = _interrupted_run(p, WF["medium"])
     assert code == 130 and run_id
     result = p.run("resume", run_id, env=WRONG_KEY)
+    assert "the service key was rejected" in result.stderr, result.output
+    return result.exit_code
+
+
+@case("rerun", 3, "key rejected")
+def _(p: Project) -> int:
+    p.spec("bad.yaml", header("bad", "broken") + "inputs:\n  Question: q\n")
+    _finished(p, "bad.yaml", 1)
+    result = p.run("rerun", "--failed", env=WRONG_KEY)
     assert "the service key was rejected" in result.stderr, result.output
     return result.exit_code
 
@@ -518,6 +585,15 @@ def _(p: Project) -> int:
     return result.exit_code
 
 
+@case("wait", 4, "timeout passed")
+def _(p: Project) -> int:
+    p.spec("long.yaml", header("long", "slow") + "inputs:\n  Question: q\n")
+    job = _submitted(p, "long.yaml")
+    result = p.run("wait", job, "--timeout", "200ms", "--interval", "50ms")
+    assert result.stdout == "" and f"job {job} has not finished after 0.2s" in result.stderr
+    return result.exit_code
+
+
 # -- 130 / 143 / 129: stopped -----------------------------------------------------------------
 
 
@@ -536,7 +612,7 @@ def _(p: Project) -> int:
 
 
 for _command, _args in EVERY_COMMAND.items():
-    if _command not in ("run", "resume", "drift", "sandbox", "plugins", "spec-schema"):
+    if _command not in ("run", "resume", "rerun", "runs", "drift", "sandbox", "plugins", "spec-schema"):
         case(_command, 130, "ctrl-c")(lambda p, _args=_args: _interrupt_when_waiting(p, *_args))
 
 
@@ -544,6 +620,31 @@ for _command, _args in EVERY_COMMAND.items():
 def _(p: Project) -> int:
     assert p.run("lock", "ok.yaml").exit_code == 0
     return _interrupt_when_waiting(p, "drift", "ok.yaml")
+
+def _interrupted_rerun(signum: int) -> Case:
+    def run(p: Project) -> int:
+        p.spec("bad.yaml", header("bad", "broken") + "inputs:\n  Question: q\n")
+        _finished(p, "bad.yaml", 1)
+        return _interrupt_when_waiting(p, "rerun", "--failed", signum=signum)
+
+    return run
+
+
+for _signum, _code, _what in ((signal.SIGINT, 130, "ctrl-c"), (signal.SIGTERM, 143, "sigterm"), (signal.SIGHUP, 129, "sighup")):
+    case("rerun", _code, _what)(_interrupted_rerun(_signum))
+
+
+@case("runs", 130, "ctrl-c")
+def _(p: Project) -> int:
+    # runs asks no server a delay could hold: Ctrl-C comes while it reads the journal.
+    from unittest import mock
+
+    assert p.run("run", "ok.yaml").exit_code == 0
+    with mock.patch("opus_runner.state.Journal.runs", side_effect=KeyboardInterrupt):
+        result = p.run("runs")
+    assert result.stderr.strip() == "error: interrupted"
+    return result.exit_code
+
 
 SLEEPY_PLUGIN = """
 import pathlib, time

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import click
 
 from ..__about__ import __version__
-from . import authoring, callbacks, jobs, plugins, run, sandbox
+from . import authoring, callbacks, history, jobs, plugins, run, sandbox
 from .options import CONTEXT_SETTINGS
 
 #: The group's own options: they stay where they are, before any command.
@@ -151,9 +151,12 @@ for _command in (
     run.validate_command,
     run.render_command,
     run.resume_command,
-    jobs.status_command,
+    history.rerun_command,
+    history.runs_command,
+    history.status_command,
     jobs.results_command,
     jobs.audit_command,
+    history.wait_command,
     authoring.schema_command,
     authoring.init_command,
     authoring.lock_command,

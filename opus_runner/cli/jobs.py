@@ -1,7 +1,8 @@
-"""``status``, ``results`` and ``audit``: one job, read from the API by its id (no spec, no runner).
+"""``results`` and ``audit``: one job, read from the API by its id (no spec, no runner), and
+what ``status JOB_ID`` and ``wait`` (cli/history.py) share with them.
 
-``status`` and ``results`` exit by the job's outcome (docs/cli.md, exit codes): 0 completed,
-1 failed, cancelled or timed out, 4 not finished yet. ``audit`` only shows progress: 0 when it
+``status`` and ``results`` exit by the outcome (docs/cli.md, exit codes): 0 completed,
+1 failed, cancelled or timed out, 4 not finished yet. ``audit`` shows the job's nodes: 0 when it
 could. A job id the API does not know is the user's input error (2), as for a workflow.
 """
 
@@ -85,12 +86,6 @@ def outcome_code(status: str) -> int:
     return EXIT_FAILED if status in TERMINAL_STATUSES else EXIT_NOT_FINISHED
 
 
-@job_command("status", "Show a job's status. Exit 0 when it COMPLETED, 1 when it failed, was cancelled or timed out, 4 while it has not finished.")
-async def status_command(client: Any, job_id: str) -> Looked:
-    status = await _of_known_job(client, job_id, client.status(job_id))
-    return status, outcome_code(status)
-
-
 @job_command("results", "Show a finished job's results. Exit 0 when it COMPLETED, 1 when it failed, was cancelled or timed out, 4 (and no results) while it has not finished.")
 async def results_command(client: Any, job_id: str) -> Looked:
     from ..errors import ApiError, EXIT_NOT_FINISHED, JobFailed, JobNotFinished
@@ -117,9 +112,118 @@ async def results_command(client: Any, job_id: str) -> Looked:
     return shown, code
 
 
-@job_command("audit", "Show a job's node-by-node progress.")
-async def audit_command(client: Any, job_id: str) -> Looked:
-    from ..errors import EXIT_OK
+@click.command("audit", context_settings=CONTEXT_SETTINGS)
+@click.argument("job_id")
+@click.option("--raw", is_flag=True, help="Print the API's answer as it came (as --format json does), not the table.")
+@base_url_option(help=BASE_URL_ENV_HELP)
+@output_options
+@handle_errors
+def audit_command(job_id: str, raw: bool, base_url: str | None, output_format: str, quiet: bool, verbose: bool) -> None:
+    """Show a job's nodes: status, start, time taken and error of each. --format json (or --raw)
+    prints the API's answer instead."""
+    import asyncio
+    import json
 
-    audit = await _of_known_job(client, job_id, client.audit(job_id))
-    return audit.raw, EXIT_OK
+    from .. import redact
+
+    setup_logging(verbose, quiet)
+
+    async def read() -> Any:
+        async with client_from(base_url) as client:
+            return await _of_known_job(client, job_id, client.audit(job_id))
+
+    body = redact.mask_obj(asyncio.run(read()).raw)
+    if output_format == "json":
+        click.echo(json.dumps(body, ensure_ascii=False, default=str))
+        return
+    from ..progress import printable
+
+    lines = None if raw else audit_lines(job_id, body)
+    if lines is None:
+        if not raw:
+            click.echo("the audit is not in a shape opus-runner lays out as a table; shown as it came", err=True)
+        click.echo(printable(json.dumps(body, indent=2, ensure_ascii=False, default=str), newlines=True))
+        return
+    click.echo("\n".join(lines))
+
+
+def audit_lines(job_id: str, body: Any) -> list[str] | None:
+    """The audit as a head line and a table of nodes (node, status, started, time, error), in
+    the order they started; None when the body has no per-node data to lay out."""
+    from collections.abc import Mapping
+
+    from .tables import duration_text, fit_table, terminal_width
+
+    data = body.get("audit") if isinstance(body, Mapping) else None
+    nodes = data.get("nodes_execution_data") if isinstance(data, Mapping) else None
+    if not isinstance(nodes, Mapping) or not nodes:
+        return None
+    entries = [(str(name), entry if isinstance(entry, Mapping) else {}) for name, entry in nodes.items()]
+    # Started nodes in the order they started; the rest after them, as the audit lists them.
+    order = sorted(range(len(entries)), key=lambda i: (_start_ms(entries[i][1]) is None, _start_ms(entries[i][1]) or 0, i))
+    rows = []
+    for i in order:
+        name, entry = entries[i]
+        started = _start_ms(entry)
+        ms = entry.get("execution_time")
+        rows.append(
+            [
+                name,
+                entry.get("execution_status"),
+                _clock(started) if started is not None else None,
+                duration_text(ms / 1000) if isinstance(ms, (int, float)) and not isinstance(ms, bool) and started is not None else None,
+                _node_error(entry),
+            ]
+        )
+    failed = body.get("failed_nodes") or [name for name, e in entries if str(e.get("execution_status", "")).upper() == "FAILED"]
+    running = body.get("running_node")
+    done = sum(1 for _n, e in entries if str(e.get("execution_status", "")).upper() == "COMPLETED")
+    head = [f"job {job_id}"]
+    if body.get("status"):
+        head.append(str(body["status"]))
+    head.append(f"{done} of {body.get('nb_nodes') or len(entries)} nodes completed")
+    if running:
+        head.append(f"running: {running}")
+    if failed:
+        head.append(f"failed: {', '.join(map(str, failed))}")
+    width = terminal_width()
+    table = fit_table(["node", "status", "started", "time", "error"], rows, width=width, shrink=(4, 0))
+    from ..progress import printable
+
+    line = printable("  ".join(head))
+    return [line if width is None else line[:width], *table]
+
+
+def _start_ms(entry: Any) -> float | None:
+    """A node's start as epoch milliseconds (a number, or an ISO time), or None."""
+    value = entry.get("execution_start_time")
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000
+    except ValueError:
+        return None
+
+
+def _clock(ms: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(ms / 1000).strftime("%H:%M:%S")
+
+
+def _node_error(entry: Any) -> str | None:
+    """The error a failed node gave in its execution output, on one line."""
+    if str(entry.get("execution_status", "")).upper() != "FAILED":
+        return None
+    output = entry.get("execution_output")
+    items = output if isinstance(output, list) else [output]
+    for item in items:
+        if isinstance(item, dict) and item.get("error"):
+            return str(item["error"])
+        if isinstance(item, str) and item:
+            return item
+    return "failed"

@@ -55,7 +55,9 @@ async def resume(
         planner = session.planner()
         session.journal_secrets(planner, run.run_id, used_secrets)
         records = {r.plan_key: r for r in journal.jobs(run.run_id)}
-        jobs, refused, changed = _resume_plan(session, planner, records, run.options.get("inputs"))
+        # A rerun journaled every job it has before sending the first: nothing to plan from files.
+        from_files = not run.options.get("rerun_of")
+        jobs, refused, changed = _resume_plan(session, planner, records, run.options.get("inputs"), from_files=from_files)
         report = RunReport(run_id=run.run_id)
         settings = session.receiver_settings(agreed_by(job.plan for job in jobs))
         async with session.connection(), receiving(session, settings) as heard:
@@ -110,7 +112,12 @@ def _resumable(journal: Journal, options: RunOptions, run_id: str | None) -> tup
 
 
 def _resume_plan(
-    session: Session, planner: Planner, records: Mapping[str, JobRecord], recorded_inputs: Mapping[str, str] | None
+    session: Session,
+    planner: Planner,
+    records: Mapping[str, JobRecord],
+    recorded_inputs: Mapping[str, str] | None,
+    *,
+    from_files: bool = True,
 ) -> tuple[list[Job], list[str], list[str]]:
     """What a resume runs: every journaled job from its own record (its row and matrix as
     they were), then the plans the run never journaled, from the files. When those files
@@ -133,7 +140,7 @@ def _resume_plan(
             refused.append(key)
             continue
         jobs.append(Job(planner.plan_from_record(spec, record.plan), record=record))
-    for plan in planner.plans(session.specs, session.plan_filter()):
+    for plan in planner.plans(session.specs, session.plan_filter()) if from_files else ():
         if plan.key in records:
             continue
         if changed and not replan:

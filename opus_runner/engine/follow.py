@@ -1,15 +1,13 @@
 """Follow one job by its id to its end, outside any run: ``opus-run wait`` and ``status --watch``.
 
-The schedule is the one a run's poll mode follows (engine/job.py): a read, then a pause of the
-interval less up to a fifth of it (jitter), the interval growing by 1.3 up to ``max_interval``;
-an UNKNOWN status is read again at the first interval, and a read that fails for a reason that
-may pass (the network, a rate limit, a gateway) does not end the wait.
+The schedule is the one a run's poll mode follows (:class:`~.schedule.PollSchedule`); a read
+that fails for a reason that may pass (the network, a rate limit, a gateway) does not end the
+wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +16,7 @@ from ..errors import ApiError, NetworkError
 from ..models import TERMINAL_STATUSES
 from ..planning import DEFAULT_MAX_INTERVAL, DEFAULT_POLL
 from .job import transient
+from .schedule import PollSchedule
 
 #: Called with each status read that differs from the one before.
 OnStatus = Callable[[str], None]
@@ -40,12 +39,12 @@ async def follow(
     passed (None). ``last`` is a status already read (and shown): the first read waits one
     interval then."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    interval = poll_interval
+    schedule = PollSchedule(poll_interval, max_interval)
     read_now = last is None
     told = False
     while True:
         if not read_now:
-            pause = interval * random.uniform(0.8, 1.0)
+            pause = schedule.pause()
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -61,11 +60,11 @@ async def follow(
             if not told:
                 told = True
                 on_problem(exc)
-            interval = min(max_interval, interval * 2)
+            schedule.failed()
             continue
         if status != last:
             on_status(status)
             last = status
         if status in TERMINAL_STATUSES:
             return status
-        interval = poll_interval if status == "UNKNOWN" else min(max_interval, interval * 1.3)
+        schedule.read(status)

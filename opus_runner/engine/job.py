@@ -35,6 +35,7 @@ from ..progress import now_iso
 from ..state import Phase
 from .delivery import Delivery
 from .report import JobOutcome
+from .schedule import PollSchedule
 from .session import Session, file_digest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -241,7 +242,7 @@ class JobRunner:
         deadline = time.monotonic() + settings.timeout
         listener = self.listener if settings.mode != "poll" else None
         follow = _Following(self, plan, job_id, row_id, ctx, outcome)
-        interval = settings.poll_interval
+        schedule = PollSchedule(settings.poll_interval, settings.max_interval)
         soon = 0  # reads left at the poll interval: after a wake-up that found the job still running
         if listener is not None:
             listener.follow(row_id)
@@ -253,7 +254,7 @@ class JobRunner:
                     if remaining <= 0:
                         return None
                     if listener is None or soon or follow.unsure:
-                        pause = interval * random.uniform(0.8, 1.0)
+                        pause = schedule.pause()
                         woken = await listener.wait(row_id, min(remaining, pause)) if listener else await _sleep(min(remaining, pause))
                     else:
                         # Never early: a safety read just before the end would be one read too many.
@@ -261,21 +262,20 @@ class JobRunner:
                     if woken:
                         # The callback may come a moment before the status says so: a few
                         # quick reads before going back to the safety schedule.
-                        soon, interval = 3, settings.poll_interval
+                        soon = 3
+                        schedule.restart()
                     elif soon:
                         soon -= 1
                 read_now = False
                 status = await follow.read()
                 if status is None:  # unreadable for now (already reported)
-                    interval = min(settings.max_interval, interval * 2)
+                    schedule.failed()
                     continue
                 if status in TERMINAL_STATUSES:
                     return status
                 if self.session.reporter.wants_progress and self.batch_size == 1:  # node progress shows for one job only
                     await follow.progress(status)
-                # Gentle growth: a 10 s job is seen within about 2 s of its end with 6 status calls.
-                # UNKNOWN is re-checked at the first interval: it is a reading to confirm, not progress.
-                interval = settings.poll_interval if follow.unknown else min(settings.max_interval, interval * 1.3)
+                schedule.read(status)
         finally:
             if listener is not None:
                 listener.done(row_id)

@@ -132,6 +132,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--poll-interval", type=float, default=0.05, help="first poll interval in seconds [default: 0.05]")
     parser.add_argument("--aaico-python", metavar="PYTHON", help="an interpreter that can import opus_aaico [env: OPUS_BENCH_AAICO_PYTHON]")
     parser.add_argument("--no-aaico", action="store_true", help="do not try the opus-aaico SDK")
+    parser.add_argument("--no-lean-floor", action="store_true", help="do not also run the floor over opus-runner's connection pool")
     parser.add_argument("--profile", metavar="FILE", type=Path, help="also run opus-runner once under cProfile, saving the stats here")
     return parser
 
@@ -148,6 +149,8 @@ def run() -> int:
             why = env.refusal() or ""
             aaico = None if why else env
     variants: list[tuple[str, Any]] = [("opus-runner", None), ("floor", None)]
+    if not args.no_lean_floor:
+        variants.append(("floor+pool", None))
     if aaico is not None:
         variants.append((f"opus-aaico {aaico.version}", aaico.python))
 
@@ -173,7 +176,7 @@ def run() -> int:
                         m = sandbox.measure(label, _runner_argv(spec, args.concurrency, work / f"state-{r}"), cwd=work)
                         _check_runner(m, args.jobs)
                         _check_ndjson(out, args.jobs, "opus-runner")
-                    elif label == "floor":
+                    elif label.startswith("floor"):
                         out = work / "floor.ndjson"
                         out.unlink(missing_ok=True)
                         argv = [
@@ -187,6 +190,8 @@ def run() -> int:
                             "--poll-interval", str(args.poll_interval),
                             "--max-interval", str(MAX_INTERVAL),
                         ]  # fmt: skip
+                        if label == "floor+pool":
+                            argv.append("--lean-pool")
                         m = sandbox.measure(label, argv, cwd=work)
                         _check_client(m, args.jobs, "the floor client")
                         _check_ndjson(out, args.jobs, "the floor client")
@@ -237,6 +242,12 @@ def run() -> int:
     report.add_ratio(ratio("wall ratio opus-runner/floor", runner.wall, floor.wall, WALL_TARGET))
     report.add_ratio(ratio("CPU ratio opus-runner/floor", runner.cpu, floor.cpu, CPU_TARGET))
     report.add_ratio(Ratio("requests/job ratio opus-runner/floor", sum(runner.requests.values()) / max(1, sum(floor.requests.values()))))
+    if "floor+pool" in medians:
+        # For information: the floor over opus-runner's own connection pool, so the share of
+        # the runner's lead that is the pool alone is in plain sight.
+        lean = medians["floor+pool"]
+        report.add_ratio(ratio("CPU ratio opus-runner/floor+pool", runner.cpu, lean.cpu))
+        report.add_ratio(ratio("wall ratio opus-runner/floor+pool", runner.wall, lean.wall))
     for label, m in medians.items():
         if label.startswith("opus-aaico"):
             report.add_ratio(ratio("CPU ratio opus-runner/opus-aaico", runner.cpu, m.cpu, AAICO_CPU_TARGET))

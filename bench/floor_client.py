@@ -6,8 +6,8 @@ It does the work opus-runner does for a batch with an ``ndjson`` output, and not
 ``interval * uniform(0.8, 1.0)``, the interval growing by ``--backoff`` up to
 ``--max-interval``), ``GET /job/{id}/results``, and one JSON line per job appended to
 ``--ndjson`` with the fields the runner's ndjson output writes (each line one write, then
-fsync, as the runner's output does). One ``httpx.AsyncClient``, a semaphore of
-``--concurrency``. No journal, no templating, no validation.
+fsync, as the runner's output does). One ``httpx.AsyncClient`` (with ``--lean-pool``, over opus-runner's
+connection pool), a semaphore of ``--concurrency``. No journal, no templating, no validation.
 
 It retries transport errors (connect errors, resets, a server closing the connection) a few
 times with a short backoff, so a reset cannot abort a benchmark; ``POST /job/execute`` only
@@ -87,7 +87,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out = os.open(args.ndjson, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     semaphore = asyncio.Semaphore(args.concurrency)
-    async with httpx.AsyncClient(base_url=base_url, headers={"x-service-key": key}, limits=limits, timeout=30.0) as http:
+    transport = None
+    if args.lean_pool:
+        # opus-runner's own connection pool (opus_runner/api/pool.py), for the comparison that
+        # shows how much of the runner's lead is that pool alone.
+        from opus_runner.api.pool import LeanTransport
+
+        transport = LeanTransport(limits=limits)
+    client = httpx.AsyncClient(base_url=base_url, headers={"x-service-key": key}, limits=limits, timeout=30.0, transport=transport)
+    async with client as http:
         inputs = workflow_inputs(await call(http, "GET", f"/workflow/{args.workflow}"))
 
         async def job(n: int, row: dict[str, str]) -> str:
@@ -138,6 +146,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--poll-interval", type=float, default=2.0, help="first interval between status calls (s)")
     parser.add_argument("--max-interval", type=float, default=30.0, help="longest interval (s)")
+    parser.add_argument("--lean-pool", action="store_true", help="use opus-runner's connection pool instead of httpcore's")
     parser.add_argument("--backoff", type=float, default=1.3, help="interval growth per poll (1: a fixed interval)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="give up waiting after this long (s)")
     args = parser.parse_args()

@@ -7,8 +7,9 @@ its socket (a system call, through anyio's attribute table). At 50 connections t
 a quarter of the runner's CPU (issue 14). :class:`LeanConnectionPool` keeps the stock pool's
 behaviour and changes only how often it looks:
 
-- on every assignment, connections that are closed, or whose keep-alive expired by the clock,
-  leave the pool (the clock check reads a timestamp; no socket is touched);
+- a few times a second (:attr:`LeanConnectionPool.SWEEP_SECONDS`), and whenever a request
+  needs room in a full pool, connections that are closed, or whose keep-alive expired by the clock, leave the pool
+  (the clock check reads a timestamp; no socket is touched);
 - surplus idle connections beyond ``max_keepalive_connections`` are closed, as before;
 - the full ``has_expired()`` check, the socket poll that notices a server having closed an
   idle connection, runs only on the connection about to be handed out. One found closed is
@@ -49,11 +50,27 @@ def supported(version: str | None = None) -> bool:
 class LeanConnectionPool(httpcore.AsyncConnectionPool):
     """httpcore's pool, checking sockets only of the connection it hands out (see the module)."""
 
+    #: seconds between two sweeps of the whole pool for closed and expired connections
+    SWEEP_SECONDS = 0.25
+    _next_sweep = 0.0
+
     def _assign_requests_to_connections(self) -> list[Any]:
         closing: list[Any] = []
         now = time.monotonic()
         # Connections handed to a request (which may not have started on them yet) are taken.
         taken = {id(r.connection) for r in self._requests if r.connection is not None}
+        # The sweep costs a look at every connection; a few times a second is enough for
+        # keep-alive expiry counted in seconds. _assign sweeps at once when it needs room: a
+        # closed connection must not hold the place of a new one.
+        swept = now >= self._next_sweep
+        if swept:
+            self._next_sweep = now + self.SWEEP_SECONDS
+            self._sweep(now, taken, closing)
+        self._assign(taken, closing, now, swept)
+        return closing
+
+    def _sweep(self, now: float, taken: set[int], closing: list[Any]) -> None:
+        """Closed connections leave the pool; expired and surplus idle ones go to ``closing``."""
         kept: list[Any] = []
         for connection in self._connections:
             if connection.is_closed():
@@ -76,11 +93,17 @@ class LeanConnectionPool(httpcore.AsyncConnectionPool):
             kept = survivors
         self._connections = kept
 
+    def _assign(self, taken: set[int], closing: list[Any], now: float, swept: bool) -> None:
+        """Each queued request gets a healthy free connection, or a new one while there is room."""
         for pool_request in self._requests:
             if not pool_request.is_queued():
                 continue
             origin = pool_request.request.url.origin
             connection = self._healthy_available(origin, taken, closing)
+            if connection is None and not swept and len(self._connections) >= self._max_connections:
+                swept = True  # room is needed: closed and expired connections make it
+                self._sweep(now, taken, closing)
+                connection = self._healthy_available(origin, taken, closing)
             if connection is None:
                 if len(self._connections) >= self._max_connections:
                     idle = next((c for c in self._connections if id(c) not in taken and c.is_idle()), None)
@@ -94,7 +117,6 @@ class LeanConnectionPool(httpcore.AsyncConnectionPool):
                 self._connections.append(connection)
             pool_request.assign_to_connection(connection)
             taken.add(id(connection))
-        return closing
 
     def _healthy_available(self, origin: Any, taken: set[int], closing: list[Any]) -> Any:
         """The first free connection to ``origin`` whose socket is still good, or None; ones

@@ -83,7 +83,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(
         str(EXIT_OK),
         "Success: every job completed; every check passed (`validate`; `drift`: nothing breaks a spec); "
-        "a `--dry-run` or `--no-wait` did what it was asked; `sandbox` stopped with Ctrl-C.",
+        "a `--dry-run` or `--no-wait` did what it was asked; `sandbox` or `callbacks serve` stopped with Ctrl-C.",
     ),
     ExitCode(
         str(EXIT_FAILED),
@@ -114,7 +114,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
         str(EXIT_INTERRUPTED),
         "Interrupted (Ctrl-C). `run` and `resume` keep every job's state in the journal, and the message says "
         "how to finish the run with `opus-run resume`.",
-        unless=("sandbox",),
+        # Ctrl-C is how these stop (exit 0), or they end before it can come.
+        unless=("sandbox", "callbacks", "help", "version"),
     ),
     ExitCode(
         "143 / 129",

@@ -419,15 +419,20 @@ def test_a_callback_that_came_while_the_run_was_down_wakes_the_job_on_resume(cb_
     child = opus_run(cb_project, "run", str(path), "--callback-public-url", receiver.url, "-q")
     try:
         wait_for(lambda: cb_project.sandbox.state.requests[("POST", "execute")] == 1)
+        # An early wake-up makes the run read the status once (IN PROGRESS), which journals
+        # the job as executed: resume then follows it without settling anything first.
+        real = next(iter(cb_project.sandbox.state.jobs.values())).callback_url
+        assert httpx.post(real, json={}).status_code == 200
         wait_for(lambda: any(r["phase"] == "executed" for r in journal_rows(cb_project)))
     finally:
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=30)
-    wait_for(lambda: receiver.receiver.accepted == 1)  # the job ended while nobody followed it
+    wait_for(lambda: receiver.receiver.accepted == 2)  # the job ended while nobody followed it
     reads_before = status_reads(cb_project)
     result = cb_project.run("resume", "-q")
     assert result.exit_code == 0, result.output
     assert status_reads(cb_project) - reads_before == 1
+    assert cb_project.sandbox.state.requests[("POST", "execute")] == 1
     assert [line["status"] for line in lines(cb_project.root / "out.ndjson")] == ["COMPLETED"]
     assert cb_project.sandbox.state.executes and set(cb_project.sandbox.state.executes.values()) == {1}
 

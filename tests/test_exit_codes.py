@@ -402,6 +402,51 @@ def _(p: Project) -> int:
     return p.run("sandbox", "--port", "0", "--workflows", "wf.yaml").exit_code
 
 
+@case("callbacks", 0, "stopped with ctrl-c")
+def _(p: Project) -> int:
+    proc = opus_run(p, "callbacks", "serve", "--port", "0")
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("Opus callback receiver listening on")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode
+
+
+@case("callbacks", 2, "port in use")
+def _(p: Project) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        return p.run("callbacks", "serve", "--port", str(sock.getsockname()[1])).exit_code
+
+
+@case("help", 0, "a command's help")
+def _(p: Project) -> int:
+    return p.run("help", "run").exit_code
+
+
+@case("help", 2, "no such command")
+def _(p: Project) -> int:
+    return p.run("help", "valdiate").exit_code
+
+
+@case("version", 0, "the version")
+def _(p: Project) -> int:
+    return p.run("version").exit_code
+
+
+@case("version", 2, "an argument it does not take")
+def _(p: Project) -> int:
+    return p.run("version", "--nope").exit_code
+
+
 # -- 3: API, auth or network --------------------------------------------------------------------
 
 #: Each command that talks to the API, with arguments that reach it.

@@ -106,8 +106,9 @@ class JobRunner:
     ) -> None:
         phase = record.phase if record else Phase.PLANNED
         outcome.job_id = record.job_id if record else None
+        seen: str | None = None  # a status read while settling: a terminal one ends the wait
         if phase == Phase.EXECUTING and record is not None and record.job_id is not None:
-            phase = await self._settle_executing(record)
+            phase, seen = await self._settle_executing(record)
         if phase in (Phase.PLANNED, Phase.INITIATED, Phase.EXECUTING):
             submitted = await self._submit(plan, outcome, record, prepared)
             if submitted is None:
@@ -119,12 +120,16 @@ class JobRunner:
         if not plan.wait.enabled:
             self.session.reporter.message(f"{plan.key}: job {job_id} submitted; follow it with: opus-run status {job_id}")
             return
-        status = await self._wait(plan, job_id, row_id, ctx, outcome)
+        if seen in TERMINAL_STATUSES:
+            status: str | None = seen
+            outcome.status = seen
+        else:
+            status = await self._wait(plan, job_id, row_id, ctx, outcome)
         result = await self._finish(plan, job_id, row_id, status or GAVE_UP, ctx, outcome, gave_up=status is None)
         # A real end was journaled with its outputs marked intended (one write); a give-up was not.
         await self.delivery.deliver(plan, result, row_id, ctx, outcome, marked=status is not None)
 
-    async def _settle_executing(self, record: JobRecord) -> Phase:
+    async def _settle_executing(self, record: JobRecord) -> tuple[Phase, str]:
         """The run stopped between sending execute and hearing back: the platform knows. Its
         status cannot tell (a never-executed job reads PENDING too); the job's detail shows
         whether the payload arrived."""
@@ -140,8 +145,8 @@ class JobRunner:
             )
         if received:
             self.session.journal.mark_executed(record.row_id)
-            return Phase.EXECUTED
-        return Phase.INITIATED
+            return Phase.EXECUTED, status
+        return Phase.INITIATED, status
 
     async def _submit(
         self, plan: JobPlan, outcome: JobOutcome, record: JobRecord | None, prepared: dict[str, Any] | None

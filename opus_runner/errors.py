@@ -114,8 +114,9 @@ EXIT_CODES: tuple[ExitCode, ...] = (
         str(EXIT_INTERRUPTED),
         "Interrupted (Ctrl-C). `run`, `resume` and `rerun` keep every job's state in the journal, and the message says "
         "how to finish the run with `opus-run resume`.",
-        # Ctrl-C is how these stop (exit 0), or they end before it can come.
-        unless=("sandbox", "callbacks", "help", "version"),
+        # Ctrl-C is how these stop (exit 0), or they end before it can come (report reads only
+        # the local journal; interrupted all the same, it exits 130).
+        unless=("sandbox", "callbacks", "help", "version", "report"),
     ),
     ExitCode(
         "143 / 129",

@@ -3,18 +3,21 @@
 ``opus-run lock SPEC...`` records, for every workflow and version the specs use, the inputs the
 live API described; ``opus-run validate --locked`` and ``render --locked`` then check specs
 against that file with no service key and no network (pull requests from forks, offline work),
-and ``opus-run drift`` compares it with the live API.
+and ``opus-run drift`` compares it with the live API. Without arguments, ``lock`` and ``drift``
+take every spec of the project (:func:`project_spec_files`), as ``terraform plan`` needs none.
 
 The file is JSON (sorted keys, indent 2, trailing newline, so diffs stay small)::
 
     {"lockVersion": 1,
+     "specs": ["<spec path, relative to the project root>", ...],
      "workflows": {"<workflow id>@<version | version id | latest>": {
          "workflowId", "version", "versionId", "name",
          "jobPayloadSchema": {"<variable_name>": {"variable_name", "display_name", "type",
                                                   "is_nullable", "allowed_file_types"}},
          "fingerprint": "<sha256 of the inputs>"}}}
 
-Every entry carries the fingerprint of its inputs; reading recomputes it, so an entry edited by
+``specs`` lists the spec files the lock was taken from (a lock written before it existed has
+none), so ``drift`` can say which specs are new since. Every entry carries the fingerprint of its inputs; reading recomputes it, so an entry edited by
 hand (or mangled by a merge) is refused instead of silently checking specs against wrong types.
 Cheap to import: only the standard library and opus-runner's own light modules.
 """
@@ -22,7 +25,9 @@ Cheap to import: only the standard library and opus-runner's own light modules.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -43,6 +48,8 @@ __all__ = [
     "lock_entry",
     "lock_path",
     "lock_text",
+    "project_spec_files",
+    "spec_names",
     "write_lock",
 ]
 
@@ -82,24 +89,83 @@ def lock_entry(schema: WorkflowSchema) -> dict[str, Any]:
     }
 
 
-def lock_document(schemas: Mapping[str, WorkflowSchema]) -> dict[str, Any]:
-    """The whole lock document for ``schemas`` (WorkflowRef.key -> schema)."""
-    return {"lockVersion": LOCK_VERSION, "workflows": {key: lock_entry(s) for key, s in schemas.items()}}
+def lock_document(schemas: Mapping[str, WorkflowSchema], specs: Sequence[str] = ()) -> dict[str, Any]:
+    """The whole lock document for ``schemas`` (WorkflowRef.key -> schema), taken from ``specs``
+    (paths relative to the project root, see :func:`spec_names`)."""
+    return {
+        "lockVersion": LOCK_VERSION,
+        "specs": sorted(set(specs)),
+        "workflows": {key: lock_entry(s) for key, s in schemas.items()},
+    }
 
 
-def lock_text(schemas: Mapping[str, WorkflowSchema]) -> str:
+def lock_text(schemas: Mapping[str, WorkflowSchema], specs: Sequence[str] = ()) -> str:
     """The lock file's text: sorted keys, indent 2, trailing newline (stable, diff-friendly)."""
-    return json.dumps(lock_document(schemas), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(lock_document(schemas, specs), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
-def write_lock(project_root: str | Path, schemas: Mapping[str, WorkflowSchema]) -> Path:
+def write_lock(project_root: str | Path, schemas: Mapping[str, WorkflowSchema], specs: Sequence[str] = ()) -> Path:
     """Write ``opus-runner.lock`` atomically in ``project_root``, replacing it whole; return its path.
 
     The file holds exactly ``schemas``: entries of workflows no longer used are dropped.
+    ``specs`` names the spec files they were taken from.
     """
     from .files import atomic_write_text
 
-    return atomic_write_text(lock_path(project_root), lock_text(schemas))
+    return atomic_write_text(lock_path(project_root), lock_text(schemas, specs))
+
+
+def spec_names(project_root: str | Path, paths: Iterable[str | Path]) -> list[str]:
+    """``paths`` as the lock names them: relative to ``project_root``, with ``/``, sorted."""
+    root = os.path.realpath(project_root)
+    return sorted({Path(os.path.relpath(os.path.realpath(p), root)).as_posix() for p in paths})
+
+
+# -- the project's specs -----------------------------------------------------------------------
+
+#: Folders never searched for specs: dependencies, caches and tools' own state.
+_SKIPPED_FOLDERS = frozenset({"node_modules", "__pycache__", "site-packages", "venv", "env"})
+#: A spec says what it is near its top; this much of a file is read to find out.
+_SNIFF_BYTES = 64 * 1024
+_DECLARES_SPEC = re.compile(rb"""^\s*[{,]?\s*["']?apiVersion["']?\s*:\s*["']?opus-runner/""", re.MULTILINE)
+_SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _declares_spec(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError:
+        return False
+    return _DECLARES_SPEC.search(head) is not None
+
+
+def project_spec_files(project_root: str | Path, *, skip: Iterable[str | Path] = ()) -> list[Path]:
+    """Every spec of the project: the ``.yaml``, ``.yml`` and ``.json`` files under
+    ``project_root`` that declare ``apiVersion: opus-runner/...``, sorted.
+
+    Other YAML and JSON files (foreach data, sandbox fixtures, CI files) are not specs and are
+    left out; so are hidden folders (``.git``, ``.venv``, the journal's ``.opus-run``), virtual
+    environments, ``node_modules`` and the folders in ``skip`` (a ``state_dir`` elsewhere).
+    Symlinked folders are not followed, so a link cannot pull in specs of another tree.
+    """
+    root = Path(project_root)
+    skipped = {os.path.realpath(p) for p in skip}
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and d not in _SKIPPED_FOLDERS
+            and os.path.realpath(os.path.join(folder, d)) not in skipped
+            and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg"))
+        )
+        for name in sorted(files):
+            path = Path(folder) / name
+            if not name.startswith(".") and name.lower().endswith(_SPEC_SUFFIXES) and _declares_spec(path):
+                found.append(path)
+    return found
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -107,10 +173,13 @@ def write_lock(project_root: str | Path, schemas: Mapping[str, WorkflowSchema]) 
 
 @dataclass(frozen=True)
 class Lock:
-    """A loaded, fingerprint-checked lock file. ``workflows`` maps WorkflowRef.key to its schema."""
+    """A loaded, fingerprint-checked lock file. ``workflows`` maps WorkflowRef.key to its schema;
+    ``specs`` names the spec files it was taken from (relative to the project root; empty in a
+    lock written before opus-runner recorded them)."""
 
     path: Path
     workflows: Mapping[str, WorkflowSchema] = field(default_factory=dict)
+    specs: tuple[str, ...] = ()
 
     def schema(self, ref: WorkflowRef) -> WorkflowSchema | None:
         """The locked schema of ``ref`` (same workflow id and the same pin), or None."""
@@ -219,8 +288,8 @@ def load_lock(project_root: str | Path) -> Lock:
         raise _corrupt(path, f"not JSON: {exc}") from None
     except RecursionError:
         raise _corrupt(path, "nested too deeply") from None
-    if not isinstance(data, dict) or set(data) != {"lockVersion", "workflows"}:
-        raise _corrupt(path, "expected an object with exactly lockVersion and workflows")
+    if not isinstance(data, dict) or not {"lockVersion", "workflows"} <= set(data) <= {"lockVersion", "workflows", "specs"}:
+        raise _corrupt(path, "expected an object with lockVersion and workflows (and specs)")
     version = data["lockVersion"]
     if not _is_int(version):
         raise _corrupt(path, "lockVersion is not a number")
@@ -235,6 +304,9 @@ def load_lock(project_root: str | Path) -> Lock:
     workflows = data["workflows"]
     if not isinstance(workflows, dict):
         raise _corrupt(path, "workflows is not an object")
+    specs = data.get("specs", [])
+    if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+        raise _corrupt(path, "specs is not a list of file names")
     schemas = {str(key): _read_entry(path, str(key), entry) for key, entry in workflows.items()}
-    return Lock(path=path, workflows=MappingProxyType(schemas))
+    return Lock(path=path, workflows=MappingProxyType(schemas), specs=tuple(specs))
 

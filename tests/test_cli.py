@@ -165,7 +165,8 @@ def test_console_script_is_the_click_group() -> None:
 
 def test_a_flag_is_spelled_the_same_in_every_command() -> None:
     """Shared flags come from one factory each (opus_runner/cli/options.py): only the help text
-    may say more in one command than in another."""
+    may say more in one command than in another, and --format the formats it can print and its
+    default (report: html and md, by the -o file's name)."""
     import click
 
     ctx = click.Context(main, info_name="opus-run")
@@ -175,8 +176,12 @@ def test_a_flag_is_spelled_the_same_in_every_command() -> None:
         assert command is not None
         for param in command.params:
             if isinstance(param, click.Option):
-                kind = (type(param.type).__name__, repr(param.type.to_info_dict()))
-                spelling = (tuple(param.opts), param.name, kind, param.metavar, param.is_flag, param.multiple, param.default)
+                info = param.type.to_info_dict()
+                if param.opts[-1] == "--format":
+                    info.pop("choices", None)
+                kind = (type(param.type).__name__, repr(info))
+                default = None if param.opts[-1] == "--format" else param.default
+                spelling = (tuple(param.opts), param.name, kind, param.metavar, param.is_flag, param.multiple, default)
                 spellings.setdefault(param.opts[-1], {}).setdefault(spelling, []).append(name)
     differing = {flag: list(found.values()) for flag, found in spellings.items() if len(found) > 1}
     assert not differing, f"flags spelled differently by these commands: {differing}"

@@ -198,6 +198,12 @@ def _(p: Project) -> int:
     return p.run("drift", "ok.yaml").exit_code
 
 
+@case("report", 0, "written")
+def _(p: Project) -> int:
+    assert p.run("run", "ok.yaml").exit_code == 0
+    return p.run("report", "-o", "run.html").exit_code
+
+
 @case("spec-schema", 0, "printed")
 def _(p: Project) -> int:
     return p.run("spec-schema").exit_code
@@ -436,6 +442,14 @@ def _(p: Project) -> int:
     p.file("plugins/broken.py", "def oops(:\n")
     result = p.run("plugins")
     assert "broken" in result.stderr
+    return result.exit_code
+
+
+@case("report", 2, "unknown run")
+def _(p: Project) -> int:
+    assert p.run("run", "ok.yaml").exit_code == 0
+    result = p.run("report", "no-such-run")
+    assert "no run no-such-run" in result.stderr
     return result.exit_code
 
 

@@ -45,6 +45,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "opus_runner.progress",
             "opus_runner.results",
             "opus_runner.authoring",
+            # reports of a run: they read the journal and render it, nothing more
+            "opus_runner.reports",
         ),
     ),
     (

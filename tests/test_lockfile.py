@@ -119,6 +119,70 @@ def test_lock_reflects_exactly_the_given_specs(project: Project) -> None:
     assert sorted(read_lock(project)["workflows"]) == [f"{WF['quick']}@latest"]
 
 
+def _project_tree(project: Project) -> None:
+    """Specs in nested folders, and YAML and JSON that are not specs beside them (foreach data,
+    a fixture, CI files), in hidden and virtual-environment folders too."""
+    quick_spec(project, "top")
+    project.file("jobs/deep/a.yaml", header("deep", "all-types") + "inputs:\n  Title: t\n  Budget: 1\n  Approved: true\n  Due date: 2026-12-15\n  Contract: https://example.com/c.pdf\n")
+    project.file("jobs/j.json", json.dumps({"apiVersion": "opus-runner/v1", "kind": "Job", "metadata": {"name": "j"}, "workflow": {"id": WF["quick"]}, "inputs": {"Question": "x"}}))
+    project.file("jobs/rows.json", '[{"region": "eu"}]')
+    project.file("sandbox/workflows.yaml", "workflows: {}\n")
+    project.file(".github/workflows/ci.yml", "on: push\n")
+    project.file(".hidden/x.yaml", header("hidden", "newer"))
+    project.file("tools-env/pyvenv.cfg", "home = /usr\n")
+    project.file("tools-env/lib/s.yaml", header("in-venv", "newer"))
+    project.file("node_modules/pkg/s.yaml", header("in-node", "newer"))
+
+
+def test_lock_without_arguments_takes_every_spec_of_the_project(project: Project) -> None:
+    _project_tree(project)
+    result = project.run("lock")
+    assert result.exit_code == 0, result.output
+    assert "from every spec of the project (3)" in result.stderr
+    lock = read_lock(project)
+    assert lock["specs"] == ["jobs/deep/a.yaml", "jobs/j.json", "top.yaml"]
+    assert sorted(lock["workflows"]) == sorted([f"{WF['all-types']}@latest", f"{WF['quick']}@latest"])
+    assert load_lock(project.root).specs == ("jobs/deep/a.yaml", "jobs/j.json", "top.yaml")
+    # Given specs: the lock names those.
+    assert project.run("lock", "top.yaml").exit_code == 0
+    assert read_lock(project)["specs"] == ["top.yaml"]
+
+
+def test_drift_without_arguments_checks_the_project_and_names_specs_new_or_gone(project: Project) -> None:
+    _project_tree(project)
+    assert project.run("lock").exit_code == 0
+    clean = project.run("drift")
+    assert clean.exit_code == 0, clean.output
+    assert "no drift" in clean.stdout and "note:" not in clean.stderr
+    (project.root / "jobs" / "j.json").unlink()
+    quick_spec(project, "later")
+    result = project.run("drift")
+    assert result.exit_code == 0, result.output
+    assert "note: specs not in opus-runner.lock: later.yaml; run 'opus-run lock' to add them" in result.stderr
+    assert "note: opus-runner.lock was taken from specs that are gone: jobs/j.json" in result.stderr
+
+
+def test_lock_and_drift_without_specs_in_the_project_say_so(project: Project) -> None:
+    project.file("data/rows.yaml", "- {a: 1}\n")
+    for command in ("lock", "drift"):
+        result = project.run(command)
+        assert result.exit_code == 2
+        assert "error: no spec under the project root" in result.stderr
+        assert "declaring apiVersion: opus-runner/v1" in result.stderr
+
+
+def test_a_lock_without_specs_still_loads(tmp_path: Path) -> None:
+    write_lock(tmp_path, {"wf@latest": SCHEMA})
+    data = json.loads((tmp_path / LOCK_FILE).read_text())
+    del data["specs"]
+    (tmp_path / LOCK_FILE).write_text(json.dumps(data))
+    assert load_lock(tmp_path).specs == ()
+    data["specs"] = "a.yaml"
+    (tmp_path / LOCK_FILE).write_text(json.dumps(data))
+    with pytest.raises(LockError, match="specs is not a list of file names"):
+        load_lock(tmp_path)
+
+
 def test_lock_needs_a_key(project: Project) -> None:
     quick_spec(project)
     result = project.run("lock", "q.yaml", env={"OPUS_SERVICE_KEY": None})
@@ -210,7 +274,7 @@ def _locked_project(project: Project) -> dict[str, Any]:
     [
         ("{not json", "opus-runner.lock is corrupted (not JSON"),
         ('{"lockVersion": 1, "workflows": []}', "opus-runner.lock is corrupted (workflows is not an object)"),
-        ('{"lockVersion": 1}', "opus-runner.lock is corrupted (expected an object with exactly lockVersion and workflows)"),
+        ('{"lockVersion": 1}', "opus-runner.lock is corrupted (expected an object with lockVersion and workflows (and specs))"),
         ('{"lockVersion": 7, "workflows": {}}', "lockVersion 7, written by a newer opus-runner"),
         (
             '{"lockVersion": 1, "workflows": {"quick@latest": {"workflowId": "quick"}}}',

@@ -25,8 +25,11 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 _COMPLETION = """\
 ## Shell completion
 
-`opus-run` completes commands, options and file names in bash, zsh and fish (click's shell
-completion). Generate the script once and source it from your shell's start-up file:
+`opus-run` completes commands, options, spec paths (`.yaml`, `.yml` and `.json` files and
+folders, for `opus-run SPEC...`, `run`, `validate`, `render`, `lock` and `drift`) and run ids
+from the journal (`resume`, `report`; newest first, from `--state-dir` when it comes first) in
+bash, zsh and fish (click's shell completion). Generate the script once and source it from your
+shell's start-up file:
 
 ```bash
 # bash (needs bash 4.4 or newer): add to ~/.bashrc

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import click
 
 from ..__about__ import __version__
-from . import authoring, callbacks, history, jobs, plugins, run, sandbox
+from . import authoring, callbacks, history, jobs, plugins, report, run, sandbox
 from .options import CONTEXT_SETTINGS
 
 #: The group's own options: they stay where they are, before any command.
@@ -48,6 +49,15 @@ class DefaultGroup(click.Group):
         if word is not None and not ctx.resilient_parsing and _looks_like_command(word):
             raise click.UsageError(no_such_command(word, self.list_commands(ctx)), ctx)
         return [self.default_command, *args]
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        """The commands, and spec paths too: ``opus-run specs/<Tab>`` completes as ``run`` would."""
+        from .completion import complete_spec_paths
+
+        found = super().shell_complete(ctx, incomplete)
+        if incomplete.startswith("-"):
+            return found
+        return found + complete_spec_paths(ctx, self.commands[self.default_command].params[0], incomplete)
 
     def _takes_value(self, name: str) -> bool:
         """Whether option ``name`` takes a value in the commands that have it (no two commands
@@ -162,6 +172,7 @@ for _command in (
     authoring.lock_command,
     authoring.drift_command,
     authoring.spec_schema_command,
+    report.report_command,
     plugins.plugins_command,
     sandbox.sandbox_command,
     callbacks.callbacks_group,

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from .completion import complete_spec_paths
 from .console import handle_errors, setup_logging
 from .options import (
     CONTEXT_SETTINGS,
@@ -133,12 +134,33 @@ def _init(
         click.echo(f"wrote {what} {output} for workflow {ref.id}; {hint}", err=True)
 
 
+def _project_specs(state_dir: Path | None = None) -> tuple[str, ...]:
+    """Every spec of the project of the current folder (``lock`` and ``drift`` without
+    arguments), or the sentence saying there is none."""
+    from ..config import default_state_dir, load_project_config
+    from ..errors import UsageError
+    from ..lockfile import project_spec_files
+    from ..paths import display_path
+
+    config = load_project_config()
+    found = project_spec_files(config.root, skip=[state_dir or default_state_dir(config)])
+    if not found:
+        raise UsageError(
+            f"no spec under the project root {display_path(config.root) or '.'} (a spec is a .yaml, .yml or .json "
+            "file declaring apiVersion: opus-runner/v1); pass spec files, globs or folders, or run from the project"
+        )
+    return tuple(str(path) for path in found)
+
+
 def _lock(specs: tuple[str, ...], quiet: bool, options: dict[str, Any]) -> None:
     import asyncio
     from ..config import load_project_config
     from ..errors import UsageError
-    from ..lockfile import LOCK_FILE, write_lock
+    from ..lockfile import LOCK_FILE, spec_names, write_lock
 
+    whole_project = not specs
+    if whole_project:
+        specs = _project_specs()
     runner = _runner(specs=specs, **options)
     collected = asyncio.run(runner.collect_schemas())
     roots = {load_project_config(spec.dir).root for spec, _ref, _schema in collected}
@@ -147,11 +169,13 @@ def _lock(specs: tuple[str, ...], quiet: bool, options: dict[str, Any]) -> None:
         raise UsageError(f"the specs belong to different projects ({listed}); lock each project on its own")
     root = runner.config.root
     schemas = {ref.key: schema for _spec, ref, schema in sorted(collected, key=lambda item: item[1].key)}
-    path = write_lock(root, schemas)
+    taken_from = spec_names(root, {spec.path for spec, _ref, _schema in collected})
+    path = write_lock(root, schemas, taken_from)
     if not quiet:
         keys = ", ".join(schemas) or "none"
         noun = "workflow" if len(schemas) == 1 else "workflows"
-        click.echo(f"wrote {path} ({len(schemas)} {noun}: {keys}); commit {LOCK_FILE} with the specs", err=True)
+        source = f"every spec of the project ({len(taken_from)})" if whole_project else f"{len(taken_from)} spec(s)"
+        click.echo(f"wrote {path} ({len(schemas)} {noun}: {keys}) from {source}; commit {LOCK_FILE} with the specs", err=True)
 
 
 def _drift(specs: tuple[str, ...], output_format: str, options: dict[str, Any]) -> int:
@@ -164,18 +188,37 @@ def _drift(specs: tuple[str, ...], output_format: str, options: dict[str, Any]) 
     from ..errors import UsageError
     from ..spec import find_specs
 
+    whole_project = not specs
+    if whole_project:
+        specs = _project_specs()
     # The lock is read first, so a missing or corrupted one costs no request.
     paths = find_specs(list(specs))
     if not paths:
         raise UsageError("no spec given: pass one or more spec files, globs or folders")
-    lock = load_lock(load_project_config(paths[0].parent).root)
+    root = load_project_config(paths[0].parent).root
+    lock = load_lock(root)
     runner = _runner(specs=specs, **options)
     report = drift_report(lock, asyncio.run(runner.collect_schemas()))
     if output_format == "json":
         click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     else:
         click.echo(report.text())
+    if whole_project and lock.specs:
+        _say_unlocked_specs(lock, root, paths)
     return report.exit_code
+
+
+def _say_unlocked_specs(lock: Any, root: Path, paths: list[Path]) -> None:
+    """On stderr: the project's specs the lock was not taken from, and the ones it names that
+    are gone; either means the next ``opus-run lock`` changes the lock."""
+    from ..lockfile import spec_names
+
+    now = set(spec_names(root, paths))
+    new, gone = sorted(now - set(lock.specs)), sorted(set(lock.specs) - now)
+    if new:
+        click.echo(f"note: specs not in {lock.path.name}: {', '.join(new)}; run 'opus-run lock' to add them", err=True)
+    if gone:
+        click.echo(f"note: {lock.path.name} was taken from specs that are gone: {', '.join(gone)}; run 'opus-run lock' to drop them", err=True)
 
 
 def _schema(workflow_id: str, version: int | None, version_id: str | None, output_format: str, options: dict[str, Any]) -> None:
@@ -239,7 +282,7 @@ def init_command(
 
 
 @click.command("lock", context_settings=CONTEXT_SETTINGS)
-@click.argument("specs", nargs=-1, required=True)
+@click.argument("specs", nargs=-1, shell_complete=complete_spec_paths)
 @var_options
 @connection_options
 @plugin_options
@@ -250,15 +293,17 @@ def lock_command(specs: tuple[str, ...], quiet: bool, verbose: bool, **options: 
     """Record the specs' workflow schemas in opus-runner.lock.
 
     Writes opus-runner.lock in the project root: the live input schema of every workflow and
-    version the given specs use, so `validate --locked` and `render --locked` work with no
-    key and no network. The lock reflects exactly the given specs: entries of workflows they
-    do not use are dropped, so pass every spec of the project (a folder or glob)."""
+    version the specs use, and which specs those were, so `validate --locked` and `render
+    --locked` work with no key and no network. Without SPECS, every spec of the project: the
+    .yaml, .yml and .json files under the project root that declare apiVersion: opus-runner/...
+    The lock reflects exactly the specs it was taken from: entries of workflows they do not use
+    are dropped."""
     setup_logging(verbose)
     _lock(specs, quiet, {**options, "verbose": verbose})
 
 
 @click.command("drift", context_settings=CONTEXT_SETTINGS)
-@click.argument("specs", nargs=-1, required=True)
+@click.argument("specs", nargs=-1, shell_complete=complete_spec_paths)
 @var_options
 @connection_options
 @plugin_options
@@ -268,7 +313,9 @@ def drift_command(specs: tuple[str, ...], output_format: str, verbose: bool, **o
     """Compare the live workflow schemas with opus-runner.lock.
 
     Reports, per workflow, the inputs added, removed, retyped, made required or optional,
-    renamed, and whose allowed file types changed; and the specs that break. Exit 0 when
+    renamed, and whose allowed file types changed; and the specs that break. Without SPECS,
+    every spec of the project (as `lock` takes them), with a note naming the specs added or
+    gone since the lock was taken. Exit 0 when
     nothing breaks a spec, 1 when a spec breaks, 2 when the lock lacks a workflow the specs
     use."""
     setup_logging(verbose)

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .completion import complete_run_ids, complete_spec_paths
 from .console import handle_errors, print_notes, setup_logging
 from .options import (
     ALLOW_OUTSIDE_ROOT_HELP,
@@ -89,13 +90,16 @@ def _interrupted(exc: KeyboardInterrupt, text: str) -> Any:
     return error
 
 
-def _execute(options: Any, reporter: Any) -> Any:
+def _execute(options: Any, reporter: Any, summary_md: str | None = None) -> Any:
     import asyncio
     from ..engine import Runner
 
     runner = Runner(options, reporter=reporter)
     try:
-        return asyncio.run(_until_stopped(runner.run()))
+        report = asyncio.run(_until_stopped(runner.run()))
+        if summary_md and report.run_id:
+            _append_summary(summary_md, runner)
+        return report
     except KeyboardInterrupt as exc:
         if runner.run_id:
             raise _interrupted(
@@ -107,8 +111,24 @@ def _execute(options: Any, reporter: Any) -> Any:
         reporter.close()
 
 
+def _append_summary(path: str, runner: Any) -> None:
+    """``--summary-md``: the run's Markdown summary appended to ``path``, from the journal."""
+    from ..engine.session import open_journal
+    from ..reports import load_run
+    from ..reports.markdown import append_markdown
+
+    with open_journal(runner.options, runner.config) as journal:
+        data = load_run(journal, runner.run_id)
+    try:
+        append_markdown(path, data)
+    except OSError as exc:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--summary-md {path}: cannot append the run's summary ({exc.strerror or exc}); the run itself is in the journal: opus-run report {runner.run_id} --format md") from None
+
+
 @click.command("run", context_settings=CONTEXT_SETTINGS)
-@click.argument("specs", nargs=-1, required=True)
+@click.argument("specs", nargs=-1, required=True, shell_complete=complete_spec_paths)
 @spec_options
 @connection_options
 @click.option("--dry-run", is_flag=True, help="Do everything up to, not including, initiating jobs.")
@@ -117,17 +137,22 @@ def _execute(options: Any, reporter: Any) -> Any:
 @timeout_option()
 @callback_options
 @click.option("--keep-going", is_flag=True, help="Skip invalid jobs of a batch instead of submitting nothing.")
+@click.option("--summary-md", metavar="FILE", help='Append a Markdown summary of the run (totals, failures) to FILE at its end: --summary-md "$GITHUB_STEP_SUMMARY".')
 @state_dir_option()
 @output_options
 @handle_errors
-def run_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
+def run_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, summary_md: str | None, **kwargs: Any) -> None:
     """Validate, submit and follow jobs; route their results to outputs."""
     from ..progress import make_reporter
 
+    if summary_md is not None and not summary_md.strip():
+        from ..errors import UsageError
+
+        raise UsageError("--summary-md was given an empty file name (is $GITHUB_STEP_SUMMARY set?); name the file to append the summary to")
     setup_logging(verbose, quiet)
     options = _run_options(specs=specs, output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
     reporter = make_reporter(output_format, quiet=quiet)
-    report = _execute(options, reporter)
+    report = _execute(options, reporter, summary_md)
     if options.dry_run:
         print_notes(report, output_format, quiet)
         return
@@ -147,7 +172,7 @@ def _check(mode: str, specs: tuple[str, ...], output_format: str, quiet: bool, v
 
 
 @click.command("validate", context_settings=CONTEXT_SETTINGS)
-@click.argument("specs", nargs=-1, required=True)
+@click.argument("specs", nargs=-1, required=True, shell_complete=complete_spec_paths)
 @spec_options
 @connection_options
 @schema_source_options("Check inputs")
@@ -161,7 +186,7 @@ def validate_command(specs: tuple[str, ...], output_format: str, quiet: bool, ve
 
 
 @click.command("render", context_settings=CONTEXT_SETTINGS)
-@click.argument("specs", nargs=-1, required=True)
+@click.argument("specs", nargs=-1, required=True, shell_complete=complete_spec_paths)
 @spec_options
 @connection_options
 @schema_source_options("Render")
@@ -175,7 +200,7 @@ def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
 
 
 @click.command("resume", context_settings=CONTEXT_SETTINGS)
-@click.argument("run_id", required=False)
+@click.argument("run_id", required=False, shell_complete=complete_run_ids)
 @base_url_option(help=BASE_URL_ENV_HELP)
 @state_dir_option()
 @timeout_option()

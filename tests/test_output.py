@@ -69,6 +69,9 @@ def test_a_batch_prints_one_line_per_finished_job_then_the_failures_then_the_tot
     assert all(r.startswith("    job ") and "failed node: Score" in r for r in reasons)
     assert len(lines) == start + 1 + 2 * 2 + 1
     assert lines[-1].startswith("4 completed, 2 failed in ") and TOTALS.match(lines[-1])
+    # The jobs' lines, a blank line, the failures, the totals: nothing else, each once.
+    assert lines[: start - 1] == ["submitting 6 jobs", *progress] and lines[start - 1] == ""
+    assert [line for line in lines if TOTALS.match(line)] == [lines[-1]]
     assert "job id" not in result.stderr  # the per-job table is --verbose's
 
 

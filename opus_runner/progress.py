@@ -307,7 +307,7 @@ class GithubReporter(PlainReporter):
     def summary(self, rows: list[dict[str, Any]]) -> None:
         super().summary(rows)
         for row in rows:
-            if row.get("error") or outcome_label(row) not in ("COMPLETED", "PENDING", "IN_PROGRESS"):
+            if _is_failure(row):
                 title = f"{row.get('plan_key') or 'job'} {outcome_label(row)}"
                 annotate("error", str(row.get("error") or title), file=row.get("spec"), title=title)
 

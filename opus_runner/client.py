@@ -23,6 +23,7 @@ from .api import (
     ExecuteOutcome,
     OpusClient,
     ResultsData,
+    RetryNotice,
     RetryPolicy,
     SlowAnswerError,
     __all__,

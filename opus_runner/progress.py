@@ -1,7 +1,10 @@
 """How a run shows what is happening: JSON event lines, plain log lines, or a live terminal display.
 
 stdout belongs to results (the ``stdout`` output) and, with ``--format json``, to the event
-stream: one JSON object per line, nothing else. Human progress goes to stderr.
+stream: one JSON object per line, nothing else (``--format github`` adds GitHub Actions
+annotations there, which the runner of a workflow reads from stdout). Human progress goes to
+stderr: one line per finished job while the batch runs, then a pytest-style summary, the
+failures with their reasons last and one totals line below them.
 """
 
 from __future__ import annotations
@@ -9,14 +12,16 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import re
 import sys
+import textwrap
 import time
 from collections import Counter
 from typing import IO, Any
 
 from . import jsontext, redact
-from .models import JobEvent
+from .models import CANCELLED_STATUSES, TERMINAL_STATUSES, JobEvent
 
 _TERMINAL_KINDS = {"completed", "failed", "cancelled", "timed_out"}
 
@@ -81,7 +86,7 @@ class PrintableFilter(logging.Filter):
 
 
 class Reporter:
-    """Receives the run's events and messages. The base class shows nothing."""
+    """Receives the run's events and messages. The base class shows nothing (retries it logs)."""
 
     #: True when the display wants node progress (the runner then polls audits too)
     wants_progress = False
@@ -103,6 +108,22 @@ class Reporter:
     def progress(self, plan_key: str, job_id: str, status: str, node: str | None, done: int, total: int) -> None:
         """Node progress of one running job (only when ``wants_progress``)."""
 
+    def finished(self, row: dict[str, Any]) -> None:
+        """One job is over, its results delivered (``row`` as in :meth:`summary`)."""
+
+    def job_error(self, text: str) -> None:
+        """Why a job ended badly, when no terminal event says it (an API error, a failed
+        output), its plan key in ``text``. An error message by default; the text reporters
+        leave it to the summary's failures, so a failure is printed once."""
+        self.message(text, level="error")
+
+    def retrying(self, notice: Any) -> None:
+        """The client is about to retry a call (an :class:`~opus_runner.api.RetryNotice`)."""
+        # As the client logs a retry when no one listens: what library callers' logs have read.
+        logging.getLogger("opus_runner.http").info(
+            redact.mask(f"{notice.call}: {notice.reason}; retrying in {notice.delay:.1f} s (attempt {notice.attempt} of {notice.attempts})")
+        )
+
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         """A note for humans (skipped checks, resume hints) or, in JSON mode, an event line."""
 
@@ -110,7 +131,8 @@ class Reporter:
         """The payload one job would send (``render``, ``--dry-run``), secrets masked."""
 
     def summary(self, rows: list[dict[str, Any]]) -> None:
-        """The final table: one row per job."""
+        """The end of the run: one row per job (plan_key, job_id, status, duration, delivered,
+        error, spec)."""
 
     def close(self) -> None:
         """Tear down any live display."""
@@ -122,6 +144,7 @@ class JsonReporter(Reporter):
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
         self._flush_soon = False
+        self._started = time.monotonic()
 
     def _emit(self, data: dict[str, Any]) -> None:
         self.stream.write(dumps(data) + "\n")
@@ -153,10 +176,14 @@ class JsonReporter(Reporter):
         return True
 
     def start(self, total: int) -> None:
+        self._started = time.monotonic()
         self._emit({"event": "batch", "time": now_iso(), "jobs": total})
 
     def event(self, event: JobEvent) -> None:
         self._emit(event.as_dict())
+
+    def retrying(self, notice: Any) -> None:
+        self._emit({"event": "retry", "time": now_iso(), **notice.as_dict()})
 
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         self._emit({"event": "message", "time": now_iso(), "level": level, "message": text, **(data or {})})
@@ -168,7 +195,8 @@ class JsonReporter(Reporter):
 
     def summary(self, rows: list[dict[str, Any]]) -> None:
         counts = Counter(r.get("status") or "NOT_SUBMITTED" for r in rows)
-        self._emit({"event": "summary", "time": now_iso(), "jobs": len(rows), "statuses": dict(counts)})
+        elapsed = round(time.monotonic() - self._started, 3)
+        self._emit({"event": "summary", "time": now_iso(), "jobs": len(rows), "statuses": dict(counts), "elapsed": elapsed})
         self._flush()
 
     def close(self) -> None:
@@ -176,12 +204,24 @@ class JsonReporter(Reporter):
 
 
 class PlainReporter(Reporter):
-    """Plain lines on stderr: for logs, cron mails and CI consoles without a terminal."""
+    """Plain lines on stderr: for logs, cron mails, CI consoles and terminals without rich.
 
-    def __init__(self, stream: IO[str] | None = None, *, quiet: bool = False) -> None:
+    While the batch runs: one line per finished job (``[17/200] name  COMPLETED  3.2s``) and
+    one per retry. At the end: the per-job table (``verbose`` only), the failures with their
+    reasons, then the totals line. ``quiet`` keeps the failures and the totals line only.
+    """
+
+    def __init__(
+        self, stream: IO[str] | None = None, *, quiet: bool = False, verbose: bool = False, width: int | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
+        self.verbose = verbose
+        #: columns a line may take (None: any); lines are cut to it, so none wraps
+        self.width = width if width is not None else terminal_width(self.stream)
         self._started = time.monotonic()
+        self.total = 0
+        self.done = 0
 
     def _line(self, text: str) -> None:
         self.stream.write(printable(redact.mask(text), newlines=True) + "\n")
@@ -189,23 +229,49 @@ class PlainReporter(Reporter):
 
     def start(self, total: int) -> None:
         self._started = time.monotonic()
+        self.total, self.done = total, 0
         if not self.quiet and total != 1:
             self._line(f"submitting {total} jobs")
 
     def shows(self, kind: str) -> bool:
-        return not self.quiet or kind in ("failed", "cancelled", "timed_out")
+        # Finished jobs are told by finished(); events show only with --verbose, and a lone
+        # job's submission (its id is what `opus-run status` takes).
+        if self.quiet:
+            return False
+        return self.verbose or (kind == "submitted" and self.total == 1)
 
     def event(self, event: JobEvent) -> None:
-        if not self.shows(event.kind):
-            return
-        if event.kind == "status":
-            who, job_id, status = (printable(v) for v in (event.plan_key or event.spec_name, event.job_id, event.status))
-            self._line(f"{who}: job {job_id} is {status}")
-        elif event.kind == "completed":
-            who, job_id = (printable(v) for v in (event.plan_key or event.spec_name, event.job_id))
-            self._line(f"{who}: job {job_id} COMPLETED")
-        else:
-            self._line(_event_text(event))
+        if self.shows(event.kind):
+            self._line(fit(_event_line(event), self.width))
+
+    def finished(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        if self._says_finished(row):
+            self._line(self._finished_line(row))
+
+    def _says_finished(self, row: dict[str, Any]) -> bool:
+        """Whether a finished job gets a line: not under --quiet, not for a lone job (the
+        summary's line says it all), and not when the stdout output has just printed its
+        result, headed by its name, on this same terminal: one line per job, never two."""
+        if self.quiet or self.total == 1:
+            return False
+        return not (row.get("stdout") and _same_terminal(self.stream))
+
+    def _finished_line(self, row: dict[str, Any]) -> str:
+        digits = len(str(self.total))
+        prefix = f"[{self.done:>{digits}}/{self.total}] " if self.total else ""
+        tail = f"  {outcome_label(row)}  {_seconds(row.get('duration'))}"
+        name = printable(row.get("plan_key") or "")
+        if self.width is not None:  # the name gives way first: the status is what the line is for
+            name = fit(name, max(4, self.width - len(prefix) - len(tail)))
+        return fit(prefix + name + tail, self.width)
+
+    def job_error(self, text: str) -> None:
+        pass  # in the summary's failures, with the job's other reasons
+
+    def retrying(self, notice: Any) -> None:
+        if not self.quiet:
+            self._line(fit(notice.text(), self.width))
 
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         if self.quiet and level == "info":
@@ -223,28 +289,46 @@ class PlainReporter(Reporter):
         sys.stdout.flush()
 
     def summary(self, rows: list[dict[str, Any]]) -> None:
-        if self.quiet or not rows:
+        if not rows:
             return
-        if len(rows) == 1:  # one job: no table, but say where its results went
-            if rows[0].get("delivered"):
-                self._line(f"results: {rows[0]['delivered']}")
-            return
-        self._line(format_table(rows))
+        text = format_summary(rows, time.monotonic() - self._started, verbose=self.verbose, width=self.width)
+        self._line(text.lstrip("\n") if self.quiet else text)  # quiet: no jobs' lines to set it apart from
+
+
+class GithubReporter(PlainReporter):
+    """``--format github``: text on stderr as :class:`PlainReporter`, and the job failures (and
+    the problems of jobs ``--keep-going`` skipped) as GitHub Actions annotations on stdout."""
+
+    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        super().message(text, level=level, data=data)
+        if data and data.get("file") and level in ("warning", "error"):
+            annotate(level, str(data.get("problem") or text), file=data.get("file"), line=data.get("line"))
+
+    def summary(self, rows: list[dict[str, Any]]) -> None:
+        super().summary(rows)
+        for row in rows:
+            if _is_failure(row):
+                title = f"{row.get('plan_key') or 'job'} {outcome_label(row)}"
+                annotate("error", str(row.get("error") or title), file=row.get("spec"), title=title)
 
 
 class RichReporter(PlainReporter):
-    """A live display on a terminal: counts, elapsed time and ETA; node n of m for one job."""
+    """A live display on a terminal: counts, elapsed time and ETA; node n of m for one job.
+    Finished jobs, retries and messages scroll above it as plain lines."""
 
     wants_progress = True
 
-    def __init__(self, stream: IO[str] | None = None, *, quiet: bool = False) -> None:
-        super().__init__(stream, quiet=quiet)
+    def __init__(
+        self, stream: IO[str] | None = None, *, quiet: bool = False, verbose: bool = False, width: int | None = None
+    ) -> None:
+        super().__init__(stream, quiet=quiet, verbose=verbose, width=width)
         from rich.console import Console
         from rich.live import Live
 
         self.console = Console(file=self.stream, stderr=True, markup=False, highlight=False)
+        if width is None:
+            self.width = self.console.width if self.console.is_terminal else self.width
         self.counts: Counter[str] = Counter()
-        self.total = 0
         self.nodes: dict[str, str] = {}
         # Results printed to stdout scroll above the live line only when stdout is the same
         # terminal; redirected to a file or a pipe, stdout must stay untouched.
@@ -259,7 +343,6 @@ class RichReporter(PlainReporter):
 
     def start(self, total: int) -> None:
         super().start(total)
-        self.total = total
         self.counts["queued"] = total
         self.live.start()
 
@@ -278,10 +361,10 @@ class RichReporter(PlainReporter):
         lines = [text]
         if self.total == 1:
             lines.extend(f"{printable(key)}: {node}" for key, node in self.nodes.items())
-        return Text("\n".join(lines))
+        return Text("\n".join(fit(line, self.width) for line in lines), no_wrap=True, overflow="ellipsis")
 
     def shows(self, kind: str) -> bool:
-        return kind != "status"  # the live line counts jobs; status changes show nowhere
+        return kind != "status" or self.verbose  # the live line counts jobs
 
     def event(self, event: JobEvent) -> None:
         if event.kind == "submitted":
@@ -291,67 +374,244 @@ class RichReporter(PlainReporter):
             self.counts["running"] -= 1
             self.counts["completed" if event.kind == "completed" else "failed"] += 1
             self.nodes.pop(event.plan_key or event.spec_name, None)
-        # The live line shows counts; only what needs attention becomes a line of its own (and,
-        # for a single job, its submission, so its id is on screen).
-        if event.kind in ("failed", "cancelled", "timed_out") or (event.kind == "submitted" and self.total == 1):
-            self.live.console.print(printable(redact.mask(_event_text(event)), newlines=True), highlight=False, markup=False)
+        # A lone job's submission is a line of its own, so its id is on screen; the rest only
+        # with --verbose (finished jobs get their line from finished()).
+        if (event.kind == "submitted" and self.total == 1) or (self.verbose and event.kind in ("submitted", "status")):
+            self._print(fit(_event_line(event), self.width))
+
+    def _print(self, text: str, *, style: str | None = None) -> None:
+        self.live.console.print(
+            printable(redact.mask(text), newlines=True), highlight=False, markup=False, style=style, soft_wrap=True
+        )
 
     def progress(self, plan_key: str, job_id: str, status: str, node: str | None, done: int, total: int) -> None:
         where = f"node {min(done + 1, total)} of {total}" if total else status
         self.nodes[plan_key] = printable(f"{status} · {where}" + (f" ({node})" if node else ""))
 
+    def finished(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        if self._says_finished(row):
+            self._print(self._finished_line(row))
+
+    def retrying(self, notice: Any) -> None:
+        if not self.quiet:
+            self._print(fit(notice.text(), self.width), style="dim")
+
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         if self.quiet and level == "info":
             return
         prefix = {"warning": "warning: ", "error": "error: "}.get(level, "")
-        self.live.console.print(printable(redact.mask(prefix + text), newlines=True), highlight=False, markup=False)
+        self._print(prefix + text)
 
     def summary(self, rows: list[dict[str, Any]]) -> None:
-        self.live.stop()  # the table is printed below the finished display, not through it
+        self.live.stop()  # the summary is printed below the finished display, not through it
         super().summary(rows)
 
     def close(self) -> None:
         self.live.stop()
 
 
-def _event_text(event: JobEvent) -> str:
-    """A submitted, failed, cancelled or timed-out event as one line: the server's words in it
-    (job id, status, error) cannot break the line or reach the terminal as controls."""
+def _event_line(event: JobEvent) -> str:
+    """An event as a line of --verbose (a terminal one without its reason: the summary has it)."""
     who, job_id = printable(event.plan_key or event.spec_name), printable(event.job_id)
     if event.kind == "submitted":
         return f"{who}: submitted job {job_id}"
-    detail = f": {printable(event.error)}" if event.error else ""
-    return f"{who}: job {job_id} {printable(event.status or event.kind.upper())}{detail}"
+    if event.kind == "status":
+        return f"{who}: job {job_id} is {printable(event.status)}"
+    return f"{who}: job {job_id} {printable(event.status or event.kind.upper())}"
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The final summary: plan key, job id, status, duration, where the results went."""
+def _same_terminal(stream: IO[str]) -> bool:
+    """Whether ``stream`` and stdout are both a terminal (then they show on one screen)."""
+    try:
+        return bool(stream.isatty() and sys.stdout.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+# -- the end of a run ------------------------------------------------------------------------
+
+#: How a job ended, in the totals line, in the order the line lists them.
+_TOTALS = {
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "TIMED_OUT": "timed out",
+    **{status: "cancelled" for status in sorted(CANCELLED_STATUSES)},
+    "NOT DELIVERED": "not delivered",
+    "ERROR": "errors",
+}
+_TOTALS_ORDER = ["completed", "failed", "timed out", "cancelled", "not delivered", "errors", "not followed"]
+
+
+def outcome_label(row: dict[str, Any]) -> str:
+    """The word for how a job ended: its terminal status; ``NOT DELIVERED`` for a completed job
+    whose results an output could not take; ``ERROR`` for one that ended without a terminal
+    status (the API refused a call, a plugin raised); else the status it was left in."""
+    status = row.get("status")
+    if row.get("error") and status not in TERMINAL_STATUSES:
+        return "ERROR"
+    if row.get("error") and status == "COMPLETED":
+        return "NOT DELIVERED"
+    return printable(status or "ERROR")
+
+
+def _is_failure(row: dict[str, Any]) -> bool:
+    label = outcome_label(row)
+    return bool(row.get("error")) or (label in _TOTALS and label != "COMPLETED")
+
+
+def totals_line(rows: list[dict[str, Any]], elapsed: float) -> str:
+    """``196 completed, 3 failed, 1 timed out in 4m12s``."""
+    counts = Counter(_TOTALS.get(outcome_label(r), "not followed") for r in rows)
+    parts = [f"{counts[name]} {name if name != 'errors' or counts[name] != 1 else 'error'}" for name in _TOTALS_ORDER if counts[name]]
+    return f"{', '.join(parts)} in {_elapsed(elapsed)}"
+
+
+def format_summary(rows: list[dict[str, Any]], elapsed: float, *, verbose: bool = False, width: int | None = None) -> str:
+    """The end of a run, pytest-style: the table (``verbose``), the failures and their reasons,
+    and one totals line, last. A single job gets one line: how it ended, in how long, and
+    where its results went (its reasons above it when it failed)."""
+    failures = [r for r in rows if _is_failure(r)]
+    if len(rows) == 1:
+        row = rows[0]
+        job = f"job {printable(row['job_id'])} " if row.get("job_id") else ""
+        line = f"{printable(row.get('plan_key') or '')}: {job}{outcome_label(row)} in {_seconds(row.get('duration'))}"
+        if row.get("delivered"):
+            line += f"; results: {printable(row['delivered'])}"
+        reasons = _indented(printable(row["error"], newlines=True), width) if failures and row.get("error") else []
+        return "\n".join([line, *reasons])
+    lines: list[str] = [""]  # a blank line between the jobs' lines and the summary
+    if verbose:
+        lines += [format_table(rows, width=width), ""]
+    if failures:
+        lines.append(fit(f"failures ({len(failures)}):", width))
+    for row in failures:
+        about = ([f"job {printable(row['job_id'])}"] if row.get("job_id") else []) + (
+            [_seconds(row["duration"])] if row.get("duration") is not None else []
+        )
+        head = f"{outcome_label(row)} {printable(row.get('plan_key') or '')}" + (f" ({', '.join(about)})" if about else "")
+        lines.append(fit(head, width))
+        lines += _indented(printable(row.get("error") or "no reason given", newlines=True), width)
+    lines.append(totals_line(rows, elapsed))
+    return "\n".join(lines)
+
+
+def _indented(text: str, width: int | None, indent: str = "    ") -> list[str]:
+    """A reason under its job: indented, each of its lines wrapped within ``width``."""
+    out: list[str] = []
+    for part in text.splitlines() or [""]:
+        if width is None or width - len(indent) < 20:
+            out.append(indent + part)
+        else:
+            out += textwrap.wrap(part, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False) or [indent]
+    return out
+
+
+def format_table(rows: list[dict[str, Any]], *, width: int | None = None) -> str:
+    """The per-job table (``--verbose``): plan key, job id, status, duration, where the results
+    went. Within ``width`` the widest of the job and results columns are cut (with ``…``), so
+    no row wraps."""
     headers = ["job", "job id", "status", "duration", "results"]
     body = [
         [
             printable(r.get("plan_key") or ""),
             printable(r.get("job_id") or "-"),
-            printable(r.get("status") or "-"),
-            f"{r['duration']:.1f}s" if r.get("duration") is not None else "-",
+            outcome_label(r) if r.get("status") or r.get("error") else "-",
+            _seconds(r.get("duration")),
             printable(r.get("delivered") or "-"),
         ]
         for r in rows
     ]
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
-    return "\n".join(lines)
+    if width is not None:
+        # Shrink the job (0) and results (4) columns, the widest first, until a row fits.
+        while sum(widths) + 2 * (len(widths) - 1) > width and max(widths[0], widths[4]) > 8:
+            widest = 0 if widths[0] >= widths[4] else 4
+            widths[widest] -= 1
+    lines = ["  ".join(fit(h, w).ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(fit(c, w).ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
+    return "\n".join(fit(line, width) for line in lines)
 
 
-def make_reporter(output_format: str, *, quiet: bool = False, live: bool | None = None) -> Reporter:
-    """JSON events for ``--format json``; a live display on a terminal when rich is installed; else plain lines."""
+def fit(text: str, width: int | None) -> str:
+    """``text`` cut to ``width`` columns with an ellipsis, so a terminal never wraps it."""
+    if width is None or len(text) <= width:
+        return text
+    return text[: max(width - 1, 0)] + "…"
+
+
+def terminal_width(stream: IO[str]) -> int | None:
+    """Columns of the terminal ``stream`` writes to (``COLUMNS`` wins); None for a file or pipe,
+    whose lines may be as long as they are."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        if stream.isatty():
+            return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
+
+
+def _seconds(value: Any) -> str:
+    return f"{value:.1f}s" if isinstance(value, (int, float)) else "-"
+
+
+def _elapsed(seconds: float) -> str:
+    """``3.1s`` under a minute, else ``4m12s`` / ``1h2m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    from .durations import format_duration
+
+    return format_duration(round(seconds))
+
+
+# -- GitHub Actions ----------------------------------------------------------------------------
+
+
+def annotation(level: str, message: str, *, file: Any = None, line: Any = None, title: str | None = None) -> str:
+    """A GitHub Actions workflow command: ``::error file=specs/x.yaml,line=12::message``.
+
+    The message keeps its lines (escaped as the runner wants them); properties cannot break
+    out of their ``key=value`` either.
+    """
+    command = "warning" if level == "warning" else "error"
+    props = []
+    if file:
+        props.append(f"file={_property(str(file))}")
+    if isinstance(line, int) and line > 0:
+        props.append(f"line={line}")
+    if title:
+        props.append(f"title={_property(title)}")
+    text = printable(redact.mask(message), newlines=True)
+    data = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return f"::{command}{' ' + ','.join(props) if props else ''}::{data}"
+
+
+def _property(value: str) -> str:
+    value = printable(redact.mask(value))
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A").replace(":", "%3A").replace(",", "%2C")
+
+
+def annotate(level: str, message: str, *, file: Any = None, line: Any = None, title: str | None = None) -> None:
+    """Write one annotation to stdout, where the Actions runner reads workflow commands."""
+    sys.stdout.write(annotation(level, message, file=file, line=line, title=title) + "\n")
+    sys.stdout.flush()
+
+
+def make_reporter(output_format: str, *, quiet: bool = False, verbose: bool = False, live: bool | None = None) -> Reporter:
+    """JSON events for ``--format json``; text with annotations for ``--format github``; a live
+    display on a terminal when rich is installed; else plain lines."""
     if output_format == "json":
         return JsonReporter()
+    if output_format == "github":
+        return GithubReporter(quiet=quiet, verbose=verbose)
     if live is None:
         live = sys.stderr.isatty()
     if live and not quiet:
         try:
-            return RichReporter(quiet=quiet)
+            return RichReporter(quiet=quiet, verbose=verbose)
         except ImportError:
             pass
-    return PlainReporter(quiet=quiet)
+    return PlainReporter(quiet=quiet, verbose=verbose)

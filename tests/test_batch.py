@@ -86,12 +86,18 @@ def test_plain_and_json_reporters() -> None:
     stream = io.StringIO()
     reporter = PlainReporter(stream)
     reporter.start(2)
-    reporter.event(JobEvent("submitted", "j1", "spec", "PENDING", "spec#1"))
-    reporter.event(JobEvent("failed", "j1", "spec", "FAILED", "spec#1", error="boom"))
-    reporter.summary([{"plan_key": "spec#1", "job_id": "j1", "status": "FAILED", "duration": 1.25, "delivered": None}, {"plan_key": "spec#2", "job_id": None, "status": None, "duration": None, "delivered": "json:out.json"}])
-    text = stream.getvalue()
-    assert "spec#1: submitted job j1" in text and "spec#1: job j1 FAILED: boom" in text
-    assert "1.2s" in text and "json:out.json" in text
+    reporter.event(JobEvent("submitted", "j1", "spec", "PENDING", "spec#1"))  # a batch's submissions: not shown
+    reporter.event(JobEvent("failed", "j1", "spec", "FAILED", "spec#1", error="boom"))  # told by finished()
+    rows = [
+        {"plan_key": "spec#1", "job_id": "j1", "status": "FAILED", "duration": 1.25, "delivered": None, "error": "boom"},
+        {"plan_key": "spec#2", "job_id": "j2", "status": "COMPLETED", "duration": 0.5, "delivered": "json:out.json"},
+    ]
+    for row in rows:
+        reporter.finished(row)
+    reporter.summary(rows)
+    lines = stream.getvalue().splitlines()
+    assert lines[:3] == ["submitting 2 jobs", "[1/2] spec#1  FAILED  1.2s", "[2/2] spec#2  COMPLETED  0.5s"]
+    assert lines[3:] == ["", "failures (1):", "FAILED spec#1 (job j1, 1.2s)", "    boom", "1 completed, 1 failed in " + lines[-1].rsplit(" ", 1)[1]]
     out = io.StringIO()
     JsonReporter(out).event(JobEvent("completed", "j2", "spec", "COMPLETED", "spec"))
     assert json.loads(out.getvalue())["event"] == "completed"
@@ -112,6 +118,10 @@ def test_live_display_on_a_terminal() -> None:
     assert "1 running" in rendered and "node 2 of 3 (Summarize)" in rendered
     reporter.event(JobEvent("failed", "j1", "spec", "FAILED", "spec", error="node Score failed"))
     assert "1 failed" in str(reporter._render())
+    row = {"plan_key": "spec", "job_id": "j1", "status": "FAILED", "duration": 2.0, "error": "node Score failed"}
+    reporter.finished(row)
+    reporter.summary([row])
     reporter.close()
     text = stream.getvalue()
-    assert "spec: submitted job j1" in text and "spec: job j1 FAILED: node Score failed" in text
+    # A lone job: its submission (the id to follow), then one line with its end, its reason under it.
+    assert text.splitlines() == ["spec: submitted job j1", "spec: job j1 FAILED in 2.0s", "    node Score failed"]

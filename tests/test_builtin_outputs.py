@@ -194,12 +194,14 @@ def test_stdout_shows_errors_and_masks_secrets(
     assert secret not in out
 
 
-@pytest.mark.parametrize("ctx_options", [{"output_format": "json"}, {"quiet": True}])
-def test_stdout_is_silent_for_json_format_and_quiet(
-    host: PluginHost, tmp_path: Path, capsys: pytest.CaptureFixture[str], ctx_options: dict[str, Any]
+def test_stdout_is_silent_for_json_format_and_prints_under_quiet(
+    host: PluginHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_output(host, "stdout", make_result(), {}, make_ctx(tmp_path, **ctx_options))
+    run_output(host, "stdout", make_result(), {}, make_ctx(tmp_path, output_format="json"))
     assert capsys.readouterr().out == ""
+    # --quiet keeps errors and results: this output prints results.
+    run_output(host, "stdout", make_result(), {}, make_ctx(tmp_path, quiet=True))
+    assert "outputs:" in capsys.readouterr().out
 
 
 def test_summary_of_a_completed_job_without_outputs() -> None:

@@ -196,7 +196,7 @@ def test_every_event_kind_is_documented(event_validator: Draft202012Validator) -
     kinds = event_validator.schema["properties"]["event"]["enum"]
     assert set(kinds) == {
         "batch", "submitted", "status", "completed", "failed", "cancelled", "timed_out",
-        "message", "summary", "error", "rendered",
+        "message", "retry", "summary", "error", "rendered",
     }
     text = (DOCS / "events.md").read_text(encoding="utf-8")
     for kind in kinds:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,9 @@ def test_a_task_that_raises_is_an_outcome(project: Project, monkeypatch: pytest.
     monkeypatch.setattr(JobRunner, "run", run)
     result = project.run("run", spec.name)
     assert result.exit_code == 3
-    assert "unexpected error: RuntimeError: the engine tripped" in result.stderr
+    # Said once, in the failures: the job that raised is an ERROR with the exception as its reason.
+    assert result.stderr.count("RuntimeError: the engine tripped") == 1
+    assert re.search(r"^ERROR b#\S+\n    RuntimeError: the engine tripped$", result.stderr, re.M), result.stderr
     monkeypatch.chdir(project.root)
     report = opus_runner.run(spec.name, base_url=project.sandbox.base_url, service_key=project.sandbox.key, quiet=True)
     assert report.exit_code == 3

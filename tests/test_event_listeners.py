@@ -66,9 +66,17 @@ def test_json_lines_outside_a_loop_and_the_summary_flush_at_once() -> None:
 
 def test_which_reporters_show_which_events() -> None:
     assert JsonReporter(io.StringIO()).shows("status")
-    assert PlainReporter(io.StringIO()).shows("status")
-    quiet = PlainReporter(io.StringIO(), quiet=True)
-    assert not quiet.shows("status") and not quiet.shows("completed") and quiet.shows("failed")
+    # Plain lines: a finished job is told by finished() (no event needed); events only with
+    # --verbose, and a lone job's submission (its id), never under --quiet.
+    plain = PlainReporter(io.StringIO())
+    plain.start(3)
+    assert not plain.shows("status") and not plain.shows("submitted") and not plain.shows("failed")
+    plain.start(1)
+    assert plain.shows("submitted") and not plain.shows("completed")
+    assert PlainReporter(io.StringIO(), verbose=True).shows("status")
+    quiet = PlainReporter(io.StringIO(), quiet=True, verbose=True)
+    quiet.start(1)
+    assert not quiet.shows("status") and not quiet.shows("submitted") and not quiet.shows("failed")
     assert not Reporter().shows("completed")
 
     class Collect(Reporter):  # the library guide's reporter: it overrides event only
@@ -93,7 +101,7 @@ def opus_job_event(event, ctx):
 
 class Recording(PlainReporter):
     def __init__(self, quiet: bool) -> None:
-        super().__init__(io.StringIO(), quiet=quiet)
+        super().__init__(io.StringIO(), quiet=quiet, verbose=True)
         self.seen: list[str] = []
 
     def event(self, event: JobEvent) -> None:

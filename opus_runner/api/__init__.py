@@ -46,6 +46,7 @@ from .transport import (
     NO_KEY_MESSAGE,
     TRACE_BODY_LIMIT,
     AnswerTooSlow,
+    RetryNotice,
     RetryPolicy,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "ExecuteOutcome",
     "OpusClient",
     "ResultsData",
+    "RetryNotice",
     "RetryPolicy",
     "SlowAnswerError",
     "error_from_response",

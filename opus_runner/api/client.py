@@ -6,7 +6,7 @@ loop) and hands the answer to :mod:`.answers`. Execute's no-resend rule is :mod:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +36,7 @@ from .transport import (
     DEFAULT_DEADLINE,
     DEFAULT_TIMEOUT,
     MAX_ANSWER_BYTES,
+    RetryNotice,
     RetryPolicy,
     Secret,
     Transport,
@@ -105,6 +106,16 @@ class OpusClient:
             max_connections=max_connections,
             trace=trace,
         )
+
+    @property
+    def on_retry(self) -> Callable[[RetryNotice], None] | None:
+        """Called with a :class:`~.transport.RetryNotice` before each retry's pause (the run
+        shows it); None (the default) logs retries at INFO instead."""
+        return self._transport.on_retry
+
+    @on_retry.setter
+    def on_retry(self, callback: Callable[[RetryNotice], None] | None) -> None:
+        self._transport.on_retry = callback
 
     @property
     def http(self) -> httpx.AsyncClient:

@@ -109,6 +109,34 @@ class RetryPolicy:
         return self.random() * ceiling
 
 
+@dataclass(frozen=True)
+class RetryNotice:
+    """One retry about to happen, for whoever shows it (:attr:`Transport.on_retry`): the
+    api layer knows nothing of reporters, the run wires its own in."""
+
+    call: str  # "POST /job/execute": method and path, no query string
+    delay: float  # seconds until the next attempt
+    attempt: int  # the attempt about to be made (2 for the first retry)
+    attempts: int  # the policy's most attempts
+    reason: str  # why: "HTTP 503", "ConnectError: ..."
+    status: int | None = None  # the HTTP status that asked for it; None for a transport failure
+
+    def text(self) -> str:
+        """``retrying in 2.1s: 503 from POST /job/execute (attempt 2 of 6)``."""
+        why = f"{self.status} from {self.call}" if self.status is not None else f"{self.call}: {self.reason}"
+        return f"retrying in {self.delay:.1f}s: {why} (attempt {self.attempt} of {self.attempts})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "call": self.call,
+            "delay": round(self.delay, 3),
+            "attempt": self.attempt,
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "status": self.status,
+        }
+
+
 class AnswerTooSlow(httpx.TimeoutException):
     """The answer did not arrive whole within the client's deadline (it may still be coming)."""
 
@@ -302,6 +330,9 @@ class Transport:
         self.deadline = deadline
         self.max_answer_bytes = max_answer_bytes
         self.trace = trace
+        #: told of every retry before its pause (a run shows them as lines or events); without
+        #: one, retries are logged at INFO so commands without a reporter still show them
+        self.on_retry: Callable[[RetryNotice], None] | None = None
         self.owns_http = http is None
         if http is None:
             from .pool import lean_transport
@@ -443,11 +474,14 @@ class Transport:
             verdict = await rule.settle(ending, last=last)
             if not isinstance(verdict, Resend):
                 return verdict
+            status = None
             if ending.response is not None:
                 delay = self._delay_for(ending.response, attempt - 1)
+                # An error answer names its status; a resend after a 2xx (execute) does not.
+                status = ending.response.status_code if ending.response.status_code >= 400 else None
             else:
                 delay = policy.backoff(attempt - 1)
-            await self._pause(delay, label, attempt, verdict.why)
+            await self._pause(delay, label, attempt, verdict.why, status)
         raise AssertionError("unreachable: the retry loop always returns or raises")
 
     def _may_retry(self, exc: Exception, started: float, delay: float) -> bool:
@@ -458,14 +492,19 @@ class Transport:
             return time.monotonic() - started + delay < self.retry.budget
         return True
 
-    async def _pause(self, delay: float, label: str, attempt: int, why: str) -> None:
+    async def _pause(self, delay: float, label: str, attempt: int, why: str, status: int | None = None) -> None:
         # A user watching a run sees every retry: silence would look like a hang.
-        log.info(
-            redact.mask(
-                f"{label}: {scrub(why)}; retrying in {delay:.1f} s "
-                f"(attempt {attempt + 1} of {self.retry.attempts})"
+        notice = RetryNotice(label, delay, attempt + 1, self.retry.attempts, redact.mask(scrub(why)), status)
+        if self.on_retry is not None:
+            log.debug(redact.mask(f"{label}: {notice.reason}; retrying in {delay:.1f} s"))
+            self.on_retry(notice)
+        else:
+            log.info(
+                redact.mask(
+                    f"{label}: {notice.reason}; retrying in {delay:.1f} s "
+                    f"(attempt {attempt + 1} of {self.retry.attempts})"
+                )
             )
-        )
         await self.retry.sleep(delay)
 
     def _delay_for(self, response: httpx.Response, retry: int) -> float:

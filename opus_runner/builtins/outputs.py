@@ -101,8 +101,9 @@ def summary(result: JobResult, *, full: bool = False) -> str:
 
 
 def stdout_output(result: JobResult, config: dict[str, Any], ctx: Context) -> None:
-    """Print a readable summary; nothing under ``--format json`` (events carry it) or ``--quiet``."""
-    if ctx.output_format == "json" or ctx.quiet:
+    """Print a readable summary (``--quiet`` too: results are what it keeps); nothing under
+    ``--format json``, whose events carry it."""
+    if ctx.output_format == "json":
         return
     import sys
 

@@ -64,6 +64,14 @@ def fail(exc: BaseException, *, output_format: str, verbose: bool) -> None:
         from ..progress import dumps
 
         click.echo(dumps(data))
+    elif output_format == "github" and isinstance(exc, ValidationFailed):
+        # One annotation per problem, on its file and line in the pull request's diff.
+        from ..errors import format_key
+        from ..progress import annotate
+
+        for e in exc.errors:
+            key = format_key(e.key)
+            annotate("error", f"{key}: {e.message}" if key else e.message, file=e.file, line=e.line)
     from ..progress import printable
 
     click.echo(f"error: {printable(text, newlines=True)}", err=True)

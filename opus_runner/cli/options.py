@@ -56,9 +56,14 @@ def quiet_option(help: str = "Only errors and results.") -> Decorator:
     return click.option("--quiet", "-q", is_flag=True, help=help)
 
 
-def format_option(help: str = "json: one JSON object per event line on stdout, for CI.") -> Decorator:
+#: Every command takes every format, so a CI script can pass one --format to each: github is
+#: text plus GitHub Actions annotations where a command has problems or failures to annotate.
+FORMATS = ("text", "json", "github")
+
+
+def format_option(help: str = "json: one JSON object per event line on stdout, for CI; github: as text.") -> Decorator:
     return click.option(
-        "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help=help
+        "--format", "output_format", type=click.Choice(FORMATS), default="text", show_default=True, help=help
     )
 
 
@@ -120,9 +125,21 @@ def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return together(format_option(), quiet_option(), verbose_option())(func)
 
 
+def run_output_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``output_options`` of run, validate, render and resume, whose --format also takes github."""
+    return together(
+        format_option(
+            help="json: one JSON object per event line on stdout, for CI; github: text, with validation "
+            "problems and job failures as GitHub Actions annotations on stdout."
+        ),
+        quiet_option(help="Only errors, results and the totals line."),
+        verbose_option(),
+    )(func)
+
+
 def report_options(what: str) -> Decorator:
     """--format (one JSON document of ``what``) and --verbose: the commands that print one report."""
-    return together(format_option(help=f"json: {what} as one JSON document on stdout."), verbose_option())
+    return together(format_option(help=f"json: {what} as one JSON document on stdout; github: as text."), verbose_option())
 
 
 def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:

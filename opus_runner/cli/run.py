@@ -20,8 +20,8 @@ from .options import (
     concurrency_option,
     connection_options,
     no_local_plugins_option,
-    output_options,
     plugin_option,
+    run_output_options,
     schema_source_options,
     spec_options,
     state_dir_option,
@@ -139,7 +139,7 @@ def _append_summary(path: str, runner: Any) -> None:
 @click.option("--keep-going", is_flag=True, help="Skip invalid jobs of a batch instead of submitting nothing.")
 @click.option("--summary-md", metavar="FILE", help='Append a Markdown summary of the run (totals, failures) to FILE at its end: --summary-md "$GITHUB_STEP_SUMMARY".')
 @state_dir_option()
-@output_options
+@run_output_options
 @handle_errors
 def run_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, summary_md: str | None, **kwargs: Any) -> None:
     """Validate, submit and follow jobs; route their results to outputs."""
@@ -151,7 +151,7 @@ def run_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose
         raise UsageError("--summary-md was given an empty file name (is $GITHUB_STEP_SUMMARY set?); name the file to append the summary to")
     setup_logging(verbose, quiet)
     options = _run_options(specs=specs, output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
-    reporter = make_reporter(output_format, quiet=quiet)
+    reporter = make_reporter(output_format, quiet=quiet, verbose=verbose)
     report = _execute(options, reporter, summary_md)
     if options.dry_run:
         print_notes(report, output_format, quiet)
@@ -166,7 +166,7 @@ def _check(mode: str, specs: tuple[str, ...], output_format: str, quiet: bool, v
     setup_logging(verbose, quiet)
     options = _run_options(specs=specs, mode=mode, output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
     # render prints each payload as it is built (the reporter streams them); validate prints none.
-    reporter = make_reporter(output_format, quiet=quiet, live=False) if mode == "render" else Reporter()
+    reporter = make_reporter(output_format, quiet=quiet, verbose=verbose, live=False) if mode == "render" else Reporter()
     report = _execute(options, reporter)
     print_notes(report, output_format, quiet)
 
@@ -177,7 +177,7 @@ def _check(mode: str, specs: tuple[str, ...], output_format: str, quiet: bool, v
 @connection_options
 @schema_source_options("Check inputs")
 @callback_options
-@output_options
+@run_output_options
 @handle_errors
 def validate_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
     """Check specs without submitting: format and templates offline; with a key or --sandbox,
@@ -191,7 +191,7 @@ def validate_command(specs: tuple[str, ...], output_format: str, quiet: bool, ve
 @connection_options
 @schema_source_options("Render")
 @callback_options
-@output_options
+@run_output_options
 @handle_errors
 def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
     """Print what each job would send, secrets masked: the rendered inputs offline, the exact
@@ -211,7 +211,7 @@ def render_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
 @untrusted_option()
 @allow_outside_root_option(help=ALLOW_OUTSIDE_ROOT_HELP + " Without it, the flag the run was started with (not under --untrusted).")
 @click.option("--replan", is_flag=True, help="Plan jobs the run never started from its spec and data files as they are now, though they changed since the run began.")
-@output_options
+@run_output_options
 @handle_errors
 def resume_command(run_id: str | None, output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:
     """Finish an interrupted run (default: the latest unfinished one) without resubmitting:
@@ -222,7 +222,7 @@ def resume_command(run_id: str | None, output_format: str, quiet: bool, verbose:
 
     setup_logging(verbose, quiet)
     options = _run_options(output_format=output_format, quiet=quiet, verbose=verbose, **kwargs)
-    reporter = make_reporter(output_format, quiet=quiet)
+    reporter = make_reporter(output_format, quiet=quiet, verbose=verbose)
     runner = Runner(options, reporter=reporter)
     try:
         report = asyncio.run(_until_stopped(runner.resume(run_id)))

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import redact
 from ..callbacks.tokens import ReceiverSettings
-from ..errors import OpusRunnerError, SpecError, ValidationFailed
-from ..models import JobResult, RunInfo
+from ..errors import OpusRunnerError, SpecError, ValidationFailed, format_key
+from ..models import TERMINAL_STATUSES, JobResult, RunInfo
 from ..planning import JobPlan, Planner, PlanFilter
 from ..state import Phase
 from .delivery import Delivery, result_of
@@ -151,7 +151,10 @@ async def submit(session: Session, planner: Planner, plan_filter: PlanFilter) ->
             raise ValidationFailed(found.errors)
         report.skipped = found.errors
         for err in found.errors:
-            session.reporter.message(f"skipped: {err}", level="warning")
+            # The problem's place goes along, for annotations (--format github).
+            problem = (f"{format_key(err.key)}: " if err.key else "") + err.message
+            where = {"file": err.file, "line": err.line, "problem": problem} if err.file else None
+            session.reporter.message(f"skipped: {err}", level="warning", data=where)
     settings = session.receiver_settings(found.receiver)
     journal = session.open_journal()
     try:
@@ -239,11 +242,15 @@ async def _take_all(session: Session, runner: JobRunner, delivery: Delivery, job
             )
             if isinstance(exc, OpusRunnerError):
                 outcome.error, outcome.exit_code = redact.mask(str(exc)), exc.exit_code
-                session.reporter.message(f"{job.plan.key}: {outcome.error}", level="error")
+                session.reporter.job_error(f"{job.plan.key}: {outcome.error}")
             else:
                 unexpected(session, outcome, exc)
         finally:
             semaphore.release()
+        outcome = outcomes[index]
+        # One line per job once it is over (a --no-wait job is not: it said where to follow it).
+        if outcome.error or outcome.status in TERMINAL_STATUSES or job.plan.wait.enabled:
+            session.reporter.finished(outcome.row())
 
     try:
         for index, job in enumerate(jobs):

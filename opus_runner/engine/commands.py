@@ -52,8 +52,8 @@ class Runner:
     async def run(self) -> RunReport:
         """Validate, render or run the batch, per ``options.mode``."""
         opts = self.options
-        if opts.output_format not in ("text", "json"):
-            raise UsageError(f"--format must be text or json, found {opts.output_format!r}")
+        if opts.output_format not in ("text", "json", "github"):
+            raise UsageError(f"--format must be text, json or github, found {opts.output_format!r}")
         session = self._session()
         session.load_specs()
         session.load_plugins()

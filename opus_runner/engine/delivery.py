@@ -203,7 +203,10 @@ class Delivery:
                 reason = redact.mask(str(exc) or type(exc).__name__)
             plugin = f" (plugin {handler.plugin})" if handler is not None else ""
             message = f"{target.label}{plugin} failed for {plan.key}: {reason}"
-            session.reporter.message(message, level="error")
+            if outcome is not None:  # the job's failure: its summary says it (the text reporters)
+                session.reporter.job_error(message)
+            else:
+                session.reporter.message(message, level="error")
             if journal is not None:
                 journal.record_delivery(row_id, target.key, ok=False, error=message)  # type: ignore[arg-type]
             if outcome is not None:

@@ -94,7 +94,7 @@ class JobRunner:
             # A job that ended is reported with its result; one whose results could not be read
             # (COMPLETED, no result yet) is not, so its error is.
             if outcome.status is None or outcome.status not in TERMINAL_STATUSES or outcome.result is None:
-                self.session.reporter.message(f"{plan.key}: {outcome.error}", level="error")
+                self.session.reporter.job_error(f"{plan.key}: {outcome.error}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug or a plugin's unexpected error: keep the batch going
@@ -465,7 +465,7 @@ class JobRunner:
             row_id, status="FAILED", result={**result.as_dict(), "raw": {}}, error=error, intended=self.delivery.intended(plan)
         )
         outcome.status, outcome.result, outcome.error, outcome.exit_code = "FAILED", result, error, exc.exit_code
-        self.session.reporter.message(f"{plan.key}: {error}", level="error")
+        self.session.reporter.job_error(f"{plan.key}: {error}")
         await self.delivery.event(JobEvent("failed", job_id, plan.spec.name, "FAILED", plan.key, result=result, error=error), plan, ctx)
         return result
 
@@ -475,7 +475,7 @@ def unexpected(session: Session, outcome: JobOutcome, exc: BaseException) -> Non
     session.log.debug("unexpected error in job %s", outcome.plan_key, exc_info=exc)
     outcome.error = redact.mask(f"{type(exc).__name__}: {exc}")
     outcome.exit_code = 3
-    session.reporter.message(f"{outcome.plan_key}: unexpected error: {outcome.error}", level="error")
+    session.reporter.job_error(f"{outcome.plan_key}: unexpected error: {outcome.error}")
 
 
 def check_as_recorded(

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import SpecError
 from ..models import JobResult
+from ..paths import display_path
 
 
 @dataclass
@@ -33,11 +34,14 @@ class JobOutcome:
         reasons = [self.error] if self.error else self.delivery_failures
         return {
             "plan_key": self.plan_key,
+            "spec": display_path(self.spec_path),
             "job_id": self.job_id,
             "status": self.status,
             "duration": self.duration,
             "delivered": ", ".join(self.delivered) if self.delivered else None,
             "error": "; ".join(reasons) if reasons else None,
+            # the stdout output printed it: on a terminal, that block is the job's line
+            "stdout": "stdout" in self.delivered,
         }
 
 

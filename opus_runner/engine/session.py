@@ -328,6 +328,8 @@ class Session:
                 trace=opts.verbose,
                 retry=opts.retry,
             )
+            # Every retry is shown (a line, or a retry event): silence would look like a hang.
+            self.client.on_retry = self.reporter.retrying
             yield
         finally:
             if self.client is not None:
@@ -364,7 +366,8 @@ class Session:
             root=self.repo_root(spec),
             allow_outside_root=self.options.allow_outside_root,
             dry_run=dry_run,
-            output_format=self.options.output_format,
+            # Plugins see text or json: github is text with annotations, which the reporter writes.
+            output_format="json" if self.options.output_format == "json" else "text",
             quiet=self.options.quiet,
             shared=self.shared,
             uploads=plan.uploads if plan else UploadSettings(),
@@ -382,7 +385,7 @@ class Session:
             client=self.client,
             root=self.config.repo_root,
             allow_outside_root=self.options.allow_outside_root,
-            output_format=self.options.output_format,
+            output_format="json" if self.options.output_format == "json" else "text",
             quiet=self.options.quiet,
             shared=self.shared,
         )

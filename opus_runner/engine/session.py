@@ -79,6 +79,10 @@ class Session:
         self.log = log
         self.config: ProjectConfig | None = None
         self.specs: list[Spec] = []
+        #: problems of the specs that could not be read (load_specs with defer_errors)
+        self.load_errors: list[SpecError] = []
+        #: files a folder or glob matched that are not specs (no opus-runner apiVersion)
+        self._skipped: list[Path] = []
         self.host: PluginHost | None = None
         self.client: OpusClient | None = None
         self.journal = journal
@@ -93,11 +97,18 @@ class Session:
 
     # -- set-up ------------------------------------------------------------------------------
 
-    def load_specs(self) -> None:
-        """Read every spec (all problems at once) and the project config that governs them."""
-        paths = find_specs([str(s) for s in self.options.specs], cwd=self.base)
+    def load_specs(self, *, defer_errors: bool = False) -> None:
+        """Read every spec (all problems at once) and the project config that governs them.
+
+        With ``defer_errors`` the problems of specs that cannot be read are kept in
+        :attr:`load_errors` rather than raised (unless no spec could be read), so the check
+        pass reports them with the problems of the specs that could: one pass finds them all.
+        """
+        paths = find_specs([str(s) for s in self.options.specs], cwd=self.base, skipped=self._skipped)
         if not paths:
             raise UsageError("no spec given: pass one or more spec files, globs or folders")
+        for path in self._skipped:
+            self.log.debug("skipped %s: it does not declare apiVersion: opus-runner/...", display_path(path))
         errors: list[SpecError] = []
         for path in paths:
             try:
@@ -106,22 +117,44 @@ class Session:
                 errors.append(exc)
             except ValidationFailed as exc:
                 errors.extend(exc.errors)
-        if errors:
-            raise ValidationFailed(errors)
         names: dict[str, Spec] = {}
-        for spec in self.specs:
+        for spec in list(self.specs):
             if spec.name in names:
-                raise ValidationFailed(
-                    [
-                        spec.error(
-                            f"metadata.name {spec.name!r} is also used by {names[spec.name].path}; "
-                            "names identify jobs in the journal and outputs, so give each spec its own",
-                            ("metadata", "name"),
-                        )
-                    ]
+                errors.append(
+                    spec.error(
+                        f"metadata.name {spec.name!r} is also used by {display_path(names[spec.name].path)}; "
+                        "names identify jobs in the journal and outputs, so give each spec its own",
+                        ("metadata", "name"),
+                    )
                 )
+                self.specs.remove(spec)
+                continue
             names[spec.name] = spec
-        self.config = load_project_config(self.specs[0].dir)
+        if errors and (not defer_errors or not self.specs):
+            raise ValidationFailed(errors)
+        self.load_errors = errors
+        self.config = self._project_of(self.specs)
+
+    def _project_of(self, specs: list[Spec]) -> ProjectConfig:
+        """The project of the run: the first spec's (one rule: its opus-runner.toml's folder,
+        else its git root, else its folder). Specs of other roots are named, once: the journal
+        and plugins are the first root's, while each spec's paths stay confined to its own."""
+        config = load_project_config(specs[0].dir)
+        others: dict[Path, Spec] = {}
+        for spec in specs[1:]:
+            root = self.repo_root(spec)
+            if root != config.root.resolve() and root not in others:
+                others[root] = spec
+        if others:
+            listed = "; ".join(f"{display_path(spec.path)} belongs to {display_path(root)}" for root, spec in others.items())
+            self._notice(
+                f"the specs of this run belong to different project roots: {display_path(specs[0].path)} "
+                f"belongs to {display_path(config.root)} ({config.root_reason}), {listed}. The run's journal "
+                f"and plugins are those of {display_path(config.root)}; each spec's files stay confined to its "
+                "own root. Run each project's specs on their own, or put an opus-runner.toml in a folder "
+                "above them all"
+            )
+        return config
 
     def load_plugins(self) -> PluginHost:
         """The trust notices, then the plugin host (no plugin is imported before the notices)."""
@@ -210,7 +243,8 @@ class Session:
                 )
             overrides.update(load_vars_file(path, shown=shown))
         assigned = parse_var_assignments(list(opts.var), "--var")
-        check_declared_vars(self.specs, [name for name, _value in assigned], "--var")
+        if not self.load_errors:  # a spec that could not be read may be the one declaring it
+            check_declared_vars(self.specs, [name for name, _value in assigned], "--var")
         overrides.update(dict(assigned))
         if opts.vars:
             overrides.update(opts.vars)

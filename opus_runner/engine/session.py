@@ -364,10 +364,26 @@ class Session:
             )
             yield
         finally:
+            await self._settle_shared_work()
             if self.client is not None:
                 await self.client.aclose()
             if sandbox is not None:
                 await asyncio.to_thread(sandbox.stop)
+
+    async def _settle_shared_work(self) -> None:
+        """Stop what the jobs share and outlives them: a schema fetch or an upload several jobs
+        await is a future of its own (shielded), so cancelling the jobs (Ctrl-C) leaves it
+        running. Cancelled and awaited here, before the client closes, it cannot go on to send
+        a request on a closed client (``RuntimeError: Cannot send a request, as the client has
+        been closed``, reported as an unexpected error), nor retry after the command ended."""
+        pending = [f for f in self._schemas.values() if not f.done()]
+        for value in self.shared.values():
+            if isinstance(value, Mapping):
+                pending.extend(f for f in value.values() if isinstance(f, asyncio.Future) and not f.done())
+        for future in pending:
+            future.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def concurrency(self) -> int:
         value = self.options.concurrency or (self.config.concurrency if self.config else None) or 4

@@ -38,6 +38,19 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("opus_runner")
 #: ``--vars-file -``: the variables come from standard input.
 STDIN = "-"
+#: What replaces a hint to look at jobs later (``opus-run status``, ``resume``) after a
+#: ``--sandbox`` command: its in-process sandbox, and every job on it, ended with the command.
+SANDBOX_ENDED = (
+    "the --sandbox ended with this command, and its jobs with it: they cannot be looked at or "
+    "resumed later. To keep a sandbox running, start `opus-run sandbox` in another terminal and "
+    "set OPUS_BASE_URL and OPUS_SERVICE_KEY to the values it prints"
+)
+
+
+def later(options: RunOptions, hint: str) -> str:
+    """``hint`` (look at a job, or resume the run, later), unless the command ran against its
+    own ``--sandbox``: that server is gone once the command ends, so say so instead."""
+    return SANDBOX_ENDED if options.sandbox else hint
 
 
 def environ_of(options: RunOptions) -> dict[str, str]:
@@ -218,6 +231,10 @@ class Session:
             JsonReporter().message(text, level="warning")
         else:
             self.log.warning(text)
+
+    def later(self, hint: str) -> str:
+        """``hint``, or why it would not hold after a ``--sandbox`` command (:func:`later`)."""
+        return later(self.options, hint)
 
     def vars_file(self) -> Path | None:
         """``--vars-file``, read against :attr:`base` when relative; None for none or stdin."""

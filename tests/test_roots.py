@@ -127,3 +127,17 @@ def test_specs_of_different_roots_are_named_and_the_first_root_holds_the_journal
     assert str(second["repo"]) in result.stderr and "it is the git root" in result.stderr
     assert (first["repo"] / ".opus-run" / "state.db").exists()
     assert not (second["repo"] / ".opus-run").exists()
+
+
+def test_the_resume_hint_names_the_journal_when_the_current_folder_would_not_find_it(project: Project, tmp_path: Path) -> None:
+    tree = _tree(tmp_path, git=True)
+    tree["spec"].write_text(header("s", "slow") + "inputs:\n  Question: q\nwait: {timeout: 0.3s, poll_interval: 50ms}\n")
+    result = _run(tree["elsewhere"], project, "run", str(tree["spec"]))
+    assert result.exit_code == 1, result.output
+    hint = result.output.split("finish the run with '")[1].split("'")[0]
+    assert hint.startswith("opus-run resume ") and hint.endswith(f"--state-dir {tree['repo'] / '.opus-run'}"), hint
+    # The hint holds as given, from the folder it was printed in.
+    again = _run(tree["elsewhere"], project, *hint.split()[1:], "--timeout", "0.2s")
+    assert "no unfinished run" not in again.output and "does not exist" not in again.output, again.output
+    here = _run(tree["repo"], project, "run", str(tree["spec"]))
+    assert "--state-dir" not in here.output.split("finish the run with '")[1].split("'")[0]

@@ -103,7 +103,7 @@ def _execute(options: Any, reporter: Any) -> Any:
             raise _interrupted(
                 exc,
                 "interrupted; "
-                + later(options, f"the journal has every job's state. Finish the run with: opus-run resume {runner.run_id}"),
+                + later(options, f"the journal has every job's state. Finish the run with: {runner.session.resume_command(runner.run_id)}"),
             ) from None
         raise _interrupted(exc, "interrupted before anything was submitted") from None
     finally:

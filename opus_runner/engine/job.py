@@ -311,7 +311,7 @@ class JobRunner:
                 )
         elif status == GAVE_UP and gave_up:
             result.error = f"job {job_id} did not finish within {plan.wait.timeout:g}s; it may still be running: " + session.later(
-                f"check it with 'opus-run status {job_id}' or finish the run with 'opus-run resume {self.run_id}'"
+                f"check it with 'opus-run status {job_id}' or finish the run with '{session.resume_command(self.run_id)}'"
             )
         else:
             result.error = await self._failure_reason(job_id, status)

@@ -232,6 +232,20 @@ class Session:
         else:
             self.log.warning(text)
 
+    def resume_command(self, run_id: str) -> str:
+        """``opus-run resume RUN_ID``, with ``--state-dir`` when the journal is not the one a
+        command run here would find (the specs' project root is not the current folder's)."""
+        from ..config import default_state_dir
+
+        command = f"opus-run resume {run_id}"
+        journal = self.journal
+        if journal is None or self.options.state_dir:
+            return command + (f" --state-dir {self.options.state_dir}" if self.options.state_dir else "")
+        here = default_state_dir(load_project_config(os.getcwd()))
+        if Path(journal.state_dir).resolve() != here.resolve():
+            command += f" --state-dir {display_path(journal.state_dir)}"
+        return command
+
     def later(self, hint: str) -> str:
         """``hint``, or why it would not hold after a ``--sandbox`` command (:func:`later`)."""
         return later(self.options, hint)

@@ -1,8 +1,10 @@
 """Project configuration: ``opus-runner.toml`` or ``[tool.opus-runner]`` in ``pyproject.toml``.
 
-Found by walking up from the spec's folder (or the current folder). The folder holding it is the
-*project root*: ``plugins_dir`` and ``state_dir`` are relative to it. The *spec repository root*
-that confines file inputs is the project root, else the git root, else the spec's folder.
+Found by walking up from the spec's folder (or the current folder, for commands without a spec).
+One rule gives the *project root*: the folder holding the project file, else the git root, else
+the folder the search began in. Everything that depends on where the project is follows it: the
+journal (``state_dir``), the plugins folder (``plugins_dir``), the confinement of every path a
+spec reads or writes, and the default ``sandbox_workflows``.
 
 A project file comes with the checkout, so a pull request can change it. Two of its settings
 could hand the service key to someone else or run code: ``base_url`` (where the key is sent)
@@ -91,8 +93,8 @@ def _timeouts(file: Path, table: Any) -> Timeouts:
 class ProjectConfig:
     """Settings from the project file, with paths resolved against the project root."""
 
-    root: Path  # the project root: the config file's folder, else the current folder
-    start: Path  # where the search began (the spec's folder)
+    root: Path  # the project root: the project file's folder, else the git root, else ``start``
+    start: Path  # where the search began (the spec's folder, or the current folder)
     file: Path | None = None  # the file the settings came from
     base_url: str | None = None
     plugins_dir: Path | None = None
@@ -113,10 +115,19 @@ class ProjectConfig:
 
     @property
     def repo_root(self) -> Path:
-        """The folder file inputs must stay inside (SPEC.md section 1)."""
+        """The folder file inputs must stay inside (SPEC.md section 1): the project root."""
+        return self.root
+
+    @property
+    def root_reason(self) -> str:
+        """Why :attr:`root` is the project root, in words, for messages."""
         if self.file is not None:
-            return self.root
-        return find_git_root(self.start) or self.start
+            from .paths import display_path
+
+            return f"it holds {display_path(self.file)}"
+        if (self.root / ".git").exists():
+            return "it is the git root (no opus-runner.toml above the spec)"
+        return "it is the spec's folder (no opus-runner.toml above it, not in a git repository)"
 
     def for_untrusted(self) -> tuple[ProjectConfig, list[str]]:
         """This configuration without :data:`UNTRUSTED_KEYS`, and what was dropped, in words
@@ -174,6 +185,7 @@ def _shown(path: Path, root: Path) -> str:
 
 
 def find_git_root(start: Path) -> Path | None:
+    """The nearest folder from ``start`` up holding ``.git`` (a folder, or a worktree's file)."""
     for folder in (start, *start.parents):
         if (folder / ".git").exists():
             return folder
@@ -204,20 +216,21 @@ def _settings_in(folder: Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 @lru_cache(maxsize=64)
-def _load_cached(start: Path, cwd: Path, stamp: tuple[tuple[str, int, int], ...]) -> ProjectConfig:
+def _load_cached(start: Path, stamp: tuple[tuple[str, int, int], ...], git_root: Path | None) -> ProjectConfig:
     for folder in (start, *start.parents):
         found = _settings_in(folder)
         if found is not None:
             return _parse(folder, start, *found)
-    return ProjectConfig(root=cwd, start=start)
+    return ProjectConfig(root=git_root or start, start=start)
 
 
 def load_project_config(start: str | Path | None = None) -> ProjectConfig:
-    """The project configuration governing ``start`` (a folder; default: the current folder)."""
+    """The project configuration governing ``start`` (a folder; default: the current folder),
+    with its project root (see the module docstring)."""
     folder = Path(start if start is not None else os.getcwd()).resolve()
     if folder.is_file():
         folder = folder.parent
-    return _load_cached(folder, Path.cwd().resolve(), _stamp(folder))
+    return _load_cached(folder, _stamp(folder), find_git_root(folder))
 
 
 def _stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:

@@ -19,7 +19,7 @@ from typing import Any
 from .callbacks.tokens import ReceiverSettings, parse_listen, public_url_problem
 from .durations import parse_duration
 from .messages import did_you_mean
-from .errors import SpecError, TemplateError, UsageError
+from .errors import SpecError, TemplateError, UsageError, ValidationFailed
 from .models import UploadSettings, WorkflowRef
 from .config import load_project_config
 from .paths import confine, display_path
@@ -88,6 +88,34 @@ class JobPlan:
             "row_number": self.row_number,
             "vars": self.vars,
         }
+
+
+@dataclass(frozen=True)
+class PlanFailed:
+    """One job of a spec that could not be planned: every template or setting problem of it,
+    each as written in the spec, without the job's name (the check pass says which jobs share
+    a problem). Its ``key``, ``matrix`` and ``row`` are those the plan would have had, so the
+    selectors (``--only``, ``--shard``) treat it as they would the plan."""
+
+    spec: Spec
+    key: str
+    matrix: dict[str, Any]
+    row: dict[str, Any] | None
+    row_number: int | None
+    errors: tuple[SpecError, ...]
+
+    def where(self) -> str:
+        """The job among the spec's jobs: ``matrix region=eu, foreach row 3``; empty for a lone job."""
+        parts = [f"matrix {_combo_text(self.matrix)}" if self.matrix else "", f"foreach row {self.row_number}" if self.row_number is not None else ""]
+        return ", ".join(filter(None, parts))
+
+    def error(self) -> SpecError:
+        """The problems as one exception, each naming the job (planning outside the check pass)."""
+        where = self.where()
+        errors = [
+            type(e)(f"{e.message} ({where})", file=e.file, key=e.key, line=e.line) if where else e for e in self.errors
+        ]
+        return errors[0] if len(errors) == 1 else ValidationFailed(errors)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -329,7 +357,18 @@ class Planner:
     # -- expansion ---------------------------------------------------------------------------
 
     def plans(self, specs: Sequence[Spec], plan_filter: PlanFilter | None = None) -> Iterator[JobPlan]:
-        """Every job of the batch, in spec order, filtered; ``--limit`` applies last."""
+        """Every job of the batch, in spec order, filtered; ``--limit`` applies last. A job
+        that cannot be planned raises its problems (and ends the planning)."""
+        for plan in self.plans_or_failures(specs, plan_filter):
+            if isinstance(plan, PlanFailed):
+                raise plan.error()
+            yield plan
+
+    def plans_or_failures(self, specs: Sequence[Spec], plan_filter: PlanFilter | None = None) -> Iterator[JobPlan | PlanFailed]:
+        """As :meth:`plans`, but a job whose templates or settings are wrong is yielded as a
+        :class:`PlanFailed` and planning goes on with the next job: the check pass reports every
+        job's problems at once, and ``--keep-going`` skips just those jobs. A problem of the
+        whole spec (its vars, matrix or foreach file) still raises."""
         produced = 0
         for spec in specs:
             selection = Selection()
@@ -358,7 +397,7 @@ class Planner:
         if problem:
             raise UsageError(problem)
 
-    def plan_spec(self, spec: Spec) -> Iterator[JobPlan]:
+    def plan_spec(self, spec: Spec) -> Iterator[JobPlan | PlanFailed]:
         self._jobs_planned -= self._jobs_of.get(spec.path, 0)
         self._jobs_of[spec.path] = 0
         for plan in self._expand(spec):
@@ -371,7 +410,7 @@ class Planner:
                 )
             yield plan
 
-    def _expand(self, spec: Spec) -> Iterator[JobPlan]:
+    def _expand(self, spec: Spec) -> Iterator[JobPlan | PlanFailed]:
         base = build_context(self.templater)
         spec_vars = self.templater.for_spec(spec).render(spec.data.get("vars") or {}, base, file=_rel(spec), key=("vars",))
         variables = {**spec_vars, **self.var_overrides}
@@ -404,7 +443,10 @@ class Planner:
         number = recorded.get("row_number")
         key = str(recorded.get("key") or "")
         identity = key.rpartition("#")[2] if row is not None and "#" in key else None
-        return self._plan(spec, variables, dict(recorded.get("matrix") or {}), row, number, identity=identity)
+        plan = self._plan(spec, variables, dict(recorded.get("matrix") or {}), row, number, identity=identity)
+        if isinstance(plan, PlanFailed):
+            raise plan.error()
+        return plan
 
     def _matrix(self, spec: Spec, variables: Mapping[str, Any]) -> list[dict[str, Any]]:
         matrix = spec.data.get("matrix")
@@ -489,17 +531,13 @@ class Planner:
         row_number: int | None,
         *,
         identity: str | None = None,
-    ) -> JobPlan:
+    ) -> JobPlan | PlanFailed:
         key = plan_key(spec.name, combo, identity)
-        try:
-            return self._render_plan(spec, key, variables, combo, row, row_number)
-        except TemplateError as exc:
-            if row_number is None and not combo:
-                raise
-            where = f"foreach row {row_number}" if row_number is not None else ""
-            if combo:
-                where = ", ".join(filter(None, [f"matrix {_combo_text(combo)}", where]))
-            raise TemplateError(f"{exc.message} ({where})", file=exc.file, key=exc.key, line=exc.line) from None
+        problems: list[SpecError] = []
+        plan = self._render_plan(spec, key, variables, combo, row, row_number, problems)
+        if problems or plan is None:
+            return PlanFailed(spec, key, dict(combo), row, row_number, tuple(problems))
+        return plan
 
     def _render_plan(
         self,
@@ -509,7 +547,11 @@ class Planner:
         combo: Mapping[str, Any],
         row: dict[str, Any] | None,
         row_number: int | None,
-    ) -> JobPlan:
+        problems: list[SpecError],
+    ) -> JobPlan | None:
+        """The job's plan; every problem of it is appended to ``problems`` (None when it has any
+        that leave no plan). Each template is rendered however the others fared, and each
+        setting checked when the templates it depends on rendered, so one pass finds them all."""
         data = spec.data
         file = _rel(spec)
         render = self.templater.for_spec(spec).render
@@ -517,41 +559,83 @@ class Planner:
         def at(path: tuple[str | int, ...]) -> int | None:
             return spec.line_of(path)
 
+        def section(value: Any, path: tuple[str | int, ...]) -> tuple[Any, bool]:
+            """``value`` rendered leaf by leaf (a failed leaf is kept as written), and whether
+            every leaf rendered."""
+            before = len(problems)
+
+            def walk(item: Any, where: tuple[str | int, ...]) -> Any:
+                if isinstance(item, Mapping):
+                    return {k: walk(v, (*where, k)) for k, v in item.items()}
+                if isinstance(item, list):
+                    return [walk(v, (*where, i)) for i, v in enumerate(item)]
+                try:
+                    return render(item, context, file=file, key=where)
+                except TemplateError as exc:
+                    line = exc.line or spec.line_of(exc.key)
+                    problems.append(exc if line == exc.line else type(exc)(exc.message, file=exc.file, key=exc.key, line=line))
+                    return item
+
+            rendered = walk(value, path)
+            return rendered, len(problems) == before
+
+        def check(step: Any) -> Any:
+            try:
+                return step()
+            except ValidationFailed as exc:
+                problems.extend(exc.errors)
+            except SpecError as exc:
+                problems.append(exc)
+            return None
+
         context = build_context(self.templater, vars=variables, matrix=combo, row=row)
         raw_meta = data["metadata"]
         metadata = {"name": spec.name}
         for name in ("title", "description", "labels"):
             if name in raw_meta:
-                metadata[name] = render(raw_meta[name], context, file=file, key=("metadata", name))
+                # A title that failed is kept as written: templates reading it render on.
+                metadata[name], _ok = section(raw_meta[name], ("metadata", name))
         context = build_context(self.templater, vars=variables, matrix=combo, row=row, metadata=metadata)
-        workflow = render(data["workflow"], context, file=file, key=("workflow",))
-        inputs = render(data.get("inputs") or {}, context, file=file, key=("inputs",))
-        wait_raw = render(data.get("wait") or {}, context, file=file, key=("wait",))
-        callback = render(data.get("callback") or {}, context, file=file, key=("callback",))
-        uploads_raw = render(data.get("uploads") or {}, context, file=file, key=("uploads",))
+        workflow, workflow_ok = section(data["workflow"], ("workflow",))
+        inputs, _ok = section(data.get("inputs") or {}, ("inputs",))
+        wait_raw, wait_ok = section(data.get("wait") or {}, ("wait",))
+        callback, callback_ok = section(data.get("callback") or {}, ("callback",))
+        uploads_raw, _ok = section(data.get("uploads") or {}, ("uploads",))
 
-        callback_url = callback.get("url") or None
+        callback_url = callback.get("url") or None if callback_ok else None
         if callback_url is not None:
             if not isinstance(callback_url, str) or not callback_url.startswith("https://"):
-                raise SpecError(
-                    f"callback.url must be an https URL reachable by Opus, found {callback_url!r}",
-                    file=file,
-                    key=("callback", "url"),
-                    line=at(("callback", "url")),
+                problems.append(
+                    SpecError(
+                        f"callback.url must be an https URL reachable by Opus, found {callback_url!r}",
+                        file=file,
+                        key=("callback", "url"),
+                        line=at(("callback", "url")),
+                    )
                 )
-        receiver = _receiver(spec, callback, callback_url)
-        wait = self._wait(spec, wait_raw, receiver=bool(receiver) or self.receiver_configured, own_url=callback_url)
-        problem = workflow_id_problem(workflow.get("id"))
-        if problem:
-            raise SpecError(problem, file=file, key=("workflow", "id"), line=at(("workflow", "id")))
-        version = workflow.get("version")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
-            raise SpecError(
-                f"workflow.version must be a whole number of 1 or more, found {version!r}",
-                file=file,
-                key=("workflow", "version"),
-                line=at(("workflow", "version")),
-            )
+        receiver = (check(lambda: _receiver(spec, callback, callback_url)) if callback_ok else None) or ReceiverSettings()
+        wait = None
+        if wait_ok and callback_ok:
+            wait = check(lambda: self._wait(spec, wait_raw, receiver=bool(receiver) or self.receiver_configured, own_url=callback_url))
+        version = None
+        workspaces: tuple[str, ...] = ()
+        if workflow_ok:
+            problem = workflow_id_problem(workflow.get("id"))
+            if problem:
+                problems.append(SpecError(problem, file=file, key=("workflow", "id"), line=at(("workflow", "id"))))
+            version = workflow.get("version")
+            if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+                problems.append(
+                    SpecError(
+                        f"workflow.version must be a whole number of 1 or more, found {version!r}",
+                        file=file,
+                        key=("workflow", "version"),
+                        line=at(("workflow", "version")),
+                    )
+                )
+            workspaces = check(lambda: _workspaces(spec, workflow.get("workspaces"), at(("workflow", "workspaces")))) or ()
+        if problems or wait is None:
+            return None
         title = metadata.get("title") or spec.name
         return JobPlan(
             spec=spec,
@@ -574,7 +658,7 @@ class Planner:
             outputs=[dict(o) for o in data.get("outputs") or self.default_outputs],
             notify=[dict(n) for n in data.get("notify") or self.default_notify],
             context=context,
-            workspaces=_workspaces(spec, workflow.get("workspaces"), at(("workflow", "workspaces"))),
+            workspaces=workspaces,
             uploads=UploadSettings(
                 access_scope=uploads_raw.get("access_scope") or UploadSettings.access_scope,
                 workspace_id=uploads_raw.get("workspace_id") or None,

@@ -48,6 +48,7 @@ __all__ = [
     "SPEC_SUFFIXES",
     "SUPPORTED_API_VERSIONS",
     "Spec",
+    "declares_spec",
     "find_specs",
     "load_data",
     "load_spec",
@@ -983,18 +984,40 @@ def _describe(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def find_specs(args: Sequence[str], *, cwd: Path | None = None) -> list[Path]:
+#: Folders a folder argument never descends into: tools' and caches' trees hold no specs.
+SKIPPED_FOLDERS = frozenset({"node_modules", "__pycache__", "venv"})
+#: How much of a file is read to see whether it declares an opus-runner apiVersion.
+_SNIFF_BYTES = 64 * 1024
+_DECLARES_YAML = re.compile(rb"""^apiVersion[ \t]*:[ \t]*["']?opus-runner/""", re.M)
+_DECLARES_JSON = re.compile(rb""""apiVersion"\s*:\s*"opus-runner/""")
+
+
+def find_specs(args: Sequence[str], *, cwd: Path | None = None, skipped: list[Path] | None = None) -> list[Path]:
     """The spec files named by command-line arguments, absolute, de-duplicated, in order.
 
-    Each argument is a file, a folder (the ``*.yaml``, ``*.yml`` and ``*.json`` directly
-    inside it, sorted, not recursive) or a glob (``specs/*.yaml``, recursive ``specs/**/*.yaml``).
-    A file or glob that matches nothing, or a folder without specs, is a :class:`UsageError`.
+    Each argument is a file, a folder (its whole tree, sorted, hidden folders left out) or a
+    glob (``specs/*.yaml``, recursive ``specs/**/*.yaml``). Of the ``.yaml``, ``.yml`` and
+    ``.json`` files a folder or glob holds, only those that declare ``apiVersion:
+    opus-runner/...`` are specs; the rest (a foreach ``rows.json``, a fixture) are appended to
+    ``skipped``. A file named on its own is always read as a spec (its problems are reported). A
+    file or glob that matches nothing, or a folder without specs, is a :class:`UsageError`.
     """
     base = Path(os.path.abspath(cwd if cwd is not None else os.getcwd()))
     found: dict[str, Path] = {}  # realpath -> path as found; dicts keep first-seen order
+    passed = skipped if skipped is not None else []
 
     def add(path: Path) -> None:
         found.setdefault(os.path.realpath(path), path)
+
+    def add_declared(paths: Sequence[Path]) -> int:
+        count = 0
+        for path in paths:
+            if declares_spec(path):
+                add(path)
+                count += 1
+            elif path not in passed:
+                passed.append(path)
+        return count
 
     for arg in args:
         text = os.path.expanduser(str(arg))
@@ -1002,13 +1025,13 @@ def find_specs(args: Sequence[str], *, cwd: Path | None = None) -> list[Path]:
             raise UsageError("an empty spec argument was given; name a spec file, folder or glob")
         target = Path(os.path.normpath(base / text))  # an absolute `text` replaces `base`
         if target.is_dir():
-            inside = sorted(
-                p for p in target.iterdir() if p.is_file() and _is_spec_name(p.name)
-            )
-            if not inside:
-                raise UsageError(f"folder {arg!r} holds no spec files (.yaml, .yml or .json)")
-            for path in inside:
-                add(path)
+            inside = _tree(target)
+            if not add_declared(inside):
+                what = f"{len(inside)} .yaml, .yml or .json file{'s' if len(inside) != 1 else ''}, none" if inside else "no .yaml, .yml or .json file, so none"
+                raise UsageError(
+                    f"folder {arg!r} holds no spec files: it has {what} declaring `apiVersion: "
+                    f"{SUPPORTED_API_VERSIONS[0]}`; name a folder of specs, or a spec file"
+                )
         elif target.exists():
             add(target)
         elif _GLOB_CHARS.search(text):
@@ -1018,13 +1041,42 @@ def find_specs(args: Sequence[str], *, cwd: Path | None = None) -> list[Path]:
                 for m in matches
                 if _is_spec_name(os.path.basename(m)) and (base / m).is_file()
             ]
-            if not files:
+            if not add_declared(files):
+                if files:
+                    raise UsageError(
+                        f"none of the {len(files)} file{'s' if len(files) != 1 else ''} matching {arg!r} declares "
+                        f"`apiVersion: {SUPPORTED_API_VERSIONS[0]}`, so none is a spec"
+                    )
                 raise UsageError(f"no spec files match {arg!r} (looked for .yaml, .yml and .json files)")
-            for path in files:
-                add(path)
         else:
             raise UsageError(f"spec file {arg!r} does not exist{_did_you_mean_file(str(arg), target)}")
     return list(found.values())
+
+
+def declares_spec(path: Path) -> bool:
+    """Whether the file says it is an opus-runner spec: a top-level ``apiVersion:
+    opus-runner/...`` (YAML) or ``"apiVersion": "opus-runner/..."`` (JSON) in its first 64 KB.
+    Any version counts, so a spec of an unsupported one is read and refused with a reason."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError:
+        return True  # unreadable: load_spec says why, naming the file
+    head = head.removeprefix(b"\xef\xbb\xbf")
+    if path.suffix.lower() == ".json":
+        return _DECLARES_JSON.search(head) is not None
+    return _DECLARES_YAML.search(head) is not None or _DECLARES_JSON.search(head) is not None
+
+
+def _tree(folder: Path) -> list[Path]:
+    """Every file with a spec suffix under ``folder``, sorted folder by folder (a folder's own
+    files before its sub-folders'); hidden and :data:`SKIPPED_FOLDERS` folders are left out,
+    and symlinked folders are not followed (no loops)."""
+    out: list[Path] = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_FOLDERS)
+        out.extend(Path(here) / name for name in sorted(files) if _is_spec_name(name) and (Path(here) / name).is_file())
+    return out
 
 
 def _is_spec_name(name: str) -> bool:

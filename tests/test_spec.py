@@ -682,9 +682,13 @@ def test_the_schema_and_parse_duration_agree_on_durations(value: str) -> None:
 
 @pytest.fixture()
 def tree(tmp_path: Path) -> Path:
-    for name in ("specs/b.yaml", "specs/a.yml", "specs/c.json", "specs/README.md", "specs/.hidden.yaml",
-                 "specs/nested/d.yaml", "other/e.yaml"):
+    for name in ("specs/b.yaml", "specs/a.yml", "specs/README.md", "specs/.hidden.yaml",
+                 "specs/nested/d.yaml", "specs/.git/x.yaml", "other/e.yaml"):
         write(name, VALID)
+    write("specs/c.json", json.dumps(yaml.safe_load(VALID)))
+    # Data beside the specs: a foreach file and a fixture, neither of them a spec.
+    write("specs/rows.json", '[{"region": "eu"}]')
+    write("specs/nested/fixture.yaml", "workflows: {}\napiVersion: v1\n")
     return tmp_path
 
 
@@ -692,19 +696,34 @@ def test_find_specs_files_in_the_order_given(tree: Path) -> None:
     assert find_specs(["other/e.yaml", "specs/b.yaml"]) == [tree / "other/e.yaml", tree / "specs/b.yaml"]
 
 
-def test_find_specs_folder_lists_specs_directly_inside_sorted(tree: Path) -> None:
-    assert find_specs(["specs"]) == [tree / "specs/a.yml", tree / "specs/b.yaml", tree / "specs/c.json"]
+def test_find_specs_folder_means_its_tree_and_only_the_files_declaring_an_api_version(tree: Path) -> None:
+    skipped: list[Path] = []
+    found = find_specs(["specs"], skipped=skipped)
+    assert found == [tree / "specs/a.yml", tree / "specs/b.yaml", tree / "specs/c.json", tree / "specs/nested/d.yaml"]
+    assert skipped == [tree / "specs/rows.json", tree / "specs/nested/fixture.yaml"]
+
+
+def test_find_specs_a_file_named_on_its_own_is_read_as_a_spec_whatever_it_holds(tree: Path) -> None:
+    assert find_specs(["specs/rows.json"]) == [tree / "specs/rows.json"]
+    with pytest.raises(SpecError, match=r"rows.json:1: expected a mapping at the top level"):
+        load_spec(tree / "specs/rows.json")
+
+
+def test_find_specs_a_folder_of_data_only_says_none_declares_an_api_version(tree: Path) -> None:
+    write("data/rows.json", "[]")
+    with pytest.raises(UsageError, match="folder 'data' holds no spec files: it has 1 .yaml, .yml or .json file, none declaring"):
+        find_specs(["data"])
 
 
 def test_find_specs_globs_including_recursive(tree: Path) -> None:
     assert find_specs(["specs/*.yaml"]) == [tree / "specs/b.yaml"]
-    assert find_specs(["specs/**/*.yaml"]) == [tree / "specs/b.yaml", tree / "specs/nested/d.yaml"]
+    assert find_specs(["specs/**/*.yaml"]) == [tree / "specs/b.yaml", tree / "specs/nested/d.yaml"]  # no fixture.yaml
     assert find_specs(["specs/*"]) == [tree / "specs/a.yml", tree / "specs/b.yaml", tree / "specs/c.json"]
 
 
 def test_find_specs_removes_duplicates_keeping_first_seen_order(tree: Path) -> None:
     found = find_specs(["specs/c.json", "specs", "./specs/b.yaml", "specs/*.yaml", str(tree / "specs/a.yml")])
-    assert found == [tree / "specs/c.json", tree / "specs/a.yml", tree / "specs/b.yaml"]
+    assert found == [tree / "specs/c.json", tree / "specs/a.yml", tree / "specs/b.yaml", tree / "specs/nested/d.yaml"]
 
 
 def test_find_specs_resolves_against_the_given_cwd(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,6 +46,8 @@ async def opus_upload_file(field: InputField, source: str, ctx: Context) -> str 
     cache: dict[str, Any] = ctx.shared.setdefault(_CACHE, {})
     key = f"{workspace_id or workflow_id}:{settings.access_scope}:{digest}:{path.suffix.lower()}"
     pending = cache.get(key)
+    if pending is not None and pending.done() and (pending.cancelled() or pending.exception() is not None):
+        pending = None  # a failed upload is not reused: this job tries again
     if pending is None:
         pending = asyncio.ensure_future(
             ctx.client.upload_file(
@@ -61,6 +63,10 @@ async def opus_upload_file(field: InputField, source: str, ctx: Context) -> str 
         try:
             return str(await asyncio.shield(pending))
         except BaseException:
-            cache.pop(key, None)  # a failed upload is not cached: the next job tries again
+            # A failed upload is not cached: the next job tries again. One still running (this
+            # job was cancelled) stays, for the jobs awaiting it and for the run to stop it
+            # before its client closes (Session._settle_shared_work).
+            if pending.done():
+                cache.pop(key, None)
             raise
     return str(await asyncio.shield(pending))

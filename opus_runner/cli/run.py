@@ -94,6 +94,8 @@ def _execute(options: Any, reporter: Any, summary_md: str | None = None) -> Any:
     import asyncio
     from ..engine import Runner
 
+    from ..engine.session import later
+
     runner = Runner(options, reporter=reporter)
     try:
         report = asyncio.run(_until_stopped(runner.run()))
@@ -104,7 +106,8 @@ def _execute(options: Any, reporter: Any, summary_md: str | None = None) -> Any:
         if runner.run_id:
             raise _interrupted(
                 exc,
-                f"interrupted; the journal has every job's state. Finish the run with: opus-run resume {runner.run_id}",
+                "interrupted; "
+                + later(options, f"the journal has every job's state. Finish the run with: {runner.session.resume_command(runner.run_id)}"),
             ) from None
         raise _interrupted(exc, "interrupted before anything was submitted") from None
     finally:

@@ -18,7 +18,7 @@ from .. import redact
 from ..callbacks.tokens import ReceiverSettings
 from ..errors import OpusRunnerError, SpecError, ValidationFailed, format_key
 from ..models import TERMINAL_STATUSES, JobResult, RunInfo
-from ..planning import JobPlan, Planner, PlanFilter
+from ..planning import JobPlan, PlanFailed, Planner, PlanFilter
 from ..state import Phase
 from .delivery import Delivery, result_of
 from .job import JobRunner, jsonable, unexpected
@@ -56,25 +56,37 @@ class Checked:
     #: the receiver the specs name (callback.listen / public_url), one for the whole run
     receiver: ReceiverSettings = field(default_factory=lambda: ReceiverSettings())
     receiver_conflict: bool = False
+    #: a spec could not be read or planned at all: no single job to skip (--keep-going stops too)
+    whole_spec: bool = False
 
 
 async def check(session: Session, planner: Planner, plan_filter: PlanFilter, *, keep: bool, remember: bool = False) -> Checked:
-    """Plan and check every job (against the live schema when there is one)."""
+    """Plan and check every job (against the live schema when there is one), in one pass: the
+    problems of specs that could not be read, of every job's templates and of every payload
+    are found together. A problem shared by several jobs of a spec is reported once, with the
+    jobs it affects (:class:`_Problems`)."""
     found = Checked(jobs=[] if remember else None)
+    found.errors.extend(session.load_errors)
+    found.whole_spec = bool(session.load_errors)
     live = session.client is not None or session.lock is not None
     for spec in session.specs:
-        iterator = planner.plans([spec], plan_filter)
+        problems = _Problems()
+        iterator = planner.plans_or_failures([spec], plan_filter)
         while True:
             try:
                 plan = next(iterator)
             except StopIteration:
                 break
             except SpecError as exc:  # planning stops for this spec (e.g. unreadable foreach file)
-                found.errors.append(exc)
+                problems.spec_wide.append(exc)
                 break
             except ValidationFailed as exc:
-                found.errors.extend(exc.errors)
+                problems.spec_wide.extend(exc.errors)
                 break
+            if isinstance(plan, PlanFailed):
+                problems.add(plan, plan.errors)
+                found.invalid.add(plan.key)
+                continue
             try:
                 prepared: dict[str, Any] | None = None
                 if live:
@@ -85,13 +97,14 @@ async def check(session: Session, planner: Planner, plan_filter: PlanFilter, *, 
                 else:
                     payload = plan.inputs
             except ValidationFailed as exc:
-                found.errors.extend(_tag(exc.errors, plan))
+                problems.add(plan, exc.errors)
                 found.invalid.add(plan.key)
                 continue
             except SpecError as exc:
-                found.errors.extend(_tag([exc], plan))
+                problems.add(plan, [exc])
                 found.invalid.add(plan.key)
                 continue
+            problems.jobs += 1
             found.count += 1
             if not found.receiver_conflict:
                 try:
@@ -111,9 +124,61 @@ async def check(session: Session, planner: Planner, plan_filter: PlanFilter, *, 
                     session.reporter.rendered(outcome, header="would submit" if session.options.dry_run else None)
                 else:
                     found.outcomes.append(outcome)
+        found.whole_spec = found.whole_spec or bool(problems.spec_wide)
+        found.errors.extend(problems.merged())
     if not found.errors:
         planner.check_selection(plan_filter, session.specs)
     return found
+
+
+#: Jobs named in "(in 37 of 200 jobs: rows 3, 9, 12, ...)", at most.
+JOBS_NAMED = 5
+
+
+class _Problems:
+    """The problems of one spec's jobs, grouped: the same problem (file, key, line, message)
+    in many jobs of a fan-out is one entry that counts and names the jobs it affects."""
+
+    def __init__(self) -> None:
+        self.jobs = 0  # jobs planned and checked, valid or not
+        self.spec_wide: list[SpecError] = []  # problems of the spec itself (no job to name)
+        self._groups: dict[tuple[Any, ...], tuple[SpecError, list[JobPlan | PlanFailed]]] = {}
+
+    def add(self, plan: JobPlan | PlanFailed, errors: Iterable[SpecError]) -> None:
+        self.jobs += 1
+        for err in errors:
+            group = (type(err), err.file, err.key, err.line, err.message)
+            entry = self._groups.setdefault(group, (err, []))
+            if not entry[1] or entry[1][-1] is not plan:  # a problem twice in one job counts once
+                entry[1].append(plan)
+
+    def merged(self) -> list[SpecError]:
+        """Each problem once, in the order first found, with the jobs it affects named."""
+        out = list(self.spec_wide)
+        for err, plans in self._groups.values():
+            suffix = _affected(plans, self.jobs)
+            out.append(type(err)(f"{err.message} ({suffix})", file=err.file, key=err.key, line=err.line) if suffix else err)
+        return out
+
+
+def _affected(plans: list[JobPlan | PlanFailed], total: int) -> str:
+    """Which jobs of a spec share a problem: none for a lone job, ``all 200 jobs``, ``job
+    k, foreach row 3`` for one, ``in 37 of 200 jobs: rows 3, 9, 12, ...`` for some."""
+    first = plans[0]
+    if first.key == first.spec.name and total == 1:
+        return ""  # the spec's only job: the file and key say it all
+    if len(plans) == total and total > 1:
+        return f"all {total} jobs"
+    if len(plans) == 1:
+        return f"job {first.key}" + (f", foreach row {first.row_number}" if first.row_number is not None else "")
+    rows = list(dict.fromkeys(p.row_number for p in plans))
+    if None not in rows:
+        named = "rows " + ", ".join(str(r) for r in rows[:JOBS_NAMED])
+        more = len(rows) > JOBS_NAMED
+    else:
+        named = ", ".join(p.key for p in plans[:JOBS_NAMED])
+        more = len(plans) > JOBS_NAMED
+    return f"in {len(plans)} of {total} jobs: {named}{', ...' if more else ''}"
 
 
 async def check_only(session: Session, planner: Planner, plan_filter: PlanFilter) -> RunReport:
@@ -145,7 +210,7 @@ async def submit(session: Session, planner: Planner, plan_filter: PlanFilter) ->
     found = await check(session, planner, plan_filter, keep=False, remember=True)
     report = RunReport(run_id=None)
     if found.errors:
-        if not opts.keep_going or not found.invalid:
+        if not opts.keep_going or not found.invalid or found.whole_spec:
             # Without --keep-going nothing is submitted; with it, a spec that could not be
             # planned at all (no single bad job to skip) still stops the run.
             raise ValidationFailed(found.errors)
@@ -170,7 +235,11 @@ async def submit(session: Session, planner: Planner, plan_filter: PlanFilter) ->
             if found.jobs is not None:
                 jobs: Iterable[Job] = found.jobs
             else:
-                jobs = (Job(plan) for plan in planner.plans(session.specs, plan_filter) if plan.key not in found.invalid)
+                jobs = (
+                    Job(plan)
+                    for plan in planner.plans_or_failures(session.specs, plan_filter)
+                    if not isinstance(plan, PlanFailed) and plan.key not in found.invalid
+                )
             info = run_info(session, run_id, resumed=False)
             await run_batch(session, info, jobs, count=found.count, report=report, listener=heard.begin(run_id))
         if report.skipped:
@@ -264,11 +333,3 @@ async def _take_all(session: Session, runner: JobRunner, delivery: Delivery, job
         for task in list(tasks):
             task.cancel()
     return [outcomes[i] for i in sorted(outcomes)]
-
-
-def _tag(errors: Iterable[SpecError], plan: JobPlan) -> list[SpecError]:
-    """Name the fanned-out job (matrix/foreach) an error belongs to; a lone job needs no name."""
-    if plan.key == plan.spec.name:
-        return list(errors)
-    where = f"job {plan.key}" + (f", foreach row {plan.row_number}" if plan.row_number is not None else "")
-    return [SpecError(f"{err.message} ({where})", file=err.file, key=err.key, line=err.line) for err in errors]

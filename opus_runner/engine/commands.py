@@ -55,7 +55,7 @@ class Runner:
         if opts.output_format not in ("text", "json", "github"):
             raise UsageError(f"--format must be text, json or github, found {opts.output_format!r}")
         session = self._session()
-        session.load_specs()
+        session.load_specs(defer_errors=True)
         session.load_plugins()
         check_targets(session)
         if opts.locked:

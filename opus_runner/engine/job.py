@@ -119,7 +119,7 @@ class JobRunner:
             submitted = await self._reattach(plan, record, outcome)
         job_id, row_id, ctx = submitted.job_id, submitted.row_id, submitted.ctx
         if not plan.wait.enabled:
-            self.session.reporter.message(f"{plan.key}: job {job_id} submitted; follow it with: opus-run status {job_id}")
+            self.session.reporter.message(f"{plan.key}: job {job_id} submitted; " + self.session.later(f"follow it with: opus-run status {job_id}"))
             return
         if seen in TERMINAL_STATUSES:
             status: str | None = seen
@@ -310,14 +310,13 @@ class JobRunner:
                 shown = ", ".join(sorted(map(str, data.raw))) if isinstance(data.raw, Mapping) else type(data.raw).__name__
                 session.reporter.message(
                     f"{plan.key}: job {job_id} completed, but its results hold no outputs opus-runner "
-                    f"recognises (keys: {shown or 'none'}); its outputs are left empty. Look at the "
-                    f"answer with 'opus-run results {job_id}'",
+                    f"recognises (keys: {shown or 'none'}); its outputs are left empty. "
+                    + session.later(f"Look at the answer with 'opus-run results {job_id}'"),
                     level="warning",
                 )
         elif status == GAVE_UP and gave_up:
-            result.error = (
-                f"job {job_id} did not finish within {plan.wait.timeout:g}s; it may still be running: "
-                f"check it with 'opus-run status {job_id}' or finish the run with 'opus-run resume {self.run_id}'"
+            result.error = f"job {job_id} did not finish within {plan.wait.timeout:g}s; it may still be running: " + session.later(
+                f"check it with 'opus-run status {job_id}' or finish the run with '{session.resume_command(self.run_id)}'"
             )
         else:
             result.error = await self._failure_reason(job_id, status)
@@ -576,8 +575,8 @@ class _Following:
         if self.unknown == UNKNOWN_WARN_AFTER:
             session.reporter.message(
                 f"{plan.key}: job {job_id} has reported status UNKNOWN {self.unknown} times in a row; "
-                f"still checking until wait.timeout ({plan.wait.timeout:g}s). Look at it with "
-                f"'opus-run status {job_id}' or in Opus",
+                f"still checking until wait.timeout ({plan.wait.timeout:g}s). "
+                + session.later(f"Look at it with 'opus-run status {job_id}' or in Opus"),
                 level="warning",
             )
         if status != self.last:

@@ -38,6 +38,19 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("opus_runner")
 #: ``--vars-file -``: the variables come from standard input.
 STDIN = "-"
+#: What replaces a hint to look at jobs later (``opus-run status``, ``resume``) after a
+#: ``--sandbox`` command: its in-process sandbox, and every job on it, ended with the command.
+SANDBOX_ENDED = (
+    "the --sandbox ended with this command, and its jobs with it: they cannot be looked at or "
+    "resumed later. To keep a sandbox running, start `opus-run sandbox` in another terminal and "
+    "set OPUS_BASE_URL and OPUS_SERVICE_KEY to the values it prints"
+)
+
+
+def later(options: RunOptions, hint: str) -> str:
+    """``hint`` (look at a job, or resume the run, later), unless the command ran against its
+    own ``--sandbox``: that server is gone once the command ends, so say so instead."""
+    return SANDBOX_ENDED if options.sandbox else hint
 
 
 def environ_of(options: RunOptions) -> dict[str, str]:
@@ -79,6 +92,10 @@ class Session:
         self.log = log
         self.config: ProjectConfig | None = None
         self.specs: list[Spec] = []
+        #: problems of the specs that could not be read (load_specs with defer_errors)
+        self.load_errors: list[SpecError] = []
+        #: files a folder or glob matched that are not specs (no opus-runner apiVersion)
+        self._skipped: list[Path] = []
         self.host: PluginHost | None = None
         self.client: OpusClient | None = None
         self.journal = journal
@@ -93,11 +110,18 @@ class Session:
 
     # -- set-up ------------------------------------------------------------------------------
 
-    def load_specs(self) -> None:
-        """Read every spec (all problems at once) and the project config that governs them."""
-        paths = find_specs([str(s) for s in self.options.specs], cwd=self.base)
+    def load_specs(self, *, defer_errors: bool = False) -> None:
+        """Read every spec (all problems at once) and the project config that governs them.
+
+        With ``defer_errors`` the problems of specs that cannot be read are kept in
+        :attr:`load_errors` rather than raised (unless no spec could be read), so the check
+        pass reports them with the problems of the specs that could: one pass finds them all.
+        """
+        paths = find_specs([str(s) for s in self.options.specs], cwd=self.base, skipped=self._skipped)
         if not paths:
             raise UsageError("no spec given: pass one or more spec files, globs or folders")
+        for path in self._skipped:
+            self.log.debug("skipped %s: it does not declare apiVersion: opus-runner/...", display_path(path))
         errors: list[SpecError] = []
         for path in paths:
             try:
@@ -106,22 +130,44 @@ class Session:
                 errors.append(exc)
             except ValidationFailed as exc:
                 errors.extend(exc.errors)
-        if errors:
-            raise ValidationFailed(errors)
         names: dict[str, Spec] = {}
-        for spec in self.specs:
+        for spec in list(self.specs):
             if spec.name in names:
-                raise ValidationFailed(
-                    [
-                        spec.error(
-                            f"metadata.name {spec.name!r} is also used by {names[spec.name].path}; "
-                            "names identify jobs in the journal and outputs, so give each spec its own",
-                            ("metadata", "name"),
-                        )
-                    ]
+                errors.append(
+                    spec.error(
+                        f"metadata.name {spec.name!r} is also used by {display_path(names[spec.name].path)}; "
+                        "names identify jobs in the journal and outputs, so give each spec its own",
+                        ("metadata", "name"),
+                    )
                 )
+                self.specs.remove(spec)
+                continue
             names[spec.name] = spec
-        self.config = load_project_config(self.specs[0].dir)
+        if errors and (not defer_errors or not self.specs):
+            raise ValidationFailed(errors)
+        self.load_errors = errors
+        self.config = self._project_of(self.specs)
+
+    def _project_of(self, specs: list[Spec]) -> ProjectConfig:
+        """The project of the run: the first spec's (one rule: its opus-runner.toml's folder,
+        else its git root, else its folder). Specs of other roots are named, once: the journal
+        and plugins are the first root's, while each spec's paths stay confined to its own."""
+        config = load_project_config(specs[0].dir)
+        others: dict[Path, Spec] = {}
+        for spec in specs[1:]:
+            root = self.repo_root(spec)
+            if root != config.root.resolve() and root not in others:
+                others[root] = spec
+        if others:
+            listed = "; ".join(f"{display_path(spec.path)} belongs to {display_path(root)}" for root, spec in others.items())
+            self._notice(
+                f"the specs of this run belong to different project roots: {display_path(specs[0].path)} "
+                f"belongs to {display_path(config.root)} ({config.root_reason}), {listed}. The run's journal "
+                f"and plugins are those of {display_path(config.root)}; each spec's files stay confined to its "
+                "own root. Run each project's specs on their own, or put an opus-runner.toml in a folder "
+                "above them all"
+            )
+        return config
 
     def load_plugins(self) -> PluginHost:
         """The trust notices, then the plugin host (no plugin is imported before the notices)."""
@@ -186,6 +232,24 @@ class Session:
         else:
             self.log.warning(text)
 
+    def resume_command(self, run_id: str) -> str:
+        """``opus-run resume RUN_ID``, with ``--state-dir`` when the journal is not the one a
+        command run here would find (the specs' project root is not the current folder's)."""
+        from ..config import default_state_dir
+
+        command = f"opus-run resume {run_id}"
+        journal = self.journal
+        if journal is None or self.options.state_dir:
+            return command + (f" --state-dir {self.options.state_dir}" if self.options.state_dir else "")
+        here = default_state_dir(load_project_config(os.getcwd()))
+        if Path(journal.state_dir).resolve() != here.resolve():
+            command += f" --state-dir {display_path(journal.state_dir)}"
+        return command
+
+    def later(self, hint: str) -> str:
+        """``hint``, or why it would not hold after a ``--sandbox`` command (:func:`later`)."""
+        return later(self.options, hint)
+
     def vars_file(self) -> Path | None:
         """``--vars-file``, read against :attr:`base` when relative; None for none or stdin."""
         if self.options.vars_file is None or str(self.options.vars_file) == STDIN:
@@ -210,7 +274,8 @@ class Session:
                 )
             overrides.update(load_vars_file(path, shown=shown))
         assigned = parse_var_assignments(list(opts.var), "--var")
-        check_declared_vars(self.specs, [name for name, _value in assigned], "--var")
+        if not self.load_errors:  # a spec that could not be read may be the one declaring it
+            check_declared_vars(self.specs, [name for name, _value in assigned], "--var")
         overrides.update(dict(assigned))
         if opts.vars:
             overrides.update(opts.vars)
@@ -332,10 +397,26 @@ class Session:
             self.client.on_retry = self.reporter.retrying
             yield
         finally:
+            await self._settle_shared_work()
             if self.client is not None:
                 await self.client.aclose()
             if sandbox is not None:
                 await asyncio.to_thread(sandbox.stop)
+
+    async def _settle_shared_work(self) -> None:
+        """Stop what the jobs share and outlives them: a schema fetch or an upload several jobs
+        await is a future of its own (shielded), so cancelling the jobs (Ctrl-C) leaves it
+        running. Cancelled and awaited here, before the client closes, it cannot go on to send
+        a request on a closed client (``RuntimeError: Cannot send a request, as the client has
+        been closed``, reported as an unexpected error), nor retry after the command ended."""
+        pending = [f for f in self._schemas.values() if not f.done()]
+        for value in self.shared.values():
+            if isinstance(value, Mapping):
+                pending.extend(f for f in value.values() if isinstance(f, asyncio.Future) and not f.done())
+        for future in pending:
+            future.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def concurrency(self) -> int:
         value = self.options.concurrency or (self.config.concurrency if self.config else None) or 4

@@ -171,18 +171,7 @@ class JobRunner:
             check_as_recorded(plan, record, payload, ctx.workflow, sent_files)
         row_id = record.row_id if record else None
         if row_id is None:
-            row_id = journal.add_job(
-                self.run_id,
-                plan_key=plan.key,
-                spec_path=str(plan.spec.path),
-                spec_digest=plan.spec.digest,
-                spec_name=plan.spec.name,
-                workflow_key=plan.workflow.key,
-                title=plan.title,
-                payload=redact.mask_obj(jsonable(payload)),
-                # The content of each local file it sends: its upload URL is new every time.
-                plan={**plan.describe(), "files": sent_files},
-            )
+            row_id = journal_plan(journal, self.run_id, plan, payload, sent_files)
         workspaces = self._workspaces(plan, ctx)
         job_id = record.job_id if record else None
         if job_id is None:
@@ -599,3 +588,20 @@ class _Following:
         with contextlib.suppress(OpusRunnerError):
             audit = await session.client.audit(self.job_id)
             session.reporter.progress(self.plan.key, self.job_id, status, audit.running_node, audit.nb_executed, audit.nb_nodes)
+
+
+def journal_plan(journal: Any, run_id: str, plan: JobPlan, payload: dict[str, Any], files: dict[str, str]) -> int:
+    """Journal a planned job of run ``run_id``: its row id. ``payload`` is kept masked, and
+    ``files`` (path to sha256) is the content of each local file it sends, since its upload
+    URL is new every time (resume compares file inputs by content)."""
+    return journal.add_job(
+        run_id,
+        plan_key=plan.key,
+        spec_path=str(plan.spec.path),
+        spec_digest=plan.spec.digest,
+        spec_name=plan.spec.name,
+        workflow_key=plan.workflow.key,
+        title=plan.title,
+        payload=redact.mask_obj(jsonable(payload)),
+        plan={**plan.describe(), "files": files},
+    )

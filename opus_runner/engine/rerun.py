@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .. import redact
 from ..config import load_project_config
 from ..errors import SpecError, UsageError, ValidationFailed
 from ..planning import JobPlan
@@ -23,7 +22,7 @@ from ..progress import Reporter
 from ..state import JobRecord, Journal, RunRecord
 from .batch import Job, run_batch, run_info
 from .delivery import check_targets
-from .job import jsonable
+from .job import journal_plan
 from .listening import agreed_by, receiving
 from .options import ResumedOptions, RunOptions
 from .report import RunReport
@@ -145,15 +144,5 @@ def _journaled(journal: Journal, run_id: str, job: Job, payload: dict[str, Any],
     journal, none from the data files. Its payload is the checked one: resume compares file
     inputs by ``files`` (their content digests), not by their values."""
     plan = job.plan
-    row_id = journal.add_job(
-        run_id,
-        plan_key=plan.key,
-        spec_path=str(plan.spec.path),
-        spec_digest=plan.spec.digest,
-        spec_name=plan.spec.name,
-        workflow_key=plan.workflow.key,
-        title=plan.title,
-        payload=redact.mask_obj(jsonable(payload)),
-        plan={**plan.describe(), "files": files},
-    )
+    row_id = journal_plan(journal, run_id, plan, payload, files)
     return replace(job, record=journal.job(row_id))

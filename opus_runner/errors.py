@@ -56,7 +56,10 @@ EXIT_INTERRUPTED = 130
 
 
 #: The commands that talk to the API (what exit 3 can come from).
-API_COMMANDS = ("run", "validate", "render", "resume", "rerun", "schema", "init", "lock", "drift", "status", "results", "audit", "wait")
+API_COMMANDS = (
+    "run", "validate", "render", "resume", "rerun", "schema", "init", "lock", "drift", "status", "results", "audit",
+    "wait", "jobs", "workflows",
+)
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,17 @@ def _(p: Project) -> int:
     return result.exit_code
 
 
+@case("jobs", 0, "listed")
+def _(p: Project) -> int:
+    _finished(p, "ok.yaml", 0)
+    return p.run("jobs").exit_code
+
+
+@case("workflows", 0, "listed")
+def _(p: Project) -> int:
+    return p.run("workflows", "ok.yaml").exit_code
+
+
 @case("audit", 0, "shown")
 def _(p: Project) -> int:
     return p.run("audit", _finished(p, "ok.yaml", 0)).exit_code
@@ -325,6 +336,8 @@ EVERY_COMMAND: dict[str, tuple[str, ...]] = {
     "runs": ("runs",),
     "rerun": ("rerun", "--failed"),
     "wait": ("wait", "1"),
+    "jobs": ("jobs",),
+    "workflows": ("workflows", "ok.yaml"),
 }
 
 
@@ -518,6 +531,8 @@ API_ARGS: dict[str, tuple[str, ...]] = {
     "results": ("results", "1"),
     "audit": ("audit", "1"),
     "wait": ("wait", "1"),
+    "jobs": ("jobs",),
+    "workflows": ("workflows", "ok.yaml"),
 }
 
 

@@ -323,6 +323,55 @@ def drift_command(specs: tuple[str, ...], output_format: str, verbose: bool, **o
     sys.exit(code)
 
 
+@click.command("workflows", context_settings=CONTEXT_SETTINGS)
+@click.argument("specs", nargs=-1, shell_complete=complete_spec_paths)
+@var_options
+@connection_options
+@plugin_options
+@report_options("the workflows")
+@handle_errors
+def workflows_command(specs: tuple[str, ...], output_format: str, verbose: bool, **options: Any) -> None:
+    """List the workflows the specs use, as the API describes them now.
+
+    One row per workflow and version: id, name, version, number of inputs, and the specs that
+    use it. Without SPECS, every spec of the project (as `lock` takes them). Opus documents no
+    route listing an account's workflows, so the specs say which ones to show."""
+    setup_logging(verbose)
+    _workflows(specs, output_format, {**options, "verbose": verbose})
+
+
+def _workflows(specs: tuple[str, ...], output_format: str, options: dict[str, Any]) -> None:
+    import asyncio
+    import json
+
+    from ..paths import display_path
+    from .tables import fit_table, terminal_width
+
+    runner = _runner(specs=specs or _project_specs(), **options)
+    collected = asyncio.run(runner.collect_schemas())
+    found: dict[str, dict[str, Any]] = {}
+    for spec, ref, schema in collected:
+        entry = found.setdefault(
+            ref.key,
+            {
+                "workflow_id": ref.id,
+                "name": schema.name if schema else "",
+                "version": (schema.version if schema else None) or ref.version,
+                "version_id": (schema.version_id if schema else None) or ref.version_id,
+                "inputs": len(schema.inputs) if schema else None,
+                "specs": [],
+            },
+        )
+        entry["specs"].append(str(display_path(spec.path)))
+    rows = sorted(found.values(), key=lambda e: (e["name"], e["workflow_id"]))
+    if output_format == "json":
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    table = [[e["workflow_id"], e["name"], e["version"], e["inputs"], ", ".join(e["specs"])] for e in rows]
+    for line in fit_table(["workflow", "name", "version", "inputs", "specs"], table, width=terminal_width(), shrink=(4, 1)):
+        click.echo(line)
+
+
 @click.command("spec-schema", context_settings=CONTEXT_SETTINGS)
 @loaded_plugins_options
 @handle_errors

@@ -227,3 +227,80 @@ def _node_error(entry: Any) -> str | None:
         if isinstance(item, str) and item:
             return item
     return "failed"
+
+
+@click.command("jobs", context_settings=CONTEXT_SETTINGS)
+@click.option("--workflow", "workflow_id", metavar="UUID", help="Only the jobs of this workflow.")
+@click.option("--status", "statuses", multiple=True, metavar="STATUS", help="Only jobs with this status (repeatable: COMPLETED, FAILED, IN_PROGRESS, ...).")
+@click.option("--limit", type=int, metavar="N", help="Show N jobs [default: 25].")
+@click.option("--offset", type=int, metavar="N", help="Skip the first N jobs (the API's paging) [default: 0].")
+@base_url_option(help=BASE_URL_ENV_HELP)
+@output_options
+@handle_errors
+def jobs_command(
+    workflow_id: str | None, statuses: tuple[str, ...], limit: int | None, offset: int | None, base_url: str | None,
+    output_format: str, quiet: bool, verbose: bool,
+) -> None:
+    """List the account's jobs from the API's search (GET /job/search), newest first as the API
+    orders them: id, status, title, workflow, created. With --format json, the API's answer."""
+    import asyncio
+    import json
+
+    from .. import redact
+    from ..errors import UsageError
+    from ..workflow import workflow_id_problem
+    from .tables import fit_table, terminal_width
+
+    setup_logging(verbose, quiet)
+    limit = 25 if limit is None else limit
+    offset = 0 if offset is None else offset
+    if not 1 <= limit <= 500:
+        raise UsageError(f"--limit must be from 1 to 500, found {limit}")
+    if offset < 0:
+        raise UsageError(f"--offset must be 0 or more, found {offset}")
+    if workflow_id and workflow_id_problem(workflow_id):
+        raise UsageError(f"--workflow: {workflow_id_problem(workflow_id)}")
+    wanted = ",".join(s.strip().upper().replace(" ", "_") for s in statuses if s.strip()) or None
+
+    async def go() -> Any:
+        async with client_from(base_url) as client:
+            return await client.search_jobs(workflow_id=workflow_id, status=wanted, offset=offset, max_results=limit)
+
+    answer = redact.mask_obj(asyncio.run(go()))
+    if output_format == "json":
+        click.echo(json.dumps(answer, ensure_ascii=False, default=str))
+        return
+    found, total = found_jobs(answer)
+    rows = [[j["id"], j["status"], j["title"], j["workflow"], j["created"]] for j in found]
+    for line in fit_table(["job id", "status", "title", "workflow", "created"], rows, width=terminal_width(), shrink=(2, 3)):
+        click.echo(line)
+    shown = f"{offset + 1}-{offset + len(found)}" if found else "none"
+    click.echo(f"{shown} of {total if total is not None else '?'} job(s)", err=True)
+
+
+def found_jobs(answer: Any) -> tuple[list[dict[str, Any]], int | None]:
+    """The jobs of a search answer, whichever published shape (``{totalCount, jobs}``, a bare
+    list, ``data``), each as ``{id, status, title, workflow, created}``; and the total."""
+    from ..models import normalise_status
+
+    items = answer
+    total = None
+    if isinstance(answer, dict):
+        items = answer.get("jobs", answer.get("data", answer.get("results", [])))
+        count = answer.get("totalCount", answer.get("total"))
+        total = count if isinstance(count, int) else None
+    found = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        workflow = item.get("workflow") if isinstance(item.get("workflow"), dict) else {}
+        found.append(
+            {
+                "id": str(item.get("jobExecutionId") or item.get("id") or item.get("_id") or ""),
+                "status": normalise_status(str(item.get("status") or "UNKNOWN")),
+                "title": str(item.get("title") or ""),
+                "workflow": str(workflow.get("name") or item.get("workflowId") or workflow.get("id") or ""),
+                "created": str(item.get("createdAt") or item.get("created_at") or ""),
+            }
+        )
+    return found, total if total is not None else (len(found) if not isinstance(answer, dict) else None)

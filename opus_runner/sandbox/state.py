@@ -211,15 +211,8 @@ class SandboxState:
         self.download_links: dict[str, DownloadLink] = {}
         self.jobs: dict[str, Job] = {}
         self.active_jobs: set[str] = set()
-        self.max_active_jobs = 0
-        self.key_sent_to_presigned = 0
-        self.content_type_sent_to_presigned = 0
-        self.callbacks_sent = 0
-        self.callbacks_failed = 0
-        self.callbacks_skipped = 0
-        self.callbacks_dropped = 0
-        self.callbacks_duplicated = 0
         self.callback_answers: Counter[int] = Counter()
+        self._zero_counters()
 
     def reset(self) -> None:
         """Forget everything (in place, so references held by tests stay valid)."""
@@ -233,6 +226,10 @@ class SandboxState:
         self.download_links.clear()
         self.jobs.clear()
         self.active_jobs.clear()
+        self.callback_answers.clear()
+        self._zero_counters()
+
+    def _zero_counters(self) -> None:
         self.max_active_jobs = 0
         self.key_sent_to_presigned = 0
         self.content_type_sent_to_presigned = 0
@@ -241,7 +238,6 @@ class SandboxState:
         self.callbacks_skipped = 0
         self.callbacks_dropped = 0
         self.callbacks_duplicated = 0
-        self.callback_answers.clear()
 
     def add_job(self, job: Job) -> None:
         self.jobs[job.id] = job

@@ -260,6 +260,10 @@ class Context:
     #: True when this delivery may already have been written by an interrupted run (resume):
     #: outputs that append check the target for this job before writing again
     redelivery: bool = False
+    #: the delivery's idempotency key (``run_id:plan_key:target``), the same every time this
+    #: output of this job of this run is delivered: an output whose receiver can drop repeats
+    #: sends it along
+    idempotency_key: str | None = None
 
 
 @dataclass

@@ -244,7 +244,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _new_run_id() -> str:
+def new_run_id() -> str:
     # Local time so the id matches the user's clock; the random tail keeps concurrent runs
     # started in the same second apart.
     return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{_random.token_hex(3)}"
@@ -527,7 +527,7 @@ class Journal:
         run_id: str | None = None,
     ) -> str:
         """Record the start of a run and return its id (``YYYYMMDD-HHMMSS-<6 hex>`` when new)."""
-        run_id = _text(run_id) if run_id is not None else _new_run_id()
+        run_id = _text(run_id) if run_id is not None else new_run_id()
         with self._write() as db:
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
                 raise UsageError(

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..__about__ import __version__
-from . import authoring, callbacks, history, jobs, plugins, report, run, sandbox
+from . import authoring, callbacks, engine, history, jobs, plugins, report, run, sandbox
 from .options import CONTEXT_SETTINGS
 
 #: The group's own options: they stay where they are, before any command.
@@ -168,6 +168,9 @@ for _command in (
     jobs.audit_command,
     jobs.jobs_command,
     history.wait_command,
+    engine.submit_command,
+    engine.worker_command,
+    engine.cancel_command,
     authoring.schema_command,
     authoring.init_command,
     authoring.lock_command,

@@ -34,6 +34,7 @@ from .options import (
     report_options,
     state_dir_option,
     timeout_option,
+    together,
     untrusted_option,
     var_option,
 )
@@ -45,6 +46,15 @@ INTERVAL_HELP = "First pause between status reads (45s, 500ms) [default: 2s]; it
 
 
 # -- the journal of the project here -----------------------------------------------------------
+
+
+def engine_lookup_options(func: Any) -> Any:
+    """--engine and where the engine is, for the commands that look a run up there too."""
+    return together(
+        click.option("--engine", type=click.Choice(("temporal",)), help="Look the run up on this durable engine (a run of opus-run submit)."),
+        click.option("--temporal-address", metavar="HOST:PORT", help="With --engine temporal: the server [default: $TEMPORAL_ADDRESS, else localhost:7233]."),
+        click.option("--namespace", metavar="N", help="With --engine temporal: the namespace [default: $TEMPORAL_NAMESPACE, else default]."),
+    )(func)
 
 
 def journal_if_any(state_dir: Path | None) -> Journal | None:
@@ -85,6 +95,7 @@ def run_state(journal: Journal, run: RunRecord) -> str:
 @click.option("--interval", metavar="DURATION", help="With --watch, the first pause between reads (45s, 500ms) [default: 2s].")
 @base_url_option(help=BASE_URL_ENV_HELP)
 @state_dir_option()
+@engine_lookup_options
 @output_options
 @handle_errors
 def status_command(
@@ -96,13 +107,21 @@ def status_command(
     output_format: str,
     quiet: bool,
     verbose: bool,
+    **engine: Any,
 ) -> None:
-    """Show a run's jobs (default: the latest run of the journal), or a job's status.
+    """Show a run's jobs (default: the latest run of the journal), or a job's status; with
+    --engine temporal, a run on the engine.
 
     A run's table lists each job's plan key, job id, status, duration and error. Exit 0 when
     every job COMPLETED, 1 when one failed, was cancelled or timed out, 4 while one has not
     finished."""
     setup_logging(verbose, quiet)
+    if engine.get("engine"):
+        from .engine import engine_status
+
+        if target is None:
+            raise click.UsageError("status --engine temporal needs the RUN_ID that submit printed")
+        engine_status(target, wait=False, output_format=output_format, quiet=quiet, verbose=verbose, **engine)
     pause = parse_duration_option("--interval", interval)
     journal = journal_if_any(state_dir)
     if journal is not None:
@@ -522,16 +541,24 @@ def rerun_command(run_id: str | None, failed: bool, output_format: str, quiet: b
 @click.option("--timeout", metavar="DURATION", help="Give up after this long (45s, 5m, 1h30m) and exit 4 [default: no limit].")
 @click.option("--interval", metavar="DURATION", help=INTERVAL_HELP)
 @base_url_option(help=BASE_URL_ENV_HELP)
+@engine_lookup_options
 @output_options
 @handle_errors
-def wait_command(job_id: str, timeout: str | None, interval: str | None, base_url: str | None, output_format: str, quiet: bool, verbose: bool) -> None:
-    """Follow a job to its end. Exit 0 when it COMPLETED, 1 when it failed, was cancelled or
-    timed out, 4 when --timeout passed first."""
+def wait_command(
+    job_id: str, timeout: str | None, interval: str | None, base_url: str | None, output_format: str, quiet: bool, verbose: bool, **engine: Any
+) -> None:
+    """Follow a job to its end; with --engine temporal, a run on the engine (JOB_ID is then
+    the run id). Exit 0 when it COMPLETED, 1 when it failed, was cancelled or timed out, 4
+    when --timeout passed first."""
     import asyncio
 
     from .jobs import outcome_code
 
     setup_logging(verbose, quiet)
+    if engine.get("engine"):
+        from .engine import engine_status
+
+        engine_status(job_id, wait=True, output_format=output_format, quiet=quiet, verbose=verbose, **engine)
     limit = parse_duration_option("--timeout", timeout)
     first = parse_duration_option("--interval", interval)
     status = asyncio.run(follow_job(job_id, base_url=base_url, timeout=limit, interval=first, announce=not quiet and output_format == "text"))

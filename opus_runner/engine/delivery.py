@@ -186,6 +186,7 @@ class Delivery:
             # this mark, and the redelivery then checks the target first (ctx.redelivery).
             journal.record_delivery(row_id, target.key, ok=False)  # type: ignore[arg-type]
         timeout = session.config.timeouts.notify if target.kind == "notify" else session.config.timeouts.outputs
+        ctx.idempotency_key = delivery_key(session.run_id, plan.key, target.key) if session.run_id else None
         handler = registry.get(target.type_name)
         try:
             if handler is None:
@@ -306,6 +307,11 @@ def _static_paths_outside(session: Session, spec: Any, entries: list[Any]) -> li
             except OutsideRoot as exc:
                 errors.append(exc)
     return errors
+
+
+def delivery_key(run_id: str, plan_key: str, target: str) -> str:
+    """The idempotency key of one delivery: one run, one job, one target (``outputs[0]:json``)."""
+    return f"{run_id}:{plan_key}:{target}"
 
 
 def target_label(entry: Mapping[str, Any]) -> str:

@@ -172,27 +172,17 @@ class JobRunner:
         row_id = record.row_id if record else None
         if row_id is None:
             row_id = journal_plan(journal, self.run_id, plan, payload, sent_files)
-        workspaces = self._workspaces(plan, ctx)
+        workspaces = self.workspaces(plan, ctx)
         job_id = record.job_id if record else None
         if job_id is None:
-            job_id = await self._patiently(
-                plan,
-                lambda: client.initiate(
-                    plan.workflow.id,
-                    title=plan.title,
-                    description=plan.description,
-                    version=plan.workflow.version,
-                    version_id=plan.workflow.version_id,
-                    workspaces=workspaces,
-                ),
-            )
+            job_id = await self.initiate(plan, workspaces)
             journal.set_job_id(row_id, job_id)  # durable before execute is sent
         outcome.job_id = ctx.job_id = job_id
         await host.payload_ready(payload, ctx)
-        callback = self._callback_url(plan, row_id, job_id)
+        callback = self.callback_url(plan, row_id, job_id)
         journal.mark_executing(row_id)
         try:
-            execution = await self._execute_patiently(plan, job_id, payload, workspaces, callback)
+            execution = await self.execute(plan, job_id, payload, workspaces, callback)
         except ExecuteRefused as exc:
             # The job never started: it ends here, FAILED with the platform's words, so
             # neither this run nor a resume sends it again blindly.
@@ -282,6 +272,38 @@ class JobRunner:
     ) -> JobResult:
         session = self.session
         assert session.journal is not None
+        result = await self.ending(plan, job_id, status, gave_up=gave_up)
+        outcome.status = status
+        outcome.result = result
+        outcome.error = result.error
+        outcome.exit_code = 0 if status == "COMPLETED" else 1
+        if gave_up:
+            # The job may still finish on the platform: it stays unfinished in the journal, so
+            # `opus-run resume` follows it again and delivers its real result.
+            session.journal.add_status(row_id, status, executed=True)
+        else:
+            session.journal.set_result(
+                row_id,
+                status=status,
+                result={**result.as_dict(), "raw": result.raw},
+                error=result.error,
+                intended=self.delivery.intended(plan),
+            )
+        await self.ended(plan, result, ctx)
+        return result
+
+    async def ended(self, plan: JobPlan, result: JobResult, ctx: Context) -> None:
+        """The job's terminal event (completed, failed, cancelled, timed_out), for the
+        reporter, the observers and the notifiers subscribed to it."""
+        kind = _TERMINAL_EVENT.get(result.status, "failed")
+        await self.delivery.event(
+            JobEvent(kind, result.job_id, plan.spec.name, result.status, plan.key, result=result, error=result.error), plan, ctx
+        )
+
+    async def ending(self, plan: JobPlan, job_id: str, status: str, *, gave_up: bool = False) -> JobResult:
+        """The result of a job that ended with ``status`` (read from Opus when COMPLETED; the
+        reason, from the audit and results, when not), or that the runner gave up on."""
+        session = self.session
         result = JobResult(
             job_id=job_id,
             status=status,
@@ -309,26 +331,6 @@ class JobRunner:
             )
         else:
             result.error = await self._failure_reason(job_id, status)
-        outcome.status = status
-        outcome.result = result
-        outcome.error = result.error
-        outcome.exit_code = 0 if status == "COMPLETED" else 1
-        if gave_up:
-            # The job may still finish on the platform: it stays unfinished in the journal, so
-            # `opus-run resume` follows it again and delivers its real result.
-            session.journal.add_status(row_id, status, executed=True)
-        else:
-            session.journal.set_result(
-                row_id,
-                status=status,
-                result={**result.as_dict(), "raw": result.raw},
-                error=result.error,
-                intended=self.delivery.intended(plan),
-            )
-        kind = _TERMINAL_EVENT.get(status, "failed")
-        await self.delivery.event(
-            JobEvent(kind, job_id, plan.spec.name, status, plan.key, result=result, error=result.error), plan, ctx
-        )
         return result
 
     async def _failure_reason(self, job_id: str, status: str) -> str:
@@ -345,6 +347,22 @@ class JobRunner:
             if data.error:
                 parts.append(data.error)
         return redact.mask("; ".join(parts))
+
+    async def initiate(self, plan: JobPlan, workspaces: tuple[str, ...], *, title: str | None = None) -> str:
+        """A new job for ``plan`` (``title`` instead of the plan's, e.g. with a marker): its id."""
+        client = self.session.client
+        assert client is not None
+        return await self._patiently(
+            plan,
+            lambda: client.initiate(
+                plan.workflow.id,
+                title=title or plan.title,
+                description=plan.description,
+                version=plan.workflow.version,
+                version_id=plan.workflow.version_id,
+                workspaces=workspaces,
+            ),
+        )
 
     async def _patiently(self, plan: JobPlan, call: Callable[[], Awaitable[_T]]) -> _T:
         """``call()`` again through transient failures (rate limits, gateways, the network) for
@@ -363,7 +381,7 @@ class JobRunner:
             await asyncio.sleep(min(remaining, interval * random.uniform(0.5, 1.0)))
             interval = min(plan.wait.max_interval, interval * 2)
 
-    async def _execute_patiently(
+    async def execute(
         self, plan: JobPlan, job_id: str, payload: dict[str, Any], workspaces: tuple[str, ...], callback_url: str
     ) -> Any:
         """Execute, sent again only while the job provably has no input; an unclear outcome is
@@ -413,14 +431,14 @@ class JobRunner:
             await asyncio.sleep(min(remaining, interval * random.uniform(0.5, 1.0)))
             interval = min(plan.wait.max_interval, interval * 2)
 
-    def _workspaces(self, plan: JobPlan, ctx: Context) -> tuple[str, ...]:
+    def workspaces(self, plan: JobPlan, ctx: Context) -> tuple[str, ...]:
         """``workflow.workspaces``, else the workflow's own workspace when it reports one."""
         if plan.workspaces:
             return plan.workspaces
         own = ctx.workflow.workspace_id if ctx.workflow else None
         return (own,) if own else ()
 
-    def _callback_url(self, plan: JobPlan, row_id: int, job_id: str) -> str:
+    def callback_url(self, plan: JobPlan, row_id: int, job_id: str) -> str:
         """The spec's ``callback.url``; else, for a job waiting for its callback, the run's
         receiver with the job's token; else the project's ``callback_url``; else the
         never-resolving placeholder (Opus requires one on every execute)."""

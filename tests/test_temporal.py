@@ -135,3 +135,156 @@ def test_no_server_at_the_address_is_one_sentence(project: Project) -> None:
     assert result.exit_code == 3, result.output
     assert "no Temporal server answers at 127.0.0.1:" in result.output
     assert "temporal server start-dev" in result.output and "Traceback" not in result.output
+
+
+# -- chaos: every plan key executed once, every output delivered once ---------------------------
+
+
+def assert_exactly_once(project: Project, jobs: int) -> None:
+    titles = executes_by_plan(project)
+    assert len(titles) == jobs, titles
+    assert set(titles.values()) == {1}, {t: n for t, n in titles.items() if n != 1}
+    # and no job initiated but never executed was left behind unreported: every initiated job
+    # of the run was executed (a reused job found by its marker counts once)
+    state = project.sandbox.state
+    assert all(job_id in state.executes for job_id in state.jobs), "a job was initiated and never executed"
+    lines = ndjson_lines(project)
+    assert Counter(line["plan_key"] for line in lines).most_common(1)[0][1] == 1
+    assert len(lines) == jobs and {line["status"] for line in lines} == {"COMPLETED"}
+
+
+def executed(project: Project) -> int:
+    return len(project.sandbox.state.executes)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_batch_loses_and_repeats_nothing(project: Project, server: DevServer) -> None:
+    spec = batch(project, 30, workflow="medium")
+    first = start_worker(server, project, "--concurrency", "4", name="first")
+    second = start_worker(server, project, "--concurrency", "4", name="second")
+    try:
+        assert submit(project, server, spec, "--run-id", "kill9", "--chunk-size", "10").exit_code == 0
+        wait_for(lambda: executed(project) >= 6, timeout=60)
+        first.kill()
+        done = wait_run(project, server, "kill9")
+    finally:
+        first.kill()
+        second.stop()
+    assert done.exit_code == 0, done.output
+    assert_exactly_once(project, 30)
+
+
+@pytest.mark.slow
+def test_a_worker_lost_right_after_its_execute_reached_opus_never_resends(project: Project, server: DevServer) -> None:
+    spec = batch(project, 4)
+    # The first execute is processed, then answered one byte a second: its worker is killed
+    # while it waits, after Opus has the payload and before the engine heard of it.
+    project.sandbox.faults.add({"route": "execute", "kind": "trickle", "seconds": 1, "times": 1})
+    first = start_worker(server, project, "--concurrency", "1", name="first")
+    try:
+        assert submit(project, server, spec, "--run-id", "crash", "--chunk-size", "4").exit_code == 0
+        wait_for(lambda: executed(project) >= 1, timeout=60)
+        first.kill()
+    finally:
+        first.kill()
+    with start_worker(server, project, name="second"):
+        done = wait_run(project, server, "crash")
+    assert done.exit_code == 0, done.output
+    assert_exactly_once(project, 4)
+
+
+@pytest.mark.slow
+def test_the_temporal_server_killed_and_restarted_on_its_file(project: Project, server: DevServer) -> None:
+    spec = batch(project, 20, workflow="medium")
+    with start_worker(server, project, "--concurrency", "4"):
+        assert submit(project, server, spec, "--run-id", "server", "--chunk-size", "5").exit_code == 0
+        wait_for(lambda: executed(project) >= 4, timeout=60)
+        server.kill()
+        time.sleep(1)  # the workers see the server gone (what is being tested is the gap)
+        server.start()
+        done = wait_run(project, server, "server")
+    assert done.exit_code == 0, done.output
+    assert_exactly_once(project, 20)
+
+
+@pytest.mark.slow
+def test_the_api_rate_holds_across_two_workers(project: Project, server: DevServer) -> None:
+    spec = batch(project, 12)
+    rate = 4.0
+    with start_worker(server, project, "--api-rate", str(rate), name="first"), start_worker(
+        server, project, "--api-rate", str(rate), name="second"
+    ):
+        started = time.monotonic()
+        assert submit(project, server, spec, "--run-id", "rate", "--chunk-size", "6").exit_code == 0
+        done = wait_run(project, server, "rate")
+        elapsed = time.monotonic() - started
+    assert done.exit_code == 0, done.output
+    calls = sum(n for (method, route), n in project.sandbox.state.requests.items() if route != "workflow")
+    # Every step is one call (initiate, execute, status, results): 4 per job at least.
+    assert calls >= 4 * 12
+    # The server's token bucket lets one second's worth through at once, then `rate` a second.
+    assert calls <= rate * elapsed + 2 * rate, (calls, elapsed)
+    assert_exactly_once(project, 12)
+
+
+def test_a_job_initiated_by_a_lost_request_is_found_by_its_marker_and_reported(project: Project, server: DevServer) -> None:
+    spec = batch(project, 2)
+    # The first initiate creates its job, and its answer is lost: the client asks again.
+    project.sandbox.faults.add({"route": "initiate", "kind": "lose_response", "times": 1})
+    with start_worker(server, project):
+        assert submit(project, server, spec, "--run-id", "orphan").exit_code == 0
+        done = wait_run(project, server, "orphan")
+    assert done.exit_code == 0, done.output
+    state = project.sandbox.state
+    never = [job_id for job_id in state.jobs if job_id not in state.executes]
+    assert len(never) == 1
+    assert f"job {never[0]} was initiated for batch#" in done.output and "archive it in Opus" in done.output
+    assert set(state.executes.values()) == {1} and len(state.executes) == 2
+
+
+KILLER_PLUGIN = '''
+import os, signal
+from pathlib import Path
+from opus_runner import hookimpl
+
+
+def die_once(result, config, ctx):
+    """Kill this worker the first time, after the outputs before it were written."""
+    mark = Path(config["mark"])
+    keys = Path(config["keys"])
+    with keys.open("a") as handle:
+        handle.write(f"{ctx.idempotency_key}\\n")
+    if not mark.exists():
+        mark.write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@hookimpl
+def opus_register_outputs(register):
+    register("die_once", die_once)
+'''
+
+
+@pytest.mark.slow
+def test_outputs_redelivered_after_a_crash_are_written_once(project: Project, server: DevServer) -> None:
+    (project.root / "plugins").mkdir()
+    (project.root / "plugins" / "killer.py").write_text(KILLER_PLUGIN)
+    outputs = (
+        "outputs:\n  - {type: ndjson, path: out.ndjson}\n"
+        f"  - {{type: die_once, mark: {project.root / 'died'}, keys: {project.root / 'keys.txt'}}}\n"
+    )
+    spec = project.spec("one.yaml", header("one", "quick", "inputs:\n  Question: q\n" + outputs))
+    first = start_worker(server, project, name="first")
+    try:
+        assert submit(project, server, spec, "--run-id", "redeliver").exit_code == 0
+        wait_for(lambda: (project.root / "died").exists() and first.process.poll() is not None, timeout=60)
+    finally:
+        first.kill()
+    with start_worker(server, project, name="second"):
+        done = wait_run(project, server, "redeliver")
+    assert done.exit_code == 0, done.output
+    assert len(ndjson_lines(project)) == 1  # written by both attempts' ndjson, kept once
+    # the same idempotency key both times: run id, plan key, target
+    keys = (project.root / "keys.txt").read_text().split()
+    assert keys == ["redeliver:one:outputs[1]:die_once"] * 2
+    assert_exactly_once(project, 1)

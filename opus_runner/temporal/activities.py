@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -39,6 +40,16 @@ log = logging.getLogger("opus_runner.worker")
 RUNS_KEPT = 8
 #: pages of the job search read to find a job by its title marker (100 jobs a page)
 MARKER_SEARCH_PAGES = 20
+
+
+#: the client's retries of the activity running in this task (each activity is a task of its own)
+_retries: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("opus_runner_retries", default=None)
+
+
+def _heard_retry(notice: Any) -> None:
+    heard = _retries.get()
+    if heard is not None:
+        heard.append(notice)
 
 
 class Final(ApplicationError):
@@ -119,6 +130,8 @@ class WorkerRuntime:
             raise Final(f"run {definition.run_id} cannot be planned on this worker: {exc}") from None
         stack = contextlib.AsyncExitStack()
         await stack.enter_async_context(session.connection())
+        if session.client is not None:
+            session.client.on_retry = _heard_retry
         try:
             planner = session.planner()
             plans = {
@@ -161,7 +174,14 @@ class WorkerRuntime:
                 if found:
                     log.info("%s: job %s found by its title marker, used instead of a new one", plan.key, found[0])
                     return Initiated(found[0], orphans=found[1:], reused=True)
+            heard: list[Any] = []
+            _retries.set(heard)
             job_id = await runner.initiate(plan, runner.workspaces(plan, ctx), title=f"{plan.title} {marker}")
+            if any(n.call == "POST /job/initiate" and n.status is None for n in heard):
+                # The client sent initiate again after a request that got no answer: the first
+                # may have created a job too. The marker finds it, and the run reports it.
+                others = [found for found in await find_marked(session, plan.workflow.id, marker) if found != job_id]
+                return Initiated(job_id, orphans=others)
             return Initiated(job_id)
 
     @activity.defn(name="opus-runner.execute")

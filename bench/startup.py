@@ -42,7 +42,7 @@ from _common import (  # noqa: E402
 HELP_TARGET = 3.0
 HEAVY = ("httpx", "jinja2", "jsonschema", "rich", "starlette", "uvicorn", "yaml", "pluggy", "sqlite3", "asyncio")
 #: the modules the brief forbids at start-up; the others in HEAVY are shown for information
-FORBIDDEN = ("httpx", "jinja2", "jsonschema", "rich", "starlette", "uvicorn")
+FORBIDDEN = ("httpx", "jinja2", "jsonschema", "rich", "starlette", "uvicorn", "temporalio")
 
 
 def parse_importtime(stderr: str) -> list[tuple[str, int, int, int]]:
@@ -120,7 +120,7 @@ def run() -> int:
     report.say("")
     report.say(f"--help imports {len(entries)} modules; heavy ones: " + (", ".join(f"{k} ({v / 1000:.1f} ms)" for k, v in sorted(found.items())) or "none"))
     forbidden = sorted(set(found) & set(FORBIDDEN))
-    report.say("forbidden at start-up (httpx, jinja2, jsonschema, rich, starlette, uvicorn): " + (", ".join(forbidden) or "none imported"))
+    report.say("forbidden at start-up (" + ", ".join(FORBIDDEN) + "): " + (", ".join(forbidden) or "none imported"))
     top = sorted((e for e in entries if e[3] == 0), key=lambda e: -e[2])[:8]
     report.say(table(["top-level import (--help)", "cumulative ms", "self ms"], [[n, c / 1000, s / 1000] for n, s, c, _d in top]))
     report.result("help_imports", {"modules": len(entries), "heavy": found, "forbidden": forbidden, "opus_runner": [e[0] for e in own]})

@@ -199,9 +199,9 @@ def test_help_imports_no_heavy_modules() -> None:
         import sys
         from click.testing import CliRunner
         from opus_runner.cli import main
-        for args in (["--help"], ["--version"], ["run", "--help"], ["validate", "--help"]):
+        for args in (["--help"], ["--version"], ["run", "--help"], ["validate", "--help"], ["submit", "--help"], ["worker", "--help"]):
             assert CliRunner().invoke(main, args).exit_code == 0
-        heavy = {"httpx", "jinja2", "jsonschema", "rich", "starlette", "uvicorn", "yaml", "sqlite3"}
+        heavy = {"httpx", "jinja2", "jsonschema", "rich", "starlette", "uvicorn", "yaml", "sqlite3", "temporalio"}
         print(sorted(heavy & set(sys.modules)))
         """
     )

@@ -25,6 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # What a user calls: the public facade (opus_runner/__init__.py: run, Runner, load_spec...),
     # the command line, the pytest plugin.
     ("entry points", (ROOT, "opus_runner.__main__", "opus_runner.cli", "opus_runner.testing")),
+    # Runs on a durable engine (Temporal): they drive the run engine's parts from activities.
+    ("durable engines", ("opus_runner.temporal",)),
     ("engine", ("opus_runner.engine",)),
     # What the run drives: the HTTP client and the plugin host with its built-in plugins.
     ("api and plugins", ("opus_runner.api", "opus_runner.client", "opus_runner.plugins", "opus_runner.hookspecs", "opus_runner.builtins", "opus_runner.callbacks")),

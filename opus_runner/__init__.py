@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .engine import JobOutcome, RunOptions, RunReport, Runner, arun, run
     from .spec import Spec, load_spec
+    from .temporal.runs import EngineOptions, RunHandle, submit
 
 _LAZY = {
     "hookimpl": "hookspecs",
@@ -62,6 +63,9 @@ _LAZY = {
     "RunReport": "engine",
     "JobOutcome": "engine",
     "load_spec": "spec",
+    "submit": "temporal.runs",
+    "RunHandle": "temporal.runs",
+    "EngineOptions": "temporal.runs",
     "Spec": "spec",
     "Context": "models",
     "InputField": "models",

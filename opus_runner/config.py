@@ -47,6 +47,7 @@ _KNOWN_KEYS = {
     "callback",
     "wait",
     "timeouts",
+    "temporal",
 }
 # Limits on what one spec may make the runner do (docs/spec.md, "Limits").
 _KNOWN_KEYS |= {"template_budget"}
@@ -112,6 +113,8 @@ class ProjectConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: CPU seconds one template value may take to render; None: the default (2 s)
     template_budget: float | None = None
+    #: ``[temporal] address / namespace / task_queue``: where the project's engine runs are
+    temporal: dict[str, str] = field(default_factory=dict)
 
     @property
     def repo_root(self) -> Path:
@@ -313,7 +316,27 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
         wait_mode=_wait_mode(file, table.get("wait")),
         timeouts=_timeouts(file, table.get("timeouts")),
         template_budget=template_budget,
+        temporal=_temporal(file, table.get("temporal")),
     )
+
+
+#: the settings of ``[temporal]``
+TEMPORAL_KEYS = ("address", "namespace", "task_queue")
+
+
+def _temporal(file: Path, table: Any) -> dict[str, str]:
+    """``[temporal]``: ``address = "HOST:PORT"``, ``namespace``, ``task_queue`` (docs/scale-out.md)."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ConfigError(f'{file}: temporal must be a table such as [temporal] address = "temporal.internal:7233"')
+    unknown = sorted(set(table) - set(TEMPORAL_KEYS))
+    if unknown:
+        raise ConfigError(f"{file}: unknown setting temporal.{unknown[0]}; known: {', '.join(TEMPORAL_KEYS)}")
+    for key, value in table.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{file}: temporal.{key} must be a non-empty string, found {value!r}")
+    return {key: str(value) for key, value in table.items()}
 
 
 def _receiver(file: Path, table: Any) -> ReceiverSettings:

@@ -58,8 +58,10 @@ EXIT_INTERRUPTED = 130
 #: The commands that talk to the API (what exit 3 can come from).
 API_COMMANDS = (
     "run", "validate", "render", "resume", "rerun", "schema", "init", "lock", "drift", "status", "results", "audit",
-    "wait", "jobs", "workflows",
+    "wait", "jobs", "workflows", "submit",
 )
+#: The commands that talk to a durable engine (Temporal): they exit 3 when it cannot be reached.
+ENGINE_COMMANDS = ("submit", "worker", "cancel")
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(
         str(EXIT_OK),
         "Success: every job completed; every check passed (`validate`; `drift`: nothing breaks a spec); "
-        "a `--dry-run` or `--no-wait` did what it was asked; `sandbox` or `callbacks serve` stopped with Ctrl-C.",
+        "a `--dry-run` or `--no-wait` did what it was asked; `submit` started the run (or found it started); "
+        "`cancel` told the run to stop; `sandbox`, `callbacks serve` or `worker` stopped with Ctrl-C.",
     ),
     ExitCode(
         str(EXIT_FAILED),
@@ -103,9 +106,10 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(
         str(EXIT_API),
         "API, auth or network error: the service answered with an error or rejected the key, or could not be "
-        "reached after retries (a TLS certificate error fails at once: it is not retried). Any command exits 3 "
+        "reached after retries (a TLS certificate error fails at once: it is not retried); for `submit`, `worker` "
+        "and `cancel`, the Temporal server could not be reached. Any command exits 3 "
         "on an unexpected error too (a bug: run again with `--verbose` and report the traceback).",
-        API_COMMANDS,
+        tuple(dict.fromkeys(API_COMMANDS + ENGINE_COMMANDS)),
     ),
     ExitCode(
         str(EXIT_NOT_FINISHED),
@@ -119,7 +123,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
         "how to finish the run with `opus-run resume`.",
         # Ctrl-C is how these stop (exit 0), or they end before it can come (report reads only
         # the local journal; interrupted all the same, it exits 130).
-        unless=("sandbox", "callbacks", "help", "version", "report"),
+        unless=("sandbox", "callbacks", "worker", "help", "version", "report"),
     ),
     ExitCode(
         "143 / 129",

@@ -8,6 +8,7 @@ case cannot be added without the others.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import signal
@@ -25,6 +26,7 @@ from opus_runner.cli import main
 from opus_runner.errors import EXIT_CODES, TlsError
 
 from conftest import WF, WORKFLOWS, Project, header, make_project, opus_run, wait_for
+from temporal_support import DevServer, need_temporal
 
 #: A workflow slow enough to interrupt that then fails, for resume's exit 1.
 SLOW_BROKEN = "00000000-0000-4000-8000-0000000000b1"
@@ -235,6 +237,46 @@ def _(p: Project) -> int:
     return proc.returncode
 
 
+@contextlib.contextmanager
+def _temporal(p: Project) -> Iterator[DevServer]:
+    server = DevServer(need_temporal(), p.root.parent).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@case("submit", 0, "submitted")
+def _(p: Project) -> int:
+    with _temporal(p) as server:
+        return p.run("submit", "ok.yaml", "--engine", "temporal", "--temporal-address", server.address).exit_code
+
+
+@case("cancel", 0, "told to stop")
+def _(p: Project) -> int:
+    with _temporal(p) as server:
+        where = ("--engine", "temporal", "--temporal-address", server.address)
+        assert p.run("submit", "ok.yaml", "--run-id", "r", *where).exit_code == 0
+        return p.run("cancel", "r", *where).exit_code
+
+
+@case("worker", 0, "stopped with ctrl-c")
+def _(p: Project) -> int:
+    with _temporal(p) as server:
+        proc = opus_run(p, "worker", "--engine", "temporal", "--temporal-address", server.address)
+        try:
+            assert proc.stderr is not None
+            assert proc.stderr.readline().startswith("worker polling task queue 'opus-runner'")
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert "Traceback" not in err, err
+        return proc.returncode
+
+
 # -- 1: a job failed, or what was to deliver its result --------------------------------------
 
 
@@ -338,6 +380,9 @@ EVERY_COMMAND: dict[str, tuple[str, ...]] = {
     "wait": ("wait", "1"),
     "jobs": ("jobs",),
     "workflows": ("workflows", "ok.yaml"),
+    "submit": ("submit", "ok.yaml", "--engine", "temporal"),
+    "worker": ("worker", "--engine", "temporal"),
+    "cancel": ("cancel", "some-run", "--engine", "temporal"),
 }
 
 
@@ -533,6 +578,7 @@ API_ARGS: dict[str, tuple[str, ...]] = {
     "wait": ("wait", "1"),
     "jobs": ("jobs",),
     "workflows": ("workflows", "ok.yaml"),
+    "submit": ("submit", "ok.yaml", "--engine", "temporal", "--temporal-address", "127.0.0.1:9"),
 }
 
 
@@ -590,6 +636,47 @@ for _command in ("run", "schema", "status"):
     case(_command, 3, "no TLS at the address")(_no_tls(_command))
 
 
+def _no_temporal_server(*args: str) -> Case:
+    def run(p: Project) -> int:
+        need_temporal()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there once closed
+        result = p.run(*args, "--engine", "temporal", "--temporal-address", address)
+        assert f"no Temporal server answers at {address}" in result.stderr, result.output
+        return result.exit_code
+
+    return run
+
+
+case("submit", 3, "no temporal server")(_no_temporal_server("submit", "ok.yaml"))
+case("worker", 3, "no temporal server")(_no_temporal_server("worker"))
+case("cancel", 3, "no temporal server")(_no_temporal_server("cancel", "r"))
+
+
+@case("cancel", 130, "ctrl-c")
+def _(p: Project) -> int:
+    """Ctrl-C while the engine's address takes the connection and never answers."""
+    need_temporal()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        proc = opus_run(p, "cancel", "r", "--engine", "temporal", "--temporal-address", address)
+        try:
+            silent.settimeout(60)
+            connection, _ = silent.accept()  # it is waiting on us now
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=30)
+            connection.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert "Traceback" not in err and "error: interrupted" in err, err
+    return proc.returncode
+
+
 # -- 4: not finished -------------------------------------------------------------------------------
 
 
@@ -641,7 +728,7 @@ def _(p: Project) -> int:
 
 
 for _command, _args in EVERY_COMMAND.items():
-    if _command not in ("run", "resume", "rerun", "runs", "drift", "sandbox", "plugins", "spec-schema"):
+    if _command not in ("run", "resume", "rerun", "runs", "drift", "sandbox", "plugins", "spec-schema", "worker", "cancel"):
         case(_command, 130, "ctrl-c")(lambda p, _args=_args: _interrupt_when_waiting(p, *_args))
 
 

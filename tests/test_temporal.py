@@ -288,3 +288,126 @@ def test_outputs_redelivered_after_a_crash_are_written_once(project: Project, se
     keys = (project.root / "keys.txt").read_text().split()
     assert keys == ["redeliver:one:outputs[1]:die_once"] * 2
     assert_exactly_once(project, 1)
+
+
+def test_the_library_submits_and_waits(project: Project, server: DevServer) -> None:
+    import asyncio
+
+    import opus_runner
+
+    spec = batch(project, 3)
+
+    async def go() -> Any:
+        handle = await opus_runner.submit(
+            [spec],
+            engine=opus_runner.EngineOptions(address=server.address),
+            run_id="lib",
+            base_url=project.sandbox.base_url,
+            service_key=project.sandbox.key,
+        )
+        assert (handle.run_id, handle.jobs, handle.started) == ("lib", 3, 1)
+        return await handle.wait()
+
+    with start_worker(server, project):
+        report = asyncio.run(go())
+    assert report.exit_code == 0
+    assert sorted(o.status for o in report.outcomes) == ["COMPLETED"] * 3
+    assert all(o.job_id for o in report.outcomes)
+
+
+def test_status_while_running_then_cancel(project: Project, server: DevServer) -> None:
+    spec = batch(project, 2, workflow="slow")
+    with start_worker(server, project):
+        assert submit(project, server, spec, "--run-id", "stop").exit_code == 0
+        wait_for(lambda: executed(project) == 2, timeout=60)
+        running = project.run("status", "stop", "--engine", "temporal", "--temporal-address", server.address)
+        assert running.exit_code == 4, running.output  # not finished yet
+        cancelled = project.run("cancel", "stop", "--engine", "temporal", "--temporal-address", server.address)
+        assert cancelled.exit_code == 0, cancelled.output
+        assert "documents no job cancel" in cancelled.output
+        done = wait_run(project, server, "stop")
+    assert done.exit_code == 1, done.output
+    assert "the run was cancelled" in done.output
+    assert not ndjson_lines(project)
+    assert project.sandbox.state.requests.get(("GET", "results"), 0) == 0
+
+
+def test_a_worker_whose_checkout_differs_refuses_the_job(project: Project, server: DevServer) -> None:
+    spec = batch(project, 1)
+    assert submit(project, server, spec, "--run-id", "drifted").exit_code == 0
+    spec.write_text(spec.read_text() + "# edited on the worker\n")
+    with start_worker(server, project):
+        done = wait_run(project, server, "drifted")
+    assert done.exit_code == 3, done.output
+    assert "batch.yaml on this worker (sha256" in done.output and "is not the file run drifted was submitted with" in done.output
+    assert not project.sandbox.state.jobs  # nothing was initiated from the other spec
+
+
+def test_a_run_from_another_opus_runner_version_is_refused() -> None:
+    from opus_runner.__about__ import __version__
+    from opus_runner.temporal.activities import Final, check_checkout
+    from opus_runner.temporal.definition import RunDefinition
+
+    definition = RunDefinition("r", "0.0.1", [], {}, {})
+    with pytest.raises(Final) as caught:
+        check_checkout(Path("."), definition)
+    assert f"submitted with opus-runner 0.0.1 and this worker runs {__version__}" in caught.value.message
+
+
+SECRET = {"OPUS_RUNNER_CALLBACK_SECRET": "a-test-secret-of-enough-length"}
+
+
+def test_callbacks_wake_engine_jobs_as_signals(project: Project, server: DevServer) -> None:
+    import subprocess
+
+    import httpx
+
+    from temporal_support import free_port
+
+    port = free_port()
+    env = {**worker_env(project), **SECRET}
+    log = (project.root / "receiver.log").open("ab")
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "opus_runner", "callbacks", "serve", "--engine", "temporal", "--temporal-address", server.address, "--port", str(port)],
+        cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    log.close()
+    try:
+        wait_for(lambda: "listening on" in (project.root / "receiver.log").read_text(), timeout=60)
+        # A job that is not woken would wait its 10-minute safety interval: only the signal ends it in time.
+        wait = "wait: {mode: callback, safety_interval: 10m, timeout: 5m, poll_interval: 50ms}\n"
+        spec = batch(project, 3, workflow="medium", extra=NDJSON + wait)
+        with Worker(server, project.root, env):
+            assert submit(project, server, spec, "--run-id", "called", "--callback-public-url", f"http://127.0.0.1:{port}").exit_code == 0
+            done = wait_run(project, server, "called")
+        assert done.exit_code == 0, done.output
+        state = project.sandbox.state
+        assert state.callbacks_sent == 3
+        assert state.requests[("GET", "status")] <= 3 * (2 + 3)  # the first read, the woken one, at most 3 quick ones
+        forged = httpx.post(f"http://127.0.0.1:{port}/callback/e30.AAAA", json={})
+        assert forged.status_code == 404
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+        assert health["accepted"] == 3 and health["rejected"] == 1
+    finally:
+        receiver.terminate()
+        receiver.wait(20)
+    assert_exactly_once(project, 3)
+
+
+def test_a_worker_without_the_shared_secret_says_so_for_a_run_woken_by_callbacks(project: Project, server: DevServer) -> None:
+    spec = batch(project, 1, extra=NDJSON + "wait: {mode: callback, timeout: 1m}\n")
+    with start_worker(server, project):  # no OPUS_RUNNER_CALLBACK_SECRET
+        assert submit(project, server, spec, "--run-id", "nosecret", "--callback-public-url", "http://127.0.0.1:9").exit_code == 0
+        done = wait_run(project, server, "nosecret")
+    assert done.exit_code == 3, done.output
+    assert "this worker has no OPUS_RUNNER_CALLBACK_SECRET to sign them with" in done.output
+    assert not project.sandbox.state.executes  # nothing executed without its callback URL
+
+
+def test_a_receiver_without_the_shared_secret_is_one_sentence(project: Project, server: DevServer) -> None:
+    result = project.run(
+        "callbacks", "serve", "--engine", "temporal", "--temporal-address", server.address, "--port", "0",
+        env={"OPUS_RUNNER_CALLBACK_SECRET": ""},
+    )
+    assert result.exit_code == 2, result.output
+    assert "set OPUS_RUNNER_CALLBACK_SECRET" in result.output and "Traceback" not in result.output

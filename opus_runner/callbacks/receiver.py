@@ -60,16 +60,12 @@ def _shape(value: Any, depth: int) -> Any:
     return {bool: "boolean", int: "number", float: "number", str: "string"}.get(type(value), type(value).__name__)
 
 
-class CallbackReceiver:
-    """Checks callbacks against ``journal`` and calls ``on_wake(run_id, row_id)`` for each one
-    accepted (from the server's thread: hand it to your loop with ``call_soon_threadsafe``)."""
+class Receiver:
+    """The routes of a receiver and its counts; :meth:`deliver` decides what a token means."""
 
-    def __init__(self, journal: Journal, *, on_wake: Wake | None = None) -> None:
-        self.journal = journal
-        self.on_wake = on_wake
+    def __init__(self) -> None:
         self.accepted = 0
         self.rejected = 0
-        self._keys: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
     def app(self) -> Any:
@@ -83,6 +79,53 @@ class CallbackReceiver:
             Route("/healthz", self._health, methods=["GET"]),
         ]
         return Starlette(routes=routes)
+
+    async def deliver(self, token: str, shape: Any) -> bool:
+        """Wake the job ``token`` belongs to; False when it belongs to none."""
+        raise NotImplementedError
+
+    def counted(self, ok: bool, what: str = "an unknown token") -> bool:
+        with self._lock:
+            if ok:
+                self.accepted += 1
+            else:
+                self.rejected += 1
+        if not ok:
+            log.info("a callback with %s was refused (%d so far)", what, self.rejected)
+        return ok
+
+    # -- routes --------------------------------------------------------------------------
+
+    async def _callback(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        body, truncated = await _read_some(request)
+        shape = body_shape(body, request.headers.get("content-type"), truncated=truncated)
+        if not await self.deliver(str(request.path_params["token"]), shape):
+            return JSONResponse({"error": "no such callback"}, status_code=404)
+        return JSONResponse({"ok": True})
+
+    async def _missing_token(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        self.counted(False, "no token")
+        return JSONResponse({"error": "no such callback"}, status_code=404)
+
+    async def _health(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"ok": True, "accepted": self.accepted, "rejected": self.rejected})
+
+
+class CallbackReceiver(Receiver):
+    """Checks callbacks against ``journal`` and calls ``on_wake(run_id, row_id)`` for each one
+    accepted (from the server's thread: hand it to your loop with ``call_soon_threadsafe``)."""
+
+    def __init__(self, journal: Journal, *, on_wake: Wake | None = None) -> None:
+        super().__init__()
+        self.journal = journal
+        self.on_wake = on_wake
+        self._keys: dict[str, bytes] = {}
 
     def check(self, token: str) -> tuple[str, int, str] | None:
         """``(run_id, row_id, job_id)`` of the job ``token`` belongs to, or None."""
@@ -100,14 +143,9 @@ class CallbackReceiver:
     def accept(self, token: str, shape: Any) -> bool:
         """Record and wake the job ``token`` belongs to; False (counted) when it belongs to none."""
         found = self.check(token)
-        with self._lock:
-            if found is None:
-                self.rejected += 1
-            else:
-                self.accepted += 1
-        if found is None:
-            log.info("a callback with an unknown token was refused (%d so far)", self.rejected)
+        if not self.counted(found is not None):
             return False
+        assert found is not None
         run_id, row_id, job_id = found
         self.journal.record_callback(run_id, row_id, shape)
         log.debug("callback for job %s of run %s; body shape: %s", job_id, run_id, json.dumps(shape, sort_keys=True))
@@ -115,32 +153,11 @@ class CallbackReceiver:
             self.on_wake(run_id, row_id)
         return True
 
-    # -- routes --------------------------------------------------------------------------
-
-    async def _callback(self, request: Any) -> Any:
+    async def deliver(self, token: str, shape: Any) -> bool:
         from starlette.concurrency import run_in_threadpool
-        from starlette.responses import JSONResponse
 
-        body, truncated = await _read_some(request)
-        shape = body_shape(body, request.headers.get("content-type"), truncated=truncated)
         # The journal is SQLite: its calls block, so they leave the server's loop free.
-        ok = await run_in_threadpool(self.accept, str(request.path_params["token"]), shape)
-        if not ok:
-            return JSONResponse({"error": "no such callback"}, status_code=404)
-        return JSONResponse({"ok": True})
-
-    async def _missing_token(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
-
-        with self._lock:
-            self.rejected += 1
-        log.info("a callback without a token was refused (%d so far)", self.rejected)
-        return JSONResponse({"error": "no such callback"}, status_code=404)
-
-    async def _health(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
-
-        return JSONResponse({"ok": True, "accepted": self.accepted, "rejected": self.rejected})
+        return bool(await run_in_threadpool(self.accept, token, shape))
 
 
 async def _read_some(request: Any) -> tuple[bytes, bool]:

@@ -100,3 +100,42 @@ class ReceiverSettings:
         if self.public_url is not None:
             parts.append(f"public_url {self.public_url}")
         return ", ".join(parts) or "no receiver"
+
+
+#: the environment variable that holds the secret engine workers and their receiver share
+ENGINE_SECRET_ENV = "OPUS_RUNNER_CALLBACK_SECRET"
+
+
+def engine_key(secret: str) -> bytes:
+    """The key signed tokens are made with, from the secret the workers and the receiver share."""
+    return hmac.new(secret.encode("utf-8"), b"opus-runner engine callback token", hashlib.sha256).digest()
+
+
+def signed_token(key: bytes, workflow_id: str, plan_key: str, job_id: str) -> str:
+    """A token that carries where its wake-up goes (a chunk workflow and a plan key) and the
+    HMAC that proves a worker made it: a receiver checks it with no journal to look in."""
+    import json
+
+    body = base64.urlsafe_b64encode(json.dumps([workflow_id, plan_key, job_id], separators=(",", ":")).encode()).rstrip(b"=")
+    mac = hmac.new(key, body, hashlib.sha256).digest()
+    return body.decode("ascii") + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def read_signed(key: bytes, token: str) -> tuple[str, str, str] | None:
+    """``(workflow_id, plan_key, job_id)`` of a token :func:`signed_token` made with ``key``, or
+    None for anything else (the MAC is compared in constant time)."""
+    import binascii
+    import json
+
+    body, _, mac = token.partition(".")
+    try:
+        raw = body.encode("ascii")
+        expected = base64.urlsafe_b64encode(hmac.new(key, raw, hashlib.sha256).digest()).rstrip(b"=").decode("ascii")
+        if not hmac.compare_digest(expected, mac):
+            return None
+        found = json.loads(base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4)))
+    except (UnicodeError, ValueError, binascii.Error):
+        return None
+    if not (isinstance(found, list) and len(found) == 3 and all(isinstance(part, str) for part in found)):
+        return None
+    return found[0], found[1], found[2]

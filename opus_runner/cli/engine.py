@@ -39,36 +39,31 @@ def engine_options(func: Any) -> Any:
         click.option(
             "--temporal-address",
             metavar="HOST:PORT",
-            help="The Temporal server's frontend [default: $TEMPORAL_ADDRESS, else localhost:7233].",
+            help="The Temporal server's frontend [default: $TEMPORAL_ADDRESS, else [temporal] address in opus-runner.toml, else localhost:7233].",
         ),
-        click.option("--namespace", metavar="N", help="The Temporal namespace [default: $TEMPORAL_NAMESPACE, else default]."),
-        click.option("--task-queue", metavar="Q", help="The task queue the run's workers poll [default: opus-runner]."),
+        click.option("--namespace", metavar="N", help="The Temporal namespace [default: $TEMPORAL_NAMESPACE, else [temporal] namespace, else default]."),
+        click.option("--task-queue", metavar="Q", help="The task queue the run's workers poll [default: [temporal] task_queue, else opus-runner]."),
     )(func)
 
 
 def engine_of(**kwargs: Any) -> Any:
-    """The engine options from the command line (the temporal extra is imported here)."""
-    require_temporal()
-    from ..temporal.runs import EngineOptions
+    """The engine options: the command line, the environment, then ``[temporal]`` of the
+    project file of the current folder (the temporal extra is checked here)."""
+    import os
 
+    from ..config import load_project_config
+    from ..temporal.runs import EngineOptions, require_temporal
+
+    config = load_project_config(kwargs.get("project") or os.getcwd())
+    require_temporal()
     return EngineOptions.from_env(
+        config,
         address=kwargs.get("temporal_address"),
         namespace=kwargs.get("namespace"),
         task_queue=kwargs.get("task_queue"),
         chunk_size=kwargs.get("chunk_size"),
         heartbeat=kwargs.get("heartbeat_timeout"),
     )
-
-
-def require_temporal() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("temporalio") is None:
-        from ..errors import ConfigError
-
-        raise ConfigError(
-            "runs on Temporal need the temporal extra, which is not installed: pip install 'opus-runner[temporal]'"
-        )
 
 
 @click.command("submit", context_settings=CONTEXT_SETTINGS)
@@ -85,6 +80,12 @@ def require_temporal() -> None:
 @spec_options
 @base_url_option()
 @timeout_option()
+@click.option(
+    "--callback-public-url",
+    metavar="URL",
+    help="Where Opus reaches 'opus-run callbacks serve --engine temporal' [default: [callback] public_url]: jobs are "
+    "woken by their callback, polled as the safety net (workers and receiver share $OPUS_RUNNER_CALLBACK_SECRET).",
+)
 @click.option("--no-wait", is_flag=True, help="Submit the jobs and do not follow them (they are not followed by the workers either).")
 @output_options
 @handle_errors
@@ -102,10 +103,10 @@ def submit_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
 
     fields = set(RunOptions.__dataclass_fields__)
     options = {k: v for k, v in kwargs.items() if k in fields and k not in ("specs",)}
-    submission = asyncio.run(
+    handle = asyncio.run(
         submit(list(specs), engine=engine, run_id=kwargs.get("run_id"), output_format=output_format, quiet=quiet, verbose=verbose, **options)
     )
-    follow = f"opus-run wait {submission.run_id} --engine temporal" + _where(kwargs)
+    follow = f"opus-run wait {handle.run_id} --engine temporal" + _where(kwargs)
     if output_format == "json":
         from ..progress import dumps
 
@@ -113,18 +114,18 @@ def submit_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
             dumps(
                 {
                     "event": "submitted",
-                    "run_id": submission.run_id,
-                    "jobs": submission.jobs,
-                    "chunks": submission.chunks,
-                    "started": submission.started,
+                    "run_id": handle.run_id,
+                    "jobs": handle.jobs,
+                    "chunks": handle.chunks_submitted,
+                    "started": handle.started,
                 }
             )
         )
         return
-    if submission.started == 0:
-        said = f"run {submission.run_id} was submitted before ({submission.jobs} jobs in {submission.chunks} chunks); nothing new was started"
+    if handle.started == 0:
+        said = f"run {handle.run_id} was submitted before ({handle.jobs} jobs in {handle.chunks_submitted} chunks); nothing new was started"
     else:
-        said = f"submitted run {submission.run_id}: {submission.jobs} jobs in {submission.chunks} chunk{'s' if submission.chunks != 1 else ''}"
+        said = f"submitted run {handle.run_id}: {handle.jobs} jobs in {handle.chunks_submitted} chunk{'s' if handle.chunks_submitted != 1 else ''}"
     click.echo(said)
     if not quiet:
         click.echo(f"follow it with: {follow}", err=True)

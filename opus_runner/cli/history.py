@@ -52,8 +52,8 @@ def engine_lookup_options(func: Any) -> Any:
     """--engine and where the engine is, for the commands that look a run up there too."""
     return together(
         click.option("--engine", type=click.Choice(("temporal",)), help="Look the run up on this durable engine (a run of opus-run submit)."),
-        click.option("--temporal-address", metavar="HOST:PORT", help="With --engine temporal: the server [default: $TEMPORAL_ADDRESS, else localhost:7233]."),
-        click.option("--namespace", metavar="N", help="With --engine temporal: the namespace [default: $TEMPORAL_NAMESPACE, else default]."),
+        click.option("--temporal-address", metavar="HOST:PORT", help="With --engine temporal: the server [default: $TEMPORAL_ADDRESS, else [temporal] address in opus-runner.toml, else localhost:7233]."),
+        click.option("--namespace", metavar="N", help="With --engine temporal: the namespace [default: $TEMPORAL_NAMESPACE, else [temporal] namespace, else default]."),
     )(func)
 
 

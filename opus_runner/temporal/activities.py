@@ -80,11 +80,26 @@ class PlannedRun:
         return plan
 
 
+class WorkerLog(Reporter):
+    """What a worker's jobs say (warnings, job errors, retries), as log lines of the worker."""
+
+    LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+    def message(self, text: str, *, level: str = "info", data: Any = None) -> None:
+        log.log(self.LEVELS.get(level, logging.INFO), redact.mask(text))
+
+    def retrying(self, notice: Any) -> None:
+        _heard_retry(notice)
+        log.info(redact.mask(notice.text()))
+
+
 class WorkerRuntime:
     """What the activities of one worker share: the project checkout and the planned runs."""
 
-    def __init__(self, root: Path, options: RunOptions) -> None:
+    def __init__(self, root: Path, options: RunOptions, *, callback_key: bytes | None = None) -> None:
         self.root = root.resolve()
+        #: the key callback tokens are signed with (from the secret shared with the receiver)
+        self.callback_key = callback_key
         self.options = options
         self._runs: OrderedDict[str, PlannedRun] = OrderedDict()
         self._planning: dict[str, asyncio.Future[PlannedRun]] = {}
@@ -120,9 +135,10 @@ class WorkerRuntime:
             wait_mode=recorded.get("wait_mode"),
             no_wait=bool(recorded.get("no_wait")),
             allow_outside_root=bool(recorded.get("allow_outside_root")),
+            callback_public_url=recorded.get("callback_public_url"),
             mode="run",
         )
-        session = Session(options, reporter=Reporter(), base=self.root)
+        session = Session(options, reporter=WorkerLog(), base=self.root)
         try:
             session.load_specs()
             session.load_plugins()
@@ -130,8 +146,6 @@ class WorkerRuntime:
             raise Final(f"run {definition.run_id} cannot be planned on this worker: {exc}") from None
         stack = contextlib.AsyncExitStack()
         await stack.enter_async_context(session.connection())
-        if session.client is not None:
-            session.client.on_retry = _heard_retry
         try:
             planner = session.planner()
             plans = {
@@ -207,12 +221,27 @@ class WorkerRuntime:
             await session.host.payload_ready(built.payload, ctx)
             workspaces = runner.workspaces(plan, ctx)
             try:
-                execution = await runner.execute(plan, ref.job_id, built.payload, workspaces, runner.callback_url(plan, 0, ref.job_id))
+                execution = await runner.execute(plan, ref.job_id, built.payload, workspaces, self._callback_url(run, plan, ref.job_id))
             except ExecuteRefused as exc:
                 return replace(following, refused=True, error=redact.mask(str(exc.message)), status="FAILED")
             status = execution.status or "PENDING"
             await run.delivery.event(JobEvent("submitted", ref.job_id, plan.spec.name, status, plan.key), plan, ctx)
             return replace(following, status=status, resent=True)
+
+    def _callback_url(self, run: PlannedRun, plan: JobPlan, job_id: str) -> str:
+        """The job's signed callback URL when it waits for its callback, else what a local run
+        would send (the spec's callback.url, the project's, or the placeholder)."""
+        public_url = run.definition.options.get("callback_public_url")
+        if public_url and plan.wait.mode != "poll" and not plan.callback_url:
+            from ..callbacks.tokens import ENGINE_SECRET_ENV, callback_url, signed_token
+
+            if self.callback_key is None:
+                raise Final(
+                    f"run {run.definition.run_id} is woken by callbacks at {public_url}, and this worker has no "
+                    f"{ENGINE_SECRET_ENV} to sign them with; set it to the secret the receiver was started with"
+                )
+            return callback_url(public_url, signed_token(self.callback_key, activity.info().workflow_id, plan.key, job_id))
+        return run.runner.callback_url(plan, 0, job_id)
 
     @activity.defn(name="opus-runner.status")
     async def status(self, ref: JobRef) -> str:

@@ -25,7 +25,11 @@ DEFAULT_CHUNK_SIZE = 100
 DEFAULT_HEARTBEAT_SECONDS = 10.0
 
 #: the options of ``run`` a run on the engine keeps: what planning the jobs again needs
-PLANNING_OPTIONS = ("var", "vars_file", "vars", "only", "shard", "limit", "timeout", "wait_mode", "no_wait", "allow_outside_root")
+PLANNING_OPTIONS = (
+    "var", "vars_file", "vars", "only", "shard", "limit", "timeout", "wait_mode", "no_wait", "allow_outside_root",
+    # where Opus reaches the run's callback receiver (opus-run callbacks serve --engine temporal)
+    "callback_public_url",
+)
 
 
 def chunk_workflow_id(run_id: str, index: int) -> str:

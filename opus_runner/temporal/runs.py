@@ -18,7 +18,7 @@ from ..engine.delivery import check_targets
 from ..engine.options import RunOptions
 from ..engine.report import JobOutcome, RunReport, worst
 from ..engine.session import Session
-from ..errors import ConfigError, NetworkError, UsageError, ValidationFailed
+from ..errors import NetworkError, UsageError, ValidationFailed
 from ..planning import PlanFailed
 from ..progress import Reporter
 from .definition import (
@@ -41,6 +41,16 @@ class EngineUnavailable(NetworkError):
     """The Temporal server could not be reached."""
 
 
+def require_temporal() -> None:
+    """The temporal extra is installed, or one sentence saying how to install it."""
+    import importlib.util
+
+    if importlib.util.find_spec("temporalio") is None:
+        from ..errors import ConfigError
+
+        raise ConfigError("runs on Temporal need the temporal extra, which is not installed: pip install 'opus-runner[temporal]'")
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Where the engine is, and how a run is laid out on it."""
@@ -52,19 +62,21 @@ class EngineOptions:
     heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
 
     @classmethod
-    def from_env(cls, **given: Any) -> EngineOptions:
+    def from_env(cls, config: Any = None, **given: Any) -> EngineOptions:
         """Options given win, then ``TEMPORAL_ADDRESS`` and ``TEMPORAL_NAMESPACE`` (the names
-        Temporal's own CLI reads), then the defaults."""
-        env = {
-            "address": os.environ.get("TEMPORAL_ADDRESS"),
-            "namespace": os.environ.get("TEMPORAL_NAMESPACE"),
-        }
-        values = {k: v for k, v in {**env, **{k: v for k, v in given.items() if v is not None}}.items() if v is not None}
-        return cls(**values)
+        Temporal's own CLI reads), then ``[temporal]`` of the project file (``config``), then
+        the defaults."""
+        settings: dict[str, Any] = dict(getattr(config, "temporal", None) or {})
+        for name, variable in (("address", "TEMPORAL_ADDRESS"), ("namespace", "TEMPORAL_NAMESPACE")):
+            if os.environ.get(variable):
+                settings[name] = os.environ[variable]
+        settings.update({k: v for k, v in given.items() if v is not None})
+        return cls(**settings)
 
 
 async def connect(engine: EngineOptions) -> Any:
     """A Temporal client, or one sentence saying there is no server at the address."""
+    require_temporal()
     from temporalio.client import Client
 
     try:
@@ -76,15 +88,6 @@ async def connect(engine: EngineOptions) -> Any:
         ) from None
 
 
-@dataclass
-class Submission:
-    run_id: str
-    jobs: int
-    chunks: int
-    started: int  # chunk workflows started now (0: the run was submitted before)
-    handle: RunHandle
-
-
 async def submit(
     specs: Sequence[str | Path],
     *,
@@ -92,10 +95,14 @@ async def submit(
     run_id: str | None = None,
     reporter: Reporter | None = None,
     **options: Any,
-) -> Submission:
+) -> RunHandle:
     """Validate every job as ``run`` does (nothing starts if any is invalid), then start the
-    run's chunk workflows. The same run submitted twice starts nothing new; a run id already
-    used for other specs is refused."""
+    run's chunk workflows; the handle follows the run (``await handle.wait()``). The same run
+    submitted twice starts nothing new (``handle.started == 0``); a run id already used for
+    other specs is refused.
+
+    ``options`` are those of :func:`opus_runner.run` (``vars``, ``only``, ``timeout``...).
+    """
     engine = engine or EngineOptions.from_env()
     if engine.chunk_size < 1:
         raise UsageError(f"--chunk-size must be 1 or more, found {engine.chunk_size}")
@@ -130,7 +137,7 @@ async def submit(
     client = await connect(engine)
     chunks = [keys[i : i + engine.chunk_size] for i in range(0, len(keys), engine.chunk_size)]
     started = await _start(client, engine, definition, chunks)
-    return Submission(definition.run_id, len(keys), len(chunks), started, RunHandle(client, definition.run_id))
+    return RunHandle(client, definition.run_id, jobs=len(keys), started=started, _chunks=len(chunks))
 
 
 def define(session: Session, run_id: str, engine: EngineOptions) -> RunDefinition:
@@ -154,6 +161,8 @@ def define(session: Session, run_id: str, engine: EngineOptions) -> RunDefinitio
     inputs = {relative(path, "the file"): digest for path, digest in session.input_digests().items()}
     recorded = session.options.to_record()
     options = {name: recorded.get(name) for name in PLANNING_OPTIONS}
+    # The command line's, else the project file's: workers wake jobs through this receiver.
+    options["callback_public_url"] = session.receiver_settings().public_url
     if options.get("vars_file"):
         options["vars_file"] = relative(session.vars_file() or options["vars_file"], "--vars-file")
     digest = RunDefinition.digest_of(__version__, specs, inputs, options)
@@ -203,6 +212,9 @@ class RunHandle:
 
     client: Any
     run_id: str
+    #: as submitted: the run's jobs, and the chunk workflows this submit started (0: none new)
+    jobs: int = 0
+    started: int = 0
     _chunks: int | None = field(default=None, repr=False)
 
     @classmethod
@@ -211,6 +223,11 @@ class RunHandle:
         handle = cls(client, run_id)
         await handle.chunks()
         return handle
+
+    @property
+    def chunks_submitted(self) -> int:
+        """The run's chunk workflows, as submitted (after :meth:`chunks`, as found)."""
+        return self._chunks or 0
 
     async def chunks(self) -> int:
         if self._chunks is None:
@@ -251,7 +268,7 @@ class RunHandle:
     async def report(self) -> RunReport:
         return report_of(self.run_id, await self.views())
 
-    async def wait(self, *, poll: float = 1.0, on_change: Any = None) -> RunReport:
+    async def wait(self) -> RunReport:
         """Until every chunk is done: the run's report, with the exit codes of ``run``."""
         count = await self.chunks()
         handles = [self.client.get_workflow_handle(chunk_workflow_id(self.run_id, i), result_type=ChunkView) for i in range(count)]
@@ -306,4 +323,4 @@ def report_of(run_id: str, views: list[ChunkView]) -> RunReport:
     return report
 
 
-__all__ = ["ConfigError", "EngineOptions", "EngineUnavailable", "RunHandle", "Submission", "connect", "submit"]
+__all__ = ["EngineOptions", "EngineUnavailable", "RunHandle", "connect", "submit"]

@@ -34,16 +34,25 @@ async def serve(engine: EngineOptions, worker: WorkerOptions, options: RunOption
     from .activities import WorkerRuntime
     from .chunk import ChunkWorkflow
 
-    if worker.concurrency < 1:
-        from ..errors import UsageError
+    from ..errors import UsageError
 
+    if worker.concurrency < 1:
         raise UsageError(f"--concurrency must be 1 or more, found {worker.concurrency}")
     if worker.api_rate is not None and worker.api_rate <= 0:
-        from ..errors import UsageError
-
         raise UsageError(f"--api-rate must be above 0, found {worker.api_rate:g}")
+    import os
+
+    from ..callbacks.tokens import ENGINE_SECRET_ENV
+
+    # Runs woken by callbacks need it to sign their tokens; without it the worker still runs
+    # every other run (and says so when one needs it).
+    key = None
+    if os.environ.get(ENGINE_SECRET_ENV):
+        from .callbacks import shared_key
+
+        key = shared_key(os.environ)
     client = await connect(engine)
-    runtime = WorkerRuntime(worker.root, options)
+    runtime = WorkerRuntime(worker.root, options, callback_key=key)
     kwargs: dict[str, Any] = {}
     if worker.api_rate is not None:
         # Set on the task queue and enforced by the server: it holds across every worker.

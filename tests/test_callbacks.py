@@ -133,12 +133,19 @@ def test_the_receiver_settings_can_come_from_the_spec_and_the_project_file(cb_pr
 # -- forged, duplicated, late ----------------------------------------------------------------
 
 
+def executed_callback_url(project: Project) -> str:
+    """The callback URL of the one job, once its execute was processed: the request is counted
+    when it arrives, before the handler has stored the URL it carries."""
+    jobs = project.sandbox.state.jobs
+    wait_for(lambda: any(job.callback_url for job in list(jobs.values())))
+    return str(next(job.callback_url for job in list(jobs.values()) if job.callback_url))
+
+
 def test_forged_callbacks_get_404_are_counted_and_change_nothing(cb_project: Project, receiver: _Served) -> None:
     path = spec(cb_project, "forged", workflow=LATER)
     child = opus_run(cb_project, "run", str(path), "--callback-public-url", receiver.url, "-q")
     try:
-        wait_for(lambda: cb_project.sandbox.state.requests[("POST", "execute")] == 1)
-        real = next(iter(cb_project.sandbox.state.jobs.values())).callback_url
+        real = executed_callback_url(cb_project)
         token = real.rsplit("/", 1)[1]
         forged = [
             f"{receiver.url}/callback/{'A' * 43}",
@@ -400,8 +407,7 @@ def test_a_callback_that_comes_before_the_status_says_so_is_followed_by_a_few_qu
     path = spec(cb_project, "early", workflow="slow")  # runs 30 s: it is running throughout
     child = opus_run(cb_project, "run", str(path), "--callback-public-url", receiver.url, "-q")
     try:
-        wait_for(lambda: cb_project.sandbox.state.requests[("POST", "execute")] == 1)
-        real = next(iter(cb_project.sandbox.state.jobs.values())).callback_url
+        real = executed_callback_url(cb_project)
         assert httpx.post(real, json={}).status_code == 200
         # the early wake-up's read (IN PROGRESS), then three quick reads at the poll interval:
         # what catches a status that lags its callback. Without them: one read, then 10 minutes.
@@ -418,10 +424,9 @@ def test_a_callback_that_came_while_the_run_was_down_wakes_the_job_on_resume(cb_
     path = spec(cb_project, "crashed", workflow=LATER)
     child = opus_run(cb_project, "run", str(path), "--callback-public-url", receiver.url, "-q")
     try:
-        wait_for(lambda: cb_project.sandbox.state.requests[("POST", "execute")] == 1)
         # An early wake-up makes the run read the status once (IN PROGRESS), which journals
         # the job as executed: resume then follows it without settling anything first.
-        real = next(iter(cb_project.sandbox.state.jobs.values())).callback_url
+        real = executed_callback_url(cb_project)
         assert httpx.post(real, json={}).status_code == 200
         wait_for(lambda: any(r["phase"] == "executed" for r in journal_rows(cb_project)))
     finally:

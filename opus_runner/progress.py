@@ -105,6 +105,11 @@ class Reporter:
         (docs/library.md) hears every kind unless it overrides this too."""
         return type(self).event is not Reporter.event
 
+    def began(self, seconds_ago: float) -> None:
+        """The work summarised began ``seconds_ago`` (a run on an engine, which this process
+        only looks at): the totals line counts from then, not from this process's start."""
+        self._started = time.monotonic() - seconds_ago
+
     def progress(self, plan_key: str, job_id: str, status: str, node: str | None, done: int, total: int) -> None:
         """Node progress of one running job (only when ``wants_progress``)."""
 

@@ -411,3 +411,35 @@ def test_a_receiver_without_the_shared_secret_is_one_sentence(project: Project, 
     )
     assert result.exit_code == 2, result.output
     assert "set OPUS_RUNNER_CALLBACK_SECRET" in result.output and "Traceback" not in result.output
+
+
+def test_temporal_cloud_and_mtls_settings_come_from_temporals_own_variables(tmp_path: Path) -> None:
+    need_temporal()
+    from opus_runner import redact
+    from opus_runner.errors import UsageError
+    from opus_runner.temporal.runs import connection_settings
+
+    assert connection_settings({}) == {}
+    cloud = connection_settings({"TEMPORAL_API_KEY": "tk-cloud-key-0123456789"})
+    assert cloud == {"api_key": "tk-cloud-key-0123456789", "tls": True}
+    assert "tk-cloud-key-0123456789" not in redact.mask("key tk-cloud-key-0123456789")
+    assert connection_settings({"TEMPORAL_TLS": "true"}) == {"tls": True}
+    (tmp_path / "c.pem").write_bytes(b"CERT")
+    (tmp_path / "k.pem").write_bytes(b"KEY")
+    mtls = connection_settings({"TEMPORAL_TLS_CERT": str(tmp_path / "c.pem"), "TEMPORAL_TLS_KEY": str(tmp_path / "k.pem")})
+    assert (mtls["tls"].client_cert, mtls["tls"].client_private_key) == (b"CERT", b"KEY")
+    with pytest.raises(UsageError, match="go together"):
+        connection_settings({"TEMPORAL_TLS_CERT": str(tmp_path / "c.pem")})
+    with pytest.raises(UsageError, match="cannot be read"):
+        connection_settings({"TEMPORAL_TLS_CERT": str(tmp_path / "none"), "TEMPORAL_TLS_KEY": str(tmp_path / "k.pem")})
+
+
+def test_no_wait_submits_and_does_not_follow(project: Project, server: DevServer) -> None:
+    spec = batch(project, 2, workflow="slow")
+    with start_worker(server, project):
+        assert submit(project, server, spec, "--run-id", "nowait", "--no-wait").exit_code == 0
+        done = wait_run(project, server, "nowait")
+    assert done.exit_code == 0, done.output
+    state = project.sandbox.state
+    assert len(state.executes) == 2 and state.requests.get(("GET", "status"), 0) == 0
+    assert not ndjson_lines(project)

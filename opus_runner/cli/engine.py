@@ -246,6 +246,8 @@ def engine_status(run_id: str, *, wait: bool, output_format: str, quiet: bool, v
 
     report = asyncio.run(_until_stopped(read()))
     reporter = make_reporter(output_format, quiet=quiet, verbose=verbose or not wait, live=False)
+    if report.elapsed is not None:
+        reporter.began(report.elapsed)
     try:
         reporter.summary([o.row() for o in report.outcomes])
     finally:

@@ -54,6 +54,8 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     skipped: list[SpecError] = field(default_factory=list)  # --keep-going: invalid jobs not submitted
     exit_code: int = 0
+    #: seconds the run took, when another process ran it (an engine run); None: this one did
+    elapsed: float | None = None
 
     @property
     def results(self) -> list[JobResult]:

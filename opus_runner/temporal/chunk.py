@@ -67,19 +67,26 @@ class ChunkWorkflow:
         self.cancelled = False
         self.index = 0
         self.started: dict[str, datetime] = {}
+        self.started_at: str | None = None
+        self.finished_at: str | None = None
 
     @workflow.run
     async def run(self, chunk: ChunkInput) -> ChunkView:
         self.index = chunk.index
+        self.started_at = workflow.now().isoformat()
         self.jobs = {key: JobView(key) for key in chunk.plan_keys}
         slices = [chunk.plan_keys[i : i + SLICE] for i in range(0, len(chunk.plan_keys), SLICE)]
         await asyncio.gather(*(self._slice(chunk.run, keys) for keys in slices))
+        self.finished_at = workflow.now().isoformat()
         return self.view()
 
     @workflow.query
     def view(self) -> ChunkView:
-        done = all(job.phase in ("finished", "cancelled") for job in self.jobs.values())
-        return ChunkView(self.index, list(self.jobs.values()), cancelled=self.cancelled, done=done)
+        done = all(job.phase in ("finished", "cancelled", "submitted") for job in self.jobs.values())
+        return ChunkView(
+            self.index, list(self.jobs.values()), cancelled=self.cancelled, done=done,
+            started_at=self.started_at, finished_at=self.finished_at,
+        )  # fmt: skip
 
     @workflow.signal
     def wake(self, plan_key: str) -> None:
@@ -122,7 +129,7 @@ class ChunkWorkflow:
                 view.phase = "executed"
                 refused.append(JobStep(answer.plan_key, view.job_id, status="FAILED", error=answer.reason or "Opus refused the execute"))
             elif not answer.wait:
-                view.phase, view.status = "finished", answer.status  # --no-wait: submitted, not followed
+                view.phase, view.status = "submitted", answer.status  # --no-wait: submitted, not followed
             else:
                 view.phase, view.status = "executed", answer.status
                 following[answer.plan_key] = _Following(answer, now + timedelta(seconds=answer.timeout), now, answer.poll_interval)
@@ -211,7 +218,7 @@ class ChunkWorkflow:
             return False
         for key in keys:
             view = self.jobs[key]
-            if view.phase != "finished":
+            if view.phase not in ("finished", "submitted"):
                 view.phase = "cancelled"
                 self._timed(view)
         return True

@@ -141,7 +141,7 @@ class JobView:
     """A job of a chunk as the workflow knows it (``status`` query and the chunk's result)."""
 
     plan_key: str
-    phase: str = "planned"  # planned | initiated | executed | finished | cancelled
+    phase: str = "planned"  # planned | initiated | executed | finished | cancelled | submitted (--no-wait)
     job_id: str | None = None
     status: str | None = None
     error: str | None = None
@@ -157,3 +157,5 @@ class ChunkView:
     jobs: list[JobView]
     cancelled: bool = False
     done: bool = False
+    started_at: str | None = None  # ISO 8601, the engine's clock
+    finished_at: str | None = None

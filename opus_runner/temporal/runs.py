@@ -80,7 +80,7 @@ async def connect(engine: EngineOptions) -> Any:
     from temporalio.client import Client
 
     try:
-        return await Client.connect(engine.address, namespace=engine.namespace)
+        return await Client.connect(engine.address, namespace=engine.namespace, **connection_settings(os.environ))
     except RuntimeError as exc:
         raise EngineUnavailable(
             f"no Temporal server answers at {engine.address} ({_first_line(exc)}); start one with "
@@ -206,6 +206,41 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
+def connection_settings(environ: Any) -> dict[str, Any]:
+    """TLS and credentials from the variables Temporal's own CLI reads: ``TEMPORAL_API_KEY``
+    (Temporal Cloud; implies TLS), ``TEMPORAL_TLS_CERT`` and ``TEMPORAL_TLS_KEY`` (mTLS, file
+    paths), ``TEMPORAL_TLS_CA`` (a private CA), ``TEMPORAL_TLS=true`` (TLS, the system's CAs)."""
+    from .. import redact
+
+    settings: dict[str, Any] = {}
+    api_key = (environ.get("TEMPORAL_API_KEY") or "").strip()
+    if api_key:
+        redact.register(api_key)
+        settings["api_key"] = api_key
+    cert, key, ca = (environ.get(name) for name in ("TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY", "TEMPORAL_TLS_CA"))
+    if bool(cert) != bool(key):
+        raise UsageError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together: set both (mTLS) or neither")
+    if cert or ca:
+        from temporalio.service import TLSConfig
+
+        def read(name: str, path: str | None) -> bytes | None:
+            if not path:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise UsageError(f"{name} {path}: cannot be read ({exc.strerror or exc})") from None
+
+        settings["tls"] = TLSConfig(
+            client_cert=read("TEMPORAL_TLS_CERT", cert),
+            client_private_key=read("TEMPORAL_TLS_KEY", key),
+            server_root_ca_cert=read("TEMPORAL_TLS_CA", ca),
+        )
+    elif api_key or (environ.get("TEMPORAL_TLS") or "").lower() in ("1", "true", "yes"):
+        settings["tls"] = True
+    return settings
+
+
 @dataclass
 class RunHandle:
     """A run on the engine, by its id: its jobs now, its end, or its cancel."""
@@ -266,14 +301,19 @@ class RunHandle:
         return list(await asyncio.gather(*(one(i) for i in range(await self.chunks()))))
 
     async def report(self) -> RunReport:
-        return report_of(self.run_id, await self.views())
+        views = await self.views()
+        report = report_of(self.run_id, views)
+        report.elapsed = run_seconds(views)
+        return report
 
     async def wait(self) -> RunReport:
         """Until every chunk is done: the run's report, with the exit codes of ``run``."""
         count = await self.chunks()
         handles = [self.client.get_workflow_handle(chunk_workflow_id(self.run_id, i), result_type=ChunkView) for i in range(count)]
         views = list(await asyncio.gather(*(h.result() for h in handles)))
-        return report_of(self.run_id, views)
+        report = report_of(self.run_id, views)
+        report.elapsed = run_seconds(views)
+        return report
 
     async def cancel(self) -> int:
         """Stop following and delivering the run's jobs: the chunks signalled."""
@@ -300,7 +340,9 @@ def report_of(run_id: str, views: list[ChunkView]) -> RunReport:
             outcome.error = job.error or ("; ".join(job.failed) if job.failed else None)
             outcome.delivered = list(job.delivered)
             outcome.delivery_failures = list(job.failed)
-            if job.phase == "cancelled":
+            if job.phase == "submitted":
+                outcome.exit_code = 0  # --no-wait: sent, and not followed, as asked
+            elif job.phase == "cancelled":
                 outcome.status = outcome.status or "CANCELLED"
                 outcome.error = outcome.error or "not followed: the run was cancelled"
                 outcome.exit_code = 1
@@ -321,6 +363,19 @@ def report_of(run_id: str, views: list[ChunkView]) -> RunReport:
     report = RunReport(run_id=run_id, outcomes=outcomes, exit_code=4 if unfinished else worst(o.exit_code for o in outcomes))
     report.notes.extend(notes)
     return report
+
+
+def run_seconds(views: list[ChunkView]) -> float | None:
+    """How long the run has taken, by the engine's clock: its first chunk's start to its last
+    chunk's end (or to now, while one runs)."""
+    from datetime import datetime, timezone
+
+    starts = [datetime.fromisoformat(v.started_at) for v in views if v.started_at]
+    if not starts:
+        return None
+    ends = [datetime.fromisoformat(v.finished_at) for v in views if v.finished_at]
+    end = max(ends) if ends and len(ends) == len(views) else datetime.now(timezone.utc)
+    return max(0.0, (end - min(starts)).total_seconds())
 
 
 __all__ = ["EngineOptions", "EngineUnavailable", "RunHandle", "connect", "submit"]

@@ -204,6 +204,21 @@ def test_requests_per_job_follows_jobs_by_callback() -> None:
         assert figures["lag_after_end"] >= figures["lag_after_callback"]
 
 
+def test_temporal_batch_runs_one_and_two_workers_and_checks_exactly_once() -> None:
+    from temporal_support import need_temporal
+
+    need_temporal()
+    data, report = run_bench("temporal_batch.py", "--jobs", "30", "--repeat", "1", "--chunk-size", "10")
+    names = {r["name"]: r for r in data["ratios"]}
+    assert names["worker CPU per job on 2 workers"]["target"] == 30.0
+    assert names["Temporal server CPU per job on 2 workers"]["target"] == 2.0
+    assert names["wall, 1 worker / 2 workers"]["target"] == 1.6
+    for workers in ("1", "2"):
+        (run,) = data["results"]["runs"][workers]
+        assert run["worker_batch_cpu"] > 0 and run["server_cpu"] > 0 and run["wall"] > 0
+    assert "two workers could shorten it" in report
+
+
 def test_ratio_lines_say_whether_the_target_was_met() -> None:
     assert _common.ratio("wall ratio a/b", 1.1, 1.0, 1.25).line() == "wall ratio a/b: 1.10x (target <= 1.25x) ok"
     assert _common.ratio("wall ratio a/b", 1.5, 1.0, 1.25).line() == "wall ratio a/b: 1.50x (target <= 1.25x) MISSED"

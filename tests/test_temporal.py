@@ -29,6 +29,16 @@ def temporal_binary() -> str:
     return need_temporal()
 
 
+@pytest.fixture(autouse=True)
+def short_request_deadline(request: pytest.FixtureRequest) -> None:
+    """A retried step waits out its lost attempt's requests (the whole-answer deadline): 5 s
+    here, so the chaos tests do not wait the default minute."""
+    if "project" in request.fixturenames:
+        project = request.getfixturevalue("project")
+        with (project.root / "opus-runner.toml").open("a") as toml:
+            toml.write('[timeouts]\nrequest = "5s"\n')
+
+
 @pytest.fixture
 def server(temporal_binary: str, tmp_path: Path) -> Iterator[DevServer]:
     dev = DevServer(temporal_binary, tmp_path).start()

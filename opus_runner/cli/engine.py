@@ -75,7 +75,7 @@ def engine_of(**kwargs: Any) -> Any:
     "--heartbeat-timeout",
     type=float,
     metavar="SECONDS",
-    help="How long a worker may go unheard before its steps move to another worker [default: 10].",
+    help="How long a worker may go unheard before its steps move to another worker [default: 30].",
 )
 @spec_options
 @base_url_option()

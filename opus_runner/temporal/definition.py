@@ -22,7 +22,7 @@ DEFAULT_NAMESPACE = "default"
 DEFAULT_ADDRESS = "localhost:7233"
 DEFAULT_CHUNK_SIZE = 100
 #: how long a worker may go unheard before its activities are given to another worker
-DEFAULT_HEARTBEAT_SECONDS = 10.0
+DEFAULT_HEARTBEAT_SECONDS = 30.0
 
 #: the options of ``run`` a run on the engine keeps: what planning the jobs again needs
 PLANNING_OPTIONS = (
@@ -81,7 +81,10 @@ class ChunkInput:
 
 #: jobs one step (one activity) takes at once: the engine's cost is per step, not per job, and
 #: ``--api-rate`` is enforced per step (a step makes about one call for each of its jobs)
-SLICE = 20
+SLICE = 50
+#: the most API calls a step makes for one job: a check reads the status, then the results
+#: (initiate and execute: one; a failed job's reason, an upload or a retry are not counted)
+CALLS_PER_JOB_STEP = 2
 
 
 @dataclass

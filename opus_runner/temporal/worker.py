@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.options import RunOptions
-from .definition import DEFAULT_TASK_QUEUE, SLICE
+from .definition import CALLS_PER_JOB_STEP, DEFAULT_TASK_QUEUE, SLICE
 from .runs import EngineOptions, connect
 
 log = logging.getLogger("opus_runner.worker")
@@ -57,8 +57,9 @@ async def serve(engine: EngineOptions, worker: WorkerOptions, options: RunOption
     kwargs: dict[str, Any] = {}
     if worker.api_rate is not None:
         # Set on the task queue and enforced by the server: it holds across every worker. The
-        # server counts steps, and a step makes about one call for each of its jobs (SLICE).
-        kwargs["max_task_queue_activities_per_second"] = worker.api_rate / SLICE
+        # server counts steps, and a step makes at most two calls for each of its at most SLICE
+        # jobs (a check: status, then results), so R calls a second are R / (2 * SLICE) steps.
+        kwargs["max_task_queue_activities_per_second"] = worker.api_rate / (CALLS_PER_JOB_STEP * SLICE)
     try:
         async with Worker(
             client,

@@ -274,7 +274,7 @@ def _locked_project(project: Project) -> dict[str, Any]:
     [
         ("{not json", "opus-runner.lock is corrupted (not JSON"),
         ('{"lockVersion": 1, "workflows": []}', "opus-runner.lock is corrupted (workflows is not an object)"),
-        ('{"lockVersion": 1}', "opus-runner.lock is corrupted (expected an object with lockVersion and workflows (and specs))"),
+        ('{"lockVersion": 1}', "opus-runner.lock is corrupted (expected an object with lockVersion and workflows (and specs, api))"),
         ('{"lockVersion": 7, "workflows": {}}', "lockVersion 7, written by a newer opus-runner"),
         (
             '{"lockVersion": 1, "workflows": {"quick@latest": {"workflowId": "quick"}}}',

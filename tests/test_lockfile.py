@@ -18,6 +18,9 @@ from opus_runner.models import InputField, WorkflowRef, WorkflowSchema
 from opus_runner.spec import load_spec
 from opus_runner.workflow import schema_fingerprint
 
+#: schema, init, lock and drift work the same through the v1 Case API (issue 17).
+pytestmark = pytest.mark.both_apis
+
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 #: an address nothing answers on (TEST-NET-1): a connection attempt would hang, not fail fast
 UNROUTABLE = "http://192.0.2.1:9"

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from .. import redact
-from ..errors import ApiError, UsageError
+from ..errors import ApiError, RouteMissing, UsageError
 from ..models import AMBIGUOUS_STATUSES, UploadSettings
 from ..urls import display_url, is_loopback_host
 from .answers import (
@@ -197,7 +197,7 @@ class OpusClient:
         if response.status_code == 404 and route_missing(response):
             hint = self._dialect.route_missing_hint(call)
             if hint:
-                raise ApiError(hint, status_code=404, method=call.method, endpoint=call.path, job_id=job_id)
+                raise RouteMissing(hint, status_code=404, method=call.method, endpoint=call.path, job_id=job_id)
         return decoded(
             response, method=call.method, endpoint=call.path, subject=subject, job_id=job_id, workspace=workspace
         )
@@ -437,7 +437,7 @@ class OpusClient:
         except ApiError as exc:
             if self.api == "v0" or exc.status_code != 404:
                 raise
-            return None, status
+            return None, status  # v1 documents no case detail: missing route or not, no answer
         return received_from(detail, status)
 
     async def status(self, job_id: str) -> str:

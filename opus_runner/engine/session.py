@@ -20,7 +20,7 @@ from .. import redact
 from ..callbacks.tokens import ReceiverSettings
 from ..config import ProjectConfig, default_plugins_dir, default_state_dir, load_project_config
 from ..durations import parse_duration
-from ..errors import ApiError, ConfigError, NetworkError, NotFoundError, OpusRunnerError, SpecError, UsageError, ValidationFailed
+from ..errors import ApiError, ConfigError, NetworkError, NotFoundError, OpusRunnerError, RouteMissing, SpecError, UsageError, ValidationFailed
 from ..models import Context, UploadSettings, WorkflowRef, WorkflowSchema
 from ..paths import confine, display_path
 from ..planning import JobPlan, Planner, PlanFilter, check_declared_vars, parse_assignments, parse_shard, parse_var_assignments
@@ -511,7 +511,8 @@ class Session:
         try:
             schema = await self.schema_for(plan.workflow, ctx)
         except ApiError as exc:
-            if exc.status_code == 404 or isinstance(exc, NotFoundError):
+            # A missing route (a base URL without v1) is the server's, not the spec's.
+            if (exc.status_code == 404 and not isinstance(exc, RouteMissing)) or isinstance(exc, NotFoundError):
                 raise ValidationFailed([await self._not_found(plan, exc)]) from None
             raise
         ctx.workflow = schema

@@ -180,17 +180,22 @@ class ProjectConfig:
         return self.api_v1_url
 
     def base_url_notice(self) -> str | None:
-        """The sentence that names this file's ``base_url`` when it is not the Opus service, or
-        None (no ``base_url``, or the service's own)."""
-        if self.base_url is None or is_opus_service(self.base_url):
-            return None
+        """The sentence that names this file's ``base_url`` (and ``api_v1_url``) when it is not
+        the Opus service, or None (neither set, or the service's own)."""
         from .urls import display_url
 
         from .paths import display_path
 
+        named = [
+            f"{key} {display_url(url)}"
+            for key, url in (("base_url", self.base_url), ("api_v1_url", self.api_v1_url))
+            if url is not None and not is_opus_service(url)
+        ]
+        if not named:
+            return None
         where = display_path(self.file) if self.file is not None else "the project file"
         return (
-            f"using base_url {display_url(self.base_url)} from {where}, not the Opus service: "
+            f"using {' and '.join(named)} from {where}, not the Opus service: "
             "the service key is sent there (--untrusted ignores it)"
         )
 

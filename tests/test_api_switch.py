@@ -163,3 +163,18 @@ def test_schema_and_init_read_a_v1_workflow(tmp_path: Path, opus_sandbox_factory
     assert project.run("init", WF["quick"], "-o", "new.yaml").exit_code == 0
     assert "Question" in (project.root / "new.yaml").read_text()
     assert project.sandbox.state.count("GET", "workflow") == 2 and set(project.sandbox.state.api_requests) == {"v1"}
+
+
+def test_api_v1_url_is_named_like_base_url_and_untrusted_ignores_it(project: Project) -> None:
+    spec = quick_spec(project)
+    elsewhere = f"{project.sandbox.base_url}/api/v1"
+    set_api(project, f'api = "v1"\nbase_url = "{project.sandbox.base_url}"\napi_v1_url = "{elsewhere}"')
+    result = project.run("run", spec, env={"OPUS_BASE_URL": ""})
+    assert result.exit_code == 0, result.output
+    assert f"api_v1_url {elsewhere} from opus-runner.toml, not the Opus service: the service key is sent there" in result.stderr
+    # A pull request's project file cannot send the key to its own v1 URL.
+    set_api(project, f'api = "v1"\napi_v1_url = "https://cases.example.invalid/api/v1"')
+    untrusted = project.run("run", spec, "--untrusted")
+    assert untrusted.exit_code == 0, untrusted.output
+    assert "ignored api_v1_url = 'https://cases.example.invalid/api/v1' from opus-runner.toml" in untrusted.stderr
+    assert set(project.sandbox.state.api_requests) == {"v1"}

@@ -20,7 +20,7 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 UNTRUSTED_HELP = (
     "For a checkout you do not trust (a pull request): implies --no-local-plugins, ignores the "
-    "plugins a resumed run's journal names and the base_url and plugins_dir of opus-runner.toml, "
+    "plugins a resumed run's journal names and the base_url, api_v1_url and plugins_dir of opus-runner.toml, "
     "and says what it ignored."
 )
 ALLOW_OUTSIDE_ROOT_HELP = (

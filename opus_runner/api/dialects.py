@@ -22,7 +22,7 @@ import mimetypes
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from ..errors import UsageError
 from ..urls import PLACEHOLDER_CALLBACK_URL
@@ -56,8 +56,6 @@ class Call:
     @property
     def label(self) -> str:
         """``POST /api/v1/case``: the call as a user would look it up, with the root's path."""
-        from urllib.parse import urlsplit
-
         return f"{self.method} {urlsplit(self.root).path.rstrip('/')}{self.path}"
 
 
@@ -302,14 +300,13 @@ class CaseDialect(JobsDialect):
         workspace_id: str | None,
         access_scope: str | None,
     ) -> Call:
-        call = super().upload(
+        return super().upload(
             extension=extension,
             original_name=original_name or f"upload{extension}",  # v1 lists originalName as required
             workflow_id=workflow_id,
             workspace_id=workspace_id,
             access_scope=access_scope,
         )
-        return call
 
     def put_content_type(self, original_name: str, given: str | None) -> str | None:
         # v1's presigned URLs accept a MIME type (opus-api.md section 4): say what the bytes are.

@@ -94,6 +94,7 @@ class Measurement:
     stderr: str = field(default="", repr=False)
     server_cpu: float | None = None  # the sandbox's CPU seconds during the run (info)
     requests: dict[str, int] = field(default_factory=dict)  # sandbox counts during the run
+    api_requests: dict[str, int] = field(default_factory=dict)  # the same, per API generation (v0, v1)
 
     @property
     def cpu(self) -> float:
@@ -294,12 +295,13 @@ class Sandbox:
         """Reset the sandbox, run one measured client, and attach the requests the sandbox
         counted (``/_sandbox/stats`` before and after) and the server's CPU seconds."""
         self.reset()
-        before = self.stats()["requests"]
+        before = self.stats()
         cpu_before = self.cpu_seconds()
         m = run_measured(label, argv, env=env if env is not None else self.env(), **kwargs)
         cpu_after = self.cpu_seconds()
-        after = self.stats()["requests"]
-        m.requests = diff_counts(before, after)
+        after = self.stats()
+        m.requests = diff_counts(before["requests"], after["requests"])
+        m.api_requests = diff_counts(before.get("api_requests", {}), after.get("api_requests", {}))
         if cpu_before is not None and cpu_after is not None:
             m.server_cpu = cpu_after - cpu_before
         if self.proc is not None and self.proc.poll() is not None:
@@ -494,6 +496,9 @@ def median_of(runs: Sequence[Measurement]) -> Measurement:
         returncode=max(r.returncode for r in runs),
         server_cpu=statistics.median(server) if server else None,
         requests={k: int(statistics.median(r.requests.get(k, 0) for r in runs)) for k in routes},
+        api_requests={
+            k: int(statistics.median(r.api_requests.get(k, 0) for r in runs)) for k in sorted({k for r in runs for k in r.api_requests})
+        },
     )
 
 

@@ -20,6 +20,11 @@ opus-runner's wall and CPU <= 1.1x the floor's, its CPU <= 0.7x opus-aaico's.
     python bench/batch.py                   # 1000 jobs, concurrency 50, 5 rounds
     python bench/batch.py --jobs 200 --repeat 3 --json
     python bench/batch.py --profile /tmp/runner.prof   # plus one opus-runner run under cProfile
+    python bench/batch.py --api v1          # opus-runner through the v1 Case API
+
+``--api v1`` runs opus-runner through the v1 Case API of the same sandbox; the floor and
+opus-aaico speak only v0 (the Jobs API), so the ratios then compare opus-runner in v1 with
+the v0 floor: the same jobs and the same requests per job, through the other generation's routes.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ RUNNER_NDJSON = "runner.ndjson"
 RESULT_FIELDS = {"job_id", "status", "spec_name", "plan_key", "title", "url", "started_at", "finished_at", "error", "final", "outputs"}
 
 
-def _runner_argv(spec: Path, concurrency: int, state_dir: Path) -> list[str]:
+def _runner_argv(spec: Path, concurrency: int, state_dir: Path, api: str = "v0") -> list[str]:
     return [
         *opus_run_command(),
         "run",
@@ -79,6 +84,8 @@ def _runner_argv(spec: Path, concurrency: int, state_dir: Path) -> list[str]:
         "-q",
         "--state-dir",
         str(state_dir),
+        "--api",
+        api,
     ]
 
 
@@ -112,12 +119,12 @@ def _check_ndjson(path: Path, jobs: int, what: str) -> None:
             raise BenchError(f"{what} wrote a result line unlike the runner's ndjson output: {record}")
 
 
-def _profile(sandbox: Sandbox, spec: Path, concurrency: int, workdir: Path, out: Path) -> str:
+def _profile(sandbox: Sandbox, spec: Path, concurrency: int, workdir: Path, out: Path, api: str) -> str:
     """One more opus-runner run under cProfile (not counted in the figures); its top functions."""
     import io
     import pstats
 
-    runner_args = _runner_argv(spec, concurrency, workdir / "state-profile")[len(opus_run_command()) :]
+    runner_args = _runner_argv(spec, concurrency, workdir / "state-profile", api)[len(opus_run_command()) :]
     argv = [PYTHON, "-m", "cProfile", "-o", str(out), "-m", "opus_runner", *runner_args]
     m = sandbox.measure("opus-runner (cProfile)", argv, cwd=workdir)
     require_ok(m, "opus-run under cProfile")
@@ -134,13 +141,17 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-aaico", action="store_true", help="do not try the opus-aaico SDK")
     parser.add_argument("--no-lean-floor", action="store_true", help="do not also run the floor over opus-runner's connection pool")
     parser.add_argument("--profile", metavar="FILE", type=Path, help="also run opus-runner once under cProfile, saving the stats here")
+    parser.add_argument(
+        "--api", choices=("v0", "v1"), default="v0",
+        help="the Opus API generation opus-runner speaks (the floor and opus-aaico speak v0) [default: v0]",
+    )  # fmt: skip
     return parser
 
 
 def run() -> int:
     args = make_parser().parse_args()
     report = Report("batch", args)
-    report.settings(jobs=args.jobs, concurrency=args.concurrency, repeat=args.repeat, poll_interval=args.poll_interval, duration=0)
+    report.settings(jobs=args.jobs, concurrency=args.concurrency, repeat=args.repeat, poll_interval=args.poll_interval, duration=0, api=args.api)
 
     aaico, why = None, "--no-aaico was given"
     if not args.no_aaico:
@@ -173,7 +184,7 @@ def run() -> int:
                     if label == "opus-runner":
                         out = work / RUNNER_NDJSON
                         out.unlink(missing_ok=True)  # the output appends: one round's lines only
-                        m = sandbox.measure(label, _runner_argv(spec, args.concurrency, work / f"state-{r}"), cwd=work)
+                        m = sandbox.measure(label, _runner_argv(spec, args.concurrency, work / f"state-{r}", args.api), cwd=work)
                         _check_runner(m, args.jobs)
                         _check_ndjson(out, args.jobs, "opus-runner")
                     elif label.startswith("floor"):
@@ -210,7 +221,7 @@ def run() -> int:
             profile = None
             if args.profile is not None:
                 report.progress("one more opus-runner run under cProfile")
-                profile = _profile(sandbox, spec, args.concurrency, work, args.profile.resolve())
+                profile = _profile(sandbox, spec, args.concurrency, work, args.profile.resolve(), args.api)
 
     medians = {label: median_of(ms) for label, ms in runs.items()}
     rows = []
@@ -224,6 +235,8 @@ def run() -> int:
     report.say("")
     routes = sorted({k for m in medians.values() for k in m.requests})
     report.say(table(["requests", *medians], [[route, *(m.requests.get(route, 0) for m in medians.values())] for route in routes]))
+    if args.api != "v0":
+        report.note(f"opus-runner spoke the {args.api} API; the floor and opus-aaico speak only v0, over the same sandbox")
     if aaico is None:
         report.note(f"opus-aaico skipped, no comparison published: {why}")
     else:

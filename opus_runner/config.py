@@ -33,9 +33,17 @@ from .errors import ConfigError
 
 DEFAULT_BASE_URL = "https://operator.opus.com"
 CONFIG_FILE = "opus-runner.toml"
+#: The generations of the Opus API a project can speak (``api``, ``--api``, ``OPUS_API``):
+#: v0 the Jobs API, v1 the Case API (docs/api-dialects.md).
+API_NAMES = ("v0", "v1")
+DEFAULT_API = "v0"
+#: Where the Case API lives under the base URL unless ``api_v1_url`` says otherwise.
+V1_PATH = "/api/v1"
 #: The project-file settings ``--untrusted`` ignores: where the key goes, and code to import.
-UNTRUSTED_KEYS = ("base_url", "plugins_dir")
+UNTRUSTED_KEYS = ("base_url", "api_v1_url", "plugins_dir")
 _KNOWN_KEYS = {
+    "api",
+    "api_v1_url",
     "base_url",
     "plugins_dir",
     "state_dir",
@@ -98,6 +106,10 @@ class ProjectConfig:
     start: Path  # where the search began (the spec's folder, or the current folder)
     file: Path | None = None  # the file the settings came from
     base_url: str | None = None
+    #: ``api``: the generation of the Opus API the project speaks (None: v0)
+    api: str | None = None
+    #: ``api_v1_url``: where the Case API lives (None: ``{base_url}/api/v1``)
+    api_v1_url: str | None = None
     plugins_dir: Path | None = None
     state_dir: Path | None = None
     concurrency: int | None = None
@@ -140,9 +152,11 @@ class ProjectConfig:
         dropped = []
         if self.base_url is not None:
             dropped.append(f"base_url = {display_url(self.base_url)!r}")
+        if self.api_v1_url is not None:
+            dropped.append(f"api_v1_url = {display_url(self.api_v1_url)!r}")
         if self.plugins_dir is not None:
             dropped.append(f"plugins_dir = {_shown(self.plugins_dir, self.root)!r}")
-        return replace(self, base_url=None, plugins_dir=None), dropped
+        return replace(self, base_url=None, api_v1_url=None, plugins_dir=None), dropped
 
     def endpoint(
         self, base_url: str | None, service_key: str | None, environ: Mapping[str, str]
@@ -153,20 +167,49 @@ class ProjectConfig:
         url = base_url or environ.get("OPUS_BASE_URL") or self.base_url or DEFAULT_BASE_URL
         return url, service_key or environ.get("OPUS_SERVICE_KEY") or None
 
-    def base_url_notice(self) -> str | None:
-        """The sentence that names this file's ``base_url`` when it is not the Opus service, or
-        None (no ``base_url``, or the service's own)."""
-        if self.base_url is None or is_opus_service(self.base_url):
+    def dialect(self, api: str | None, environ: Mapping[str, str]) -> str:
+        """The API generation a command speaks: ``api`` (``--api``), else ``OPUS_API``, else this
+        file's ``api``, else v0; one sentence naming where a wrong value came from."""
+        for value, where in ((api, "--api"), (environ.get("OPUS_API"), "OPUS_API")):
+            if value:
+                return _api_name(value, where)
+        return self.api or DEFAULT_API
+
+    def v1_url(self, base_url: str | None, environ: Mapping[str, str]) -> str | None:
+        """This file's ``api_v1_url``, unless the base URL comes from elsewhere (``--base-url``,
+        ``OPUS_BASE_URL``): the Case API is then looked for under that base URL."""
+        if base_url or environ.get("OPUS_BASE_URL"):
             return None
+        return self.api_v1_url
+
+    def base_url_notice(self) -> str | None:
+        """The sentence that names this file's ``base_url`` (and ``api_v1_url``) when it is not
+        the Opus service, or None (neither set, or the service's own)."""
         from .urls import display_url
 
         from .paths import display_path
 
+        named = [
+            f"{key} {display_url(url)}"
+            for key, url in (("base_url", self.base_url), ("api_v1_url", self.api_v1_url))
+            if url is not None and not is_opus_service(url)
+        ]
+        if not named:
+            return None
         where = display_path(self.file) if self.file is not None else "the project file"
         return (
-            f"using base_url {display_url(self.base_url)} from {where}, not the Opus service: "
+            f"using {' and '.join(named)} from {where}, not the Opus service: "
             "the service key is sent there (--untrusted ignores it)"
         )
+
+
+def _api_name(value: Any, where: str) -> str:
+    if value not in API_NAMES:
+        raise ConfigError(
+            f"{where}: api must be \"v0\" (the Jobs API, the default) or \"v1\" (the Case API), "
+            f"found {value!r}"
+        )
+    return str(value)
 
 
 def is_opus_service(url: str) -> bool:
@@ -287,6 +330,17 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
         from .redact import register_url_credentials
 
         register_url_credentials(base_url)  # masked from the moment it is read
+    api = _api_name(table["api"], str(file)) if table.get("api") is not None else None
+    api_v1_url = table.get("api_v1_url")
+    if api_v1_url is not None and (not isinstance(api_v1_url, str) or not api_v1_url.startswith(("https://", "http://"))):
+        raise ConfigError(
+            f"{file}: api_v1_url must be the http(s) URL the Case API lives at (like "
+            f"https://operator.opus.com/api/v1), found {api_v1_url!r}; remove it to use base_url + /api/v1"
+        )
+    if api_v1_url is not None:
+        from .redact import register_url_credentials
+
+        register_url_credentials(api_v1_url)
     callback_url = table.get("callback_url")
     if callback_url is not None and (not isinstance(callback_url, str) or not callback_url.startswith("https://")):
         raise ConfigError(
@@ -305,6 +359,8 @@ def _parse(root: Path, start: Path, file: Path, table: dict[str, Any]) -> Projec
         start=start,
         file=file,
         base_url=base_url,
+        api=api,
+        api_v1_url=api_v1_url.rstrip("/") if api_v1_url else None,
         plugins_dir=path_of("plugins_dir"),
         state_dir=path_of("state_dir"),
         concurrency=concurrency,

@@ -18,6 +18,7 @@ prints :data:`EXIT_CODES` (``tools/gen_cli_docs.py``), so the table users read i
     │   ├── NotFoundError                3  the API lost a workflow, job or file it named itself
     │   │   ├── WorkflowNotFound         2  the command named an unknown workflow or version
     │   │   └── JobNotFound              2  the command named a job id the API does not know
+    │   ├── RouteMissing                 3  the server has no such route (a base URL without v1)
     │   ├── AnswerTooLarge               3  an answer larger than the client reads (decompressed)
     │   ├── ExecuteOutcomeUnknown        3  execute may or may not have reached the server
     │   │   └── ExecuteNotReceived       3  every attempt ended unclear, and the job shows no input
@@ -284,6 +285,12 @@ class AuthError(ApiError):
 
 class NotFoundError(ApiError):
     pass
+
+
+class RouteMissing(ApiError):
+    """The server answered 404 for the route itself (NestJS's ``Cannot GET /path``), not for
+    what the route names: the base URL does not serve that API (a v1 route on a server
+    without the Case API). Not a :class:`NotFoundError`: no workflow or job is unknown."""
 
 
 class WorkflowNotFound(NotFoundError):

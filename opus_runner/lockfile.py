@@ -9,6 +9,7 @@ take every spec of the project (:func:`project_spec_files`), as ``terraform plan
 The file is JSON (sorted keys, indent 2, trailing newline, so diffs stay small)::
 
     {"lockVersion": 1,
+     "api": "v0" | "v1",
      "specs": ["<spec path, relative to the project root>", ...],
      "workflows": {"<workflow id>@<version | version id | latest>": {
          "workflowId", "version", "versionId", "name",
@@ -17,7 +18,9 @@ The file is JSON (sorted keys, indent 2, trailing newline, so diffs stay small):
          "fingerprint": "<sha256 of the inputs>"}}}
 
 ``specs`` lists the spec files the lock was taken from (a lock written before it existed has
-none), so ``drift`` can say which specs are new since. Every entry carries the fingerprint of its inputs; reading recomputes it, so an entry edited by
+none), so ``drift`` can say which specs are new since. ``api`` is the generation of the Opus API
+the schemas were read with (docs/api-dialects.md); a lock without it was taken with v0, and
+checking specs against a lock of the other generation is refused (:meth:`Lock.check_api`). Every entry carries the fingerprint of its inputs; reading recomputes it, so an entry edited by
 hand (or mangled by a merge) is refused instead of silently checking specs against wrong types.
 Cheap to import: only the standard library and opus-runner's own light modules.
 """
@@ -33,6 +36,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .config import API_NAMES, DEFAULT_API
 from .errors import LockError, ValidationFailed
 from .paths import display_path
 from .models import WorkflowRef, WorkflowSchema
@@ -89,30 +93,39 @@ def lock_entry(schema: WorkflowSchema) -> dict[str, Any]:
     }
 
 
-def lock_document(schemas: Mapping[str, WorkflowSchema], specs: Sequence[str] = ()) -> dict[str, Any]:
+def lock_document(
+    schemas: Mapping[str, WorkflowSchema], specs: Sequence[str] = (), api: str = DEFAULT_API
+) -> dict[str, Any]:
     """The whole lock document for ``schemas`` (WorkflowRef.key -> schema), taken from ``specs``
-    (paths relative to the project root, see :func:`spec_names`)."""
+    (paths relative to the project root, see :func:`spec_names`) through API generation ``api``."""
     return {
         "lockVersion": LOCK_VERSION,
+        "api": api,
         "specs": sorted(set(specs)),
         "workflows": {key: lock_entry(s) for key, s in schemas.items()},
     }
 
 
-def lock_text(schemas: Mapping[str, WorkflowSchema], specs: Sequence[str] = ()) -> str:
+def lock_text(schemas: Mapping[str, WorkflowSchema], specs: Sequence[str] = (), api: str = DEFAULT_API) -> str:
     """The lock file's text: sorted keys, indent 2, trailing newline (stable, diff-friendly)."""
-    return json.dumps(lock_document(schemas, specs), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(lock_document(schemas, specs, api), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
-def write_lock(project_root: str | Path, schemas: Mapping[str, WorkflowSchema], specs: Sequence[str] = ()) -> Path:
+def write_lock(
+    project_root: str | Path,
+    schemas: Mapping[str, WorkflowSchema],
+    specs: Sequence[str] = (),
+    api: str = DEFAULT_API,
+) -> Path:
     """Write ``opus-runner.lock`` atomically in ``project_root``, replacing it whole; return its path.
 
     The file holds exactly ``schemas``: entries of workflows no longer used are dropped.
-    ``specs`` names the spec files they were taken from.
+    ``specs`` names the spec files they were taken from, ``api`` the API generation that
+    described them.
     """
     from .files import atomic_write_text
 
-    return atomic_write_text(lock_path(project_root), lock_text(schemas, specs))
+    return atomic_write_text(lock_path(project_root), lock_text(schemas, specs, api))
 
 
 def spec_names(project_root: str | Path, paths: Iterable[str | Path]) -> list[str]:
@@ -180,6 +193,20 @@ class Lock:
     path: Path
     workflows: Mapping[str, WorkflowSchema] = field(default_factory=dict)
     specs: tuple[str, ...] = ()
+    #: the API generation the schemas were read with (a lock from before v1 existed: v0)
+    api: str = DEFAULT_API
+
+    def check_api(self, api: str) -> None:
+        """Refuse to use this lock from a project speaking another API generation: the two
+        describe workflows through different routes, so the lock may not say what ``api``
+        would (one sentence: which generation each is, and the two ways out)."""
+        if api == self.api:
+            return
+        raise LockError(
+            f"{display_path(self.path)} was taken with the {self.api} API, but this command speaks "
+            f"{api} (--api, OPUS_API or api in opus-runner.toml); run 'opus-run lock' again to take it with {api}, or pass --api {self.api}",
+            path=self.path,
+        )
 
     def schema(self, ref: WorkflowRef) -> WorkflowSchema | None:
         """The locked schema of ``ref`` (same workflow id and the same pin), or None."""
@@ -288,8 +315,8 @@ def load_lock(project_root: str | Path) -> Lock:
         raise _corrupt(path, f"not JSON: {exc}") from None
     except RecursionError:
         raise _corrupt(path, "nested too deeply") from None
-    if not isinstance(data, dict) or not {"lockVersion", "workflows"} <= set(data) <= {"lockVersion", "workflows", "specs"}:
-        raise _corrupt(path, "expected an object with lockVersion and workflows (and specs)")
+    if not isinstance(data, dict) or not {"lockVersion", "workflows"} <= set(data) <= {"lockVersion", "workflows", "specs", "api"}:
+        raise _corrupt(path, "expected an object with lockVersion and workflows (and specs, api)")
     version = data["lockVersion"]
     if not _is_int(version):
         raise _corrupt(path, "lockVersion is not a number")
@@ -307,6 +334,9 @@ def load_lock(project_root: str | Path) -> Lock:
     specs = data.get("specs", [])
     if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
         raise _corrupt(path, "specs is not a list of file names")
+    api = data.get("api", DEFAULT_API)
+    if api not in API_NAMES:
+        raise _corrupt(path, f"api is {api!r}, neither {' nor '.join(map(repr, API_NAMES))}")
     schemas = {str(key): _read_entry(path, str(key), entry) for key, entry in workflows.items()}
-    return Lock(path=path, workflows=MappingProxyType(schemas), specs=tuple(specs))
+    return Lock(path=path, workflows=MappingProxyType(schemas), specs=tuple(specs), api=api)
 

@@ -16,6 +16,29 @@ from click.testing import CliRunner, Result
 from opus_runner.cli import main
 
 FAST_WAIT = "wait: {timeout: 20s, poll_interval: 50ms, max_interval: 200ms}\n"
+#: The Opus API generations a ``both_apis`` test runs against (the ``api`` fixture).
+APIS = ("v0", "v1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_apis: run the test once per Opus API generation (v0 Jobs, v1 Case); the project "
+        "fixture's opus-runner.toml then says api = ...",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Parametrised here, not by copying tests: a module marked both_apis runs every test that
+    # uses the project (or api) fixture against both dialects of the same sandbox.
+    if "api" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_apis"):
+        metafunc.parametrize("api", APIS, indirect=True)
+
+
+@pytest.fixture
+def api(request: pytest.FixtureRequest) -> str:
+    """The API generation the project speaks: v0 unless the test is marked ``both_apis``."""
+    return getattr(request, "param", "v0")
 
 #: The test workflows' UUIDs (Opus identifies workflows by UUID), by a name tests can read.
 WF: dict[str, str] = {
@@ -111,6 +134,7 @@ class Project:
     root: Path
     sandbox: Any
     env: dict[str, str]
+    api: str = "v0"  # the generation its opus-runner.toml names
 
     def spec(self, name: str, body: str, *, wait: bool = True) -> Path:
         path = self.root / name
@@ -143,19 +167,23 @@ class Project:
         return b"".join(p.read_bytes() for p in state.glob("state.db*")) if state.exists() else b""
 
 
-def make_project(tmp_path: Path, opus_sandbox_factory: Callable[..., Any], workflows: Any = None) -> Project:
-    """A project folder under ``tmp_path`` and a started sandbox serving ``workflows``."""
+def make_project(
+    tmp_path: Path, opus_sandbox_factory: Callable[..., Any], workflows: Any = None, *, api: str = "v0"
+) -> Project:
+    """A project folder under ``tmp_path`` speaking API generation ``api``, and a started
+    sandbox serving ``workflows`` (in both generations)."""
     root = tmp_path / "repo"
     root.mkdir()
-    (root / "opus-runner.toml").write_text('state_dir = ".opus-run"\n')
+    settings = 'state_dir = ".opus-run"\n' + (f'api = "{api}"\n' if api != "v0" else "")
+    (root / "opus-runner.toml").write_text(settings)
     sandbox = opus_sandbox_factory(WORKFLOWS if workflows is None else workflows)
     env = {"OPUS_BASE_URL": sandbox.base_url, "OPUS_SERVICE_KEY": sandbox.key}
-    return Project(root=root, sandbox=sandbox, env=env)
+    return Project(root=root, sandbox=sandbox, env=env, api=api)
 
 
 @pytest.fixture
-def project(tmp_path: Path, opus_sandbox_factory: Callable[..., Any]) -> Project:
-    return make_project(tmp_path, opus_sandbox_factory)
+def project(tmp_path: Path, opus_sandbox_factory: Callable[..., Any], api: str) -> Project:
+    return make_project(tmp_path, opus_sandbox_factory, api=api)
 
 
 def opus_run(project: Project, *args: str) -> Any:

@@ -26,6 +26,9 @@ from opus_runner.models import InputField, WorkflowRef, WorkflowSchema
 from opus_runner.spec import load_spec
 from opus_runner.workflow import resolve_input
 
+#: schema, init, lock and drift work the same through the v1 Case API (issue 17).
+pytestmark = pytest.mark.both_apis
+
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 ALL_VARS = [
     "workflow_input_title",
@@ -86,8 +89,9 @@ MISSING = "00000000-0000-4000-8000-00000000dead"  # a well-formed id no workflow
 def test_schema_unknown_workflow_is_one_sentence_exit_2(project: Project) -> None:
     result = project.run("schema", MISSING)
     assert result.exit_code == 2
+    where = project.sandbox.base_url + ("/api/v1" if project.api == "v1" else "")  # where it was asked
     assert result.stderr == (
-        f"error: workflow {MISSING!r} not found at {project.sandbox.base_url}; check the workflow id "
+        f"error: workflow {MISSING!r} not found at {where}; check the workflow id "
         "(and --base-url or OPUS_BASE_URL)\n"
     )
     result = project.run("schema", WF["all-types"], "--version", "9")

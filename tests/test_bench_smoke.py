@@ -67,6 +67,17 @@ def test_batch_compares_the_runner_with_a_floor_doing_the_same_work() -> None:
     assert data["settings"]["repeat"] == 1
 
 
+def test_batch_runs_opus_runner_through_the_v1_case_api() -> None:
+    data, report = run_bench("batch.py", "--jobs", "10", "--concurrency", "5", "--repeat", "1", "--no-aaico", "--no-lean-floor", "--api", "v1")
+    assert data["settings"]["api"] == "v1"
+    assert "opus-runner spoke the v1 API; the floor and opus-aaico speak only v0" in report
+    # The same calls per job as the v0 floor, through v1's routes (each named like its v0 twin).
+    expected = {"GET results": 10, "GET status": 10, "GET workflow": 1, "POST execute": 10, "POST initiate": 10}
+    runner, floor = data["results"]["opus-runner"], data["results"]["floor"]
+    assert runner["requests"] == expected == floor["requests"]
+    assert runner["api_requests"] == {"v1": 41} and floor["api_requests"] == {"v0": 41}
+
+
 def test_batch_rounds_default_to_five() -> None:
     import batch
 

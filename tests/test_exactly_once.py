@@ -82,6 +82,8 @@ def assert_exactly_once(project: Project, plan_keys: int) -> None:
 # -- 1. did my execute arrive? -------------------------------------------------------------------
 
 
+# The no-resend rule in both API generations (issue 17): v1 settles executes the same way.
+@pytest.mark.both_apis
 @pytest.mark.parametrize(
     "fault",
     [
@@ -99,6 +101,8 @@ def test_an_execute_that_never_arrived_is_sent_again_and_runs_once(project: Proj
     assert project.sandbox.state.count("GET", "job") >= 1  # the job's input decided
 
 
+# The no-resend rule in both API generations (issue 17): v1 settles executes the same way.
+@pytest.mark.both_apis
 @pytest.mark.parametrize(
     "fault",
     [
@@ -133,6 +137,8 @@ def test_a_payload_refused_with_413_fails_that_job_and_is_never_followed(project
     assert again.exit_code == 0
 
 
+# The no-resend rule in both API generations (issue 17): v1 settles executes the same way.
+@pytest.mark.both_apis
 @pytest.mark.parametrize("times", [1, None], ids=["once", "always"])
 def test_resume_asks_the_job_again_and_executes_what_never_arrived(project: Project, times: int | None) -> None:
     # The execute is cut without any answer: it may still be on its way, so the run does not
@@ -503,6 +509,8 @@ def test_a_matrix_value_removed_after_a_crash_keeps_the_executed_jobs_result(pro
     assert project.run("resume").exit_code == 2  # nothing left: the run finished
 
 
+# The no-resend rule in both API generations (issue 17): v1 settles executes the same way.
+@pytest.mark.both_apis
 def test_an_initiated_job_is_executed_as_recorded_or_not_at_all(project: Project) -> None:
     project.sandbox.faults.add({"route": "execute", "kind": "drop"})
     short = "wait: {timeout: 1s, poll_interval: 50ms, max_interval: 200ms}\n"
@@ -517,8 +525,8 @@ def test_an_initiated_job_is_executed_as_recorded_or_not_at_all(project: Project
     assert project.sandbox.state.executes == Counter()
     replanned = project.run("resume", "--replan")
     assert replanned.exit_code == 0, replanned.output
-    [body] = project.sandbox.state.payloads.values()
-    assert body["jobPayloadSchemaInstance"]["workflow_input_q"]["value"] == "second"
+    [job_id] = project.sandbox.state.payloads
+    assert project.sandbox.state.sent_inputs(job_id)["workflow_input_q"]["value"] == "second"
     assert_exactly_once(project, 1)
 
 
@@ -542,6 +550,8 @@ def test_an_initiated_job_whose_file_changed_is_not_executed_with_the_new_conten
     assert_exactly_once(project, 1)
 
 
+# The no-resend rule in both API generations (issue 17): v1 settles executes the same way.
+@pytest.mark.both_apis
 def test_a_hanging_execute_is_not_sent_again_when_it_lands_late(project: Project) -> None:
     """The answer never comes in time (a slow gateway holds the request); the request then lands.
 
@@ -555,7 +565,9 @@ def test_a_hanging_execute_is_not_sent_again_when_it_lands_late(project: Project
     project.sandbox.faults.add({"route": "execute", "kind": "delay", "seconds": 1.0, "times": 1})
 
     async def go() -> None:
-        async with OpusClient(project.sandbox.base_url, project.sandbox.key, timeout=0.3, retry=FAST_RETRY) as client:
+        async with OpusClient(
+            project.sandbox.base_url, project.sandbox.key, api=project.api, timeout=0.3, retry=FAST_RETRY
+        ) as client:
             job_id = await client.initiate(WF_QUICK, title="hanging")
             payload = {"workflow_input_q": {"value": "late", "type": "str", "displayName": "Question"}}
             with pytest.raises(ExecuteOutcomeUnknown) as info:
@@ -567,3 +579,4 @@ def test_a_hanging_execute_is_not_sent_again_when_it_lands_late(project: Project
 
     asyncio.run(go())
     assert project.sandbox.state.count("POST", "execute") == 1
+    assert set(project.sandbox.state.api_requests) == {project.api}

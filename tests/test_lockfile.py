@@ -18,6 +18,9 @@ from opus_runner.models import InputField, WorkflowRef, WorkflowSchema
 from opus_runner.spec import load_spec
 from opus_runner.workflow import schema_fingerprint
 
+#: schema, init, lock and drift work the same through the v1 Case API (issue 17).
+pytestmark = pytest.mark.both_apis
+
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 #: an address nothing answers on (TEST-NET-1): a connection attempt would hang, not fail fast
 UNROUTABLE = "http://192.0.2.1:9"
@@ -274,7 +277,7 @@ def _locked_project(project: Project) -> dict[str, Any]:
     [
         ("{not json", "opus-runner.lock is corrupted (not JSON"),
         ('{"lockVersion": 1, "workflows": []}', "opus-runner.lock is corrupted (workflows is not an object)"),
-        ('{"lockVersion": 1}', "opus-runner.lock is corrupted (expected an object with lockVersion and workflows (and specs))"),
+        ('{"lockVersion": 1}', "opus-runner.lock is corrupted (expected an object with lockVersion and workflows (and specs, api))"),
         ('{"lockVersion": 7, "workflows": {}}', "lockVersion 7, written by a newer opus-runner"),
         (
             '{"lockVersion": 1, "workflows": {"quick@latest": {"workflowId": "quick"}}}',

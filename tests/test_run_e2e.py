@@ -1,4 +1,5 @@
-"""End to end over real loopback HTTP: the CLI against the sandbox (issue 3's must-shows)."""
+"""End to end over real loopback HTTP: the CLI against the sandbox (issue 3's must-shows),
+in both API generations (issue 17): every test runs once with v0 and once with v1."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Project, header
+
+pytestmark = pytest.mark.both_apis
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 
@@ -41,8 +44,10 @@ def test_every_input_type_reaches_the_sandbox_as_typed(project: Project) -> None
     spec = all_types_spec(project)
     result = project.run("run", spec)
     assert result.exit_code == 0, result.output
+    # Every call of the run went to the project's API generation, none to the other's.
+    assert set(project.sandbox.state.api_requests) == {project.api}
     [job_id] = list(project.sandbox.state.payloads)
-    payload = project.sandbox.state.payloads[job_id]["jobPayloadSchemaInstance"]
+    payload = project.sandbox.state.sent_inputs(job_id)
     assert payload["workflow_input_title"] == {"value": "Report 2026-11", "type": "str", "displayName": "Title"}
     assert payload["workflow_input_budget"]["value"] == 45.8
     assert payload["workflow_input_ok"]["value"] is True
@@ -66,8 +71,8 @@ def _stored_files(project: Project) -> dict[str, bytes]:
     import httpx
 
     out = {}
-    for job in project.sandbox.state.payloads.values():
-        for entry in job["jobPayloadSchemaInstance"].values():
+    for job_id in project.sandbox.state.payloads:
+        for entry in project.sandbox.state.sent_inputs(job_id).values():
             values = entry["value"] if isinstance(entry["value"], list) else [entry["value"]]
             for v in values:
                 if isinstance(v, str) and v.startswith(project.sandbox.base_url):
@@ -100,7 +105,7 @@ def test_same_bytes_are_uploaded_once_per_run(project: Project) -> None:
     assert result.exit_code == 0, result.output
     state = project.sandbox.state
     assert state.count("POST", "upload") == 1 and state.count("PUT", "put") == 1
-    urls = {p["jobPayloadSchemaInstance"]["workflow_input_doc"]["value"] for p in state.payloads.values()}
+    urls = {state.sent_inputs(job_id)["workflow_input_doc"]["value"] for job_id in state.payloads}
     assert len(urls) == 1 and len(state.payloads) == 3
 
 
@@ -134,8 +139,8 @@ def test_version_pinning(project: Project) -> None:
     result = project.run("run", spec)
     assert result.exit_code == 0, result.output
     assert "v1 hello" in result.stdout
-    [body] = project.sandbox.state.payloads.values()
-    assert set(body["jobPayloadSchemaInstance"]) == {"workflow_input_old"}
+    [job_id] = project.sandbox.state.payloads
+    assert set(project.sandbox.state.sent_inputs(job_id)) == {"workflow_input_old"}
 
 
 def test_v2_only_workflow_is_described_through_the_fallback(project: Project) -> None:
@@ -143,7 +148,8 @@ def test_v2_only_workflow_is_described_through_the_fallback(project: Project) ->
     result = project.run("run", spec)
     assert result.exit_code == 0, result.output
     assert "v2 why" in result.stdout
-    assert project.sandbox.state.count("GET", "workflow_object") == 1
+    # v0's GET /workflow/{id} is gone for this workflow; v1's own route describes it.
+    assert project.sandbox.state.count("GET", "workflow_object") == (1 if project.api == "v0" else 0)
 
 
 def test_failed_job_exits_1_and_names_the_failed_node(project: Project) -> None:

@@ -2,6 +2,8 @@
 
     api/
       client.py     OpusClient: one thin method per endpoint (build the request, read the answer)
+      dialects.py   what differs between the v0 Jobs API and the v1 Case API: routes, bodies, reads
+      camel.py      v1's camelCase answers read into the v0 field names
       transport.py  one exchange (key, deadline, size cap, traces) and the one retry loop
       execute.py    the no-resend rule of POST /job/execute, asked by that loop
       answers.py    every shape an answer comes in: bodies, errors, ids, statuses, results
@@ -18,8 +20,10 @@ Everything a caller can rely on:
 - every answer must arrive whole within ``deadline`` (a server sending one byte at a time never
   trips a per-read timeout) and be at most ``max_answer_bytes`` once decompressed; JSON nested
   too deeply to parse is refused, and ``NaN``/``Infinity`` are read as null (:mod:`opus_runner.jsontext`);
-- ``POST /job/execute`` is never resent once it may have reached the server: its outcome is
-  read back from the job's status instead;
+- execute is never resent once it may have reached the server: its outcome is read back from
+  the job's status instead;
+- both generations of the API (``api="v0"``, the default, or ``"v1"``) give the same models:
+  nothing above the client knows which one ran;
 - every error the server can answer with becomes one :mod:`opus_runner.errors` exception whose
   message quotes the server's own words.
 

@@ -187,6 +187,13 @@ def server_message(response: httpx.Response) -> str:
     return one_line(message, MESSAGE_LIMIT)
 
 
+def route_missing(response: httpx.Response) -> bool:
+    """Whether a 404 says the route itself does not exist (NestJS's ``Cannot GET /path``, or a
+    gateway's page), rather than that the thing it names is unknown."""
+    message = server_message(response)
+    return message.startswith("Cannot ") or message in (HTML_MESSAGE, EMPTY_MESSAGE)
+
+
 def status_reason(response: httpx.Response) -> str:
     """Why an answer is worth another try, as a retry line shows it."""
     if response.status_code == 429:
@@ -380,34 +387,34 @@ def versions_of(body: Any, path: str) -> list[dict[str, Any]]:
     return [dict(v) for v in items if isinstance(v, Mapping)]
 
 
-def initiated_job_id(data: Any) -> str:
-    """The ``jobExecutionId`` of a ``POST /job/initiate`` answer, as a str."""
+def initiated_job_id(data: Any, *, field: str = "jobExecutionId", endpoint: str = "/job/initiate") -> str:
+    """The new job's id in an initiate answer (``jobExecutionId``; v1's ``caseId``), as a str."""
     try:
-        job_id = job_id_of(data.get("jobExecutionId") if isinstance(data, Mapping) else None)
+        job_id = job_id_of(data.get(field) if isinstance(data, Mapping) else None)
     except ValueError as exc:
         raise ApiError(
-            f"the answer's jobExecutionId {exc}, so the job is not followed",
+            f"the answer's {field} {exc}, so the job is not followed",
             method="POST",
-            endpoint="/job/initiate",
+            endpoint=endpoint,
         ) from None
     if job_id is None:
         raise ApiError(
-            "the answer has no jobExecutionId, so the job cannot be followed",
+            f"the answer has no {field}, so the job cannot be followed",
             method="POST",
-            endpoint="/job/initiate",
+            endpoint=endpoint,
         )
     return job_id
 
 
-def upload_slot(data: Any, original_name: str | None) -> tuple[str, str]:
-    """``(presignedUrl, fileUrl)`` of a ``POST /job/file/upload`` answer."""
+def upload_slot(data: Any, original_name: str | None, *, endpoint: str = "/job/file/upload") -> tuple[str, str]:
+    """``(presignedUrl, fileUrl)`` of an upload-slot answer (both dialects name them alike)."""
     presigned = data.get("presignedUrl") if isinstance(data, Mapping) else None
     file_url = data.get("fileUrl") if isinstance(data, Mapping) else None
     if not isinstance(presigned, str) or not isinstance(file_url, str) or not presigned:
         raise ApiError(
             f"the answer for {original_name!r} lacks presignedUrl or fileUrl",
             method="POST",
-            endpoint="/job/file/upload",
+            endpoint=endpoint,
         )
     return presigned, file_url
 

@@ -1,4 +1,4 @@
-"""The no-resend rule of ``POST /job/execute``: a job is never started twice by this client.
+"""The no-resend rule of execute (``POST /job/execute``, v1 ``POST /case/{id}/execute``): a job is never started twice by this client.
 
 Execute goes through the same retry loop as every call (:meth:`.transport.Transport.exchange`);
 this module is the rule that loop asks after each attempt. The request is sent again only when:
@@ -39,17 +39,23 @@ class ExecuteAttempts:
     """
 
     def __init__(
-        self, job_id: str, read_received: Callable[[str], Awaitable[tuple[bool | None, str]]]
+        self,
+        job_id: str,
+        read_received: Callable[[str], Awaitable[tuple[bool | None, str]]],
+        *,
+        endpoint: str = ENDPOINT,
     ) -> None:
         self.job_id = job_id
         self.read_received = read_received
+        #: the dialect's execute route (``/job/execute``, ``/case/{id}/execute``), for messages
+        self.endpoint = endpoint
 
     def may_resend(self, error: httpx.TransportError) -> bool:
         return isinstance(error, NEVER_SENT)
 
     async def settle(self, ending: Ending, *, last: bool) -> ExecuteOutcome | Resend:
         if ending.response is not None:
-            settled = execute_answer(self.job_id, ending.response, ENDPOINT)
+            settled = execute_answer(self.job_id, ending.response, self.endpoint)
             if isinstance(settled, ExecuteOutcome):
                 return settled
             why, cause = settled, None
@@ -82,7 +88,7 @@ class ExecuteAttempts:
             f"Look again with `opus-run status {job_id}`, or finish the run later with "
             "`opus-run resume`"
         )
-        log.debug(redact.mask(f"POST {ENDPOINT}: unclear answer ({reason}); reading the job"))
+        log.debug(redact.mask(f"POST {self.endpoint}: unclear answer ({reason}); reading the job"))
         try:
             received, status = await self.read_received(job_id)
         except OpusRunnerError as exc:
@@ -93,7 +99,7 @@ class ExecuteAttempts:
                     f"not be running. {again}."
                 ),
                 method="POST",
-                endpoint=ENDPOINT,
+                endpoint=self.endpoint,
                 job_id=job_id,
             )
             unknown.answered = cause is None
@@ -124,7 +130,7 @@ class ExecuteAttempts:
                 f"twice. {again}."
             ),
             method="POST",
-            endpoint=ENDPOINT,
+            endpoint=self.endpoint,
             job_id=job_id,
         )
         unknown.answered = answered

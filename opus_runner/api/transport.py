@@ -24,7 +24,7 @@ import random as _random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -306,12 +306,13 @@ class Secret:
 
 class Transport:
     """Sends requests for one :class:`~.client.OpusClient`: key, deadline, size cap, traces,
-    retries. ``origin`` is the API's ``(scheme, host, port)``: only requests there get the key."""
+    retries. ``origins`` are the API's ``(scheme, host, port)`` (the base URL's, and the v1
+    URL's when it is elsewhere): only requests there get the key."""
 
     def __init__(
         self,
         key: Secret,
-        origin: tuple[str, str, int | None],
+        origins: Collection[tuple[str, str, int | None]],
         *,
         http: httpx.AsyncClient | None,
         retry: RetryPolicy,
@@ -322,7 +323,7 @@ class Transport:
         trace: bool,
     ) -> None:
         self._key = key
-        self._origin = origin
+        self._origins = frozenset(origins)
         self.retry = retry
         if deadline <= 0 or max_answer_bytes < 1:
             raise ValueError("OpusClient deadline and max_answer_bytes must be positive")
@@ -354,7 +355,7 @@ class Transport:
         return key
 
     def _same_origin(self, url: httpx.URL) -> bool:
-        return (url.scheme, url.host, url.port) == self._origin
+        return (url.scheme, url.host, url.port) in self._origins
 
     # ---- one exchange ---------------------------------------------------------------------
 

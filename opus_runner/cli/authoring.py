@@ -34,9 +34,11 @@ def _runner(base_url: str | None, sandbox: bool, sandbox_workflows: Path | None,
             no_local_plugins: bool, verbose: bool, specs: tuple[str, ...] = (), var: tuple[str, ...] = (),
             vars_file: Path | None = None, untrusted: bool = False, allow_outside_root: bool = False) -> Any:
     from ..engine import RunOptions, Runner
+    from .options import chosen_api
 
     return Runner(
         RunOptions(
+            api=chosen_api(),
             specs=list(specs),
             var=list(var),
             vars_file=vars_file,
@@ -76,7 +78,7 @@ def fetch_schema(workflow_id: str, version: int | None, version_id: str | None, 
         schema = asyncio.run(runner.workflow_schema(ref))
     except NotFoundError as exc:
         where = "in the sandbox" if options.get("sandbox") else (
-            f"at {runner.client.base_url}" if runner.client is not None else "on the Opus API"
+            f"at {runner.client.api_url}" if runner.client is not None else "on the Opus API"
         )
         raise not_found(ref, exc, where) from None
     return ref, schema
@@ -170,7 +172,8 @@ def _lock(specs: tuple[str, ...], quiet: bool, options: dict[str, Any]) -> None:
     root = runner.config.root
     schemas = {ref.key: schema for _spec, ref, schema in sorted(collected, key=lambda item: item[1].key)}
     taken_from = spec_names(root, {spec.path for spec, _ref, _schema in collected})
-    path = write_lock(root, schemas, taken_from)
+    assert runner.session is not None
+    path = write_lock(root, schemas, taken_from, api=runner.session.api)
     if not quiet:
         keys = ", ".join(schemas) or "none"
         noun = "workflow" if len(schemas) == 1 else "workflows"
@@ -195,8 +198,14 @@ def _drift(specs: tuple[str, ...], output_format: str, options: dict[str, Any]) 
     paths = find_specs(list(specs))
     if not paths:
         raise UsageError("no spec given: pass one or more spec files, globs or folders")
-    root = load_project_config(paths[0].parent).root
+    import os
+
+    from .options import chosen_api
+
+    config = load_project_config(paths[0].parent)
+    root = config.root
     lock = load_lock(root)
+    lock.check_api(config.dialect(chosen_api(), os.environ))
     runner = _runner(specs=specs, **options)
     report = drift_report(lock, asyncio.run(runner.collect_schemas()))
     if output_format == "json":

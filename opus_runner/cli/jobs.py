@@ -66,9 +66,11 @@ async def _of_known_job(client: Any, job_id: str, call: Awaitable[Any]) -> Any:
     try:
         return await call
     except NotFoundError as exc:
-        where = redact.without_userinfo(client.base_url)
+        where = redact.without_userinfo(client.api_url)
+        hint = client.unknown_id_hint(job_id)  # an id of the other API generation
         raise JobNotFound(
-            f"job {job_id!r} not found at {where}; check the job id (and --base-url or OPUS_BASE_URL)",
+            f"job {job_id!r} not found at {where}; "
+            + (hint if hint else "check the job id (and --base-url or OPUS_BASE_URL)"),
             status_code=exc.status_code,
             method=exc.method,
             endpoint=exc.endpoint,

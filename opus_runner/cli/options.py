@@ -20,7 +20,7 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 UNTRUSTED_HELP = (
     "For a checkout you do not trust (a pull request): implies --no-local-plugins, ignores the "
-    "plugins a resumed run's journal names and the base_url and plugins_dir of opus-runner.toml, "
+    "plugins a resumed run's journal names and the base_url, api_v1_url and plugins_dir of opus-runner.toml, "
     "and says what it ignored."
 )
 ALLOW_OUTSIDE_ROOT_HELP = (
@@ -67,8 +67,33 @@ def format_option(help: str = "json: one JSON object per event line on stdout, f
     )
 
 
+#: Where ``--api`` leaves its value (``click.Context.meta`` is shared by the whole command).
+API_META = "opus_runner.api"
+API_HELP = "The Opus API generation: v0 the Jobs API, v1 the Case API [env: OPUS_API; default: api of opus-runner.toml, else v0]."
+
+
+def _remember_api(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[API_META] = value
+
+
+def api_option() -> Decorator:
+    """``--api v0|v1``: not passed to the command, read with :func:`chosen_api` where a client
+    or a run is made, so every command with ``--base-url`` has it without a new parameter."""
+    return click.option(
+        "--api", type=click.Choice(["v0", "v1"]), expose_value=False, callback=_remember_api, help=API_HELP
+    )
+
+
+def chosen_api() -> str | None:
+    """The ``--api`` of the command being run, or None when not given."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(API_META) if ctx is not None else None
+
+
 def base_url_option(help: str = BASE_URL_HELP) -> Decorator:
-    return click.option("--base-url", metavar="URL", help=help)
+    """``--base-url`` and, with it, ``--api``: where the API is and which generation it speaks."""
+    return together(click.option("--base-url", metavar="URL", help=help), api_option())
 
 
 def plugin_option(help: str = PLUGIN_HELP) -> Decorator:
@@ -207,8 +232,9 @@ def schema_source_options(verb: str) -> Decorator:
 
 def client_from(base_url: str | None) -> Any:
     """An OpusClient for ``--base-url``, else OPUS_BASE_URL, else the project file's ``base_url``
-    (named on stderr when it is not the Opus service), else the service; the key from
-    OPUS_SERVICE_KEY, or the sentence saying how to set it."""
+    (named on stderr when it is not the Opus service), else the service, speaking ``--api``
+    (else OPUS_API, else the file's ``api``); the key from OPUS_SERVICE_KEY, or the sentence
+    saying how to set it."""
     import os
 
     from ..api import NO_KEY_MESSAGE, OpusClient
@@ -218,12 +244,13 @@ def client_from(base_url: str | None) -> Any:
 
     config = load_project_config()
     url, key = config.endpoint(base_url, None, os.environ)
+    api = config.dialect(chosen_api(), os.environ)
     if not key:
         raise ConfigError(NO_KEY_MESSAGE)
     notice = None if base_url or os.environ.get("OPUS_BASE_URL") else config.base_url_notice()
     if notice:
         click.echo(printable(notice), err=True)
-    return OpusClient(url, key)
+    return OpusClient(url, key, api=api, v1_url=config.v1_url(base_url, os.environ))
 
 
 def callback_options(func: Callable[..., Any]) -> Callable[..., Any]:

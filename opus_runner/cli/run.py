@@ -33,8 +33,10 @@ from .options import (
 def _run_options(**kwargs: Any) -> Any:
     from ..engine import RunOptions
 
+    from .options import chosen_api
+
     fields = set(RunOptions.__dataclass_fields__)
-    return RunOptions(**{k: v for k, v in kwargs.items() if k in fields})
+    return RunOptions(**{"api": chosen_api(), **{k: v for k, v in kwargs.items() if k in fields}})
 
 
 #: The stop signal received while jobs ran (SIGTERM, SIGHUP), for the exit code; empty for Ctrl-C.

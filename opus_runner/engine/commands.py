@@ -65,6 +65,7 @@ class Runner:
 
             assert session.config is not None
             session.lock = load_lock(session.config.root)
+            session.lock.check_api(session.api)
         planner = session.planner()
         plan_filter = session.plan_filter()
         async with session.connection():

@@ -20,6 +20,7 @@ class RunOptions:
     vars_stdin: Mapping[str, Any] | None = None
     vars: Mapping[str, Any] | None = None  # library users: variables as a mapping (wins over var)
     base_url: str | None = None
+    api: str | None = None  # "v0" | "v1": the Opus API generation (default: OPUS_API, api of opus-runner.toml, v0)
     service_key: str | None = None  # default: $OPUS_SERVICE_KEY
     sandbox: bool = False
     sandbox_workflows: str | Path | None = None
@@ -59,6 +60,7 @@ class RunOptions:
             "vars_stdin": dict(self.vars_stdin) if self.vars_stdin is not None else None,
             "vars": dict(self.vars) if self.vars else None,
             "base_url": self.base_url,
+            "api": self.api,
             "sandbox": self.sandbox,
             "no_wait": self.no_wait,
             "timeout": self.timeout,
@@ -112,6 +114,8 @@ class RunOptions:
             vars_stdin=recorded.get("vars_stdin") if recorded.get("vars_file") == "-" else None,
             vars=recorded.get("vars"),
             base_url=base_url,
+            # A run's jobs are followed in the dialect that created them (job ids differ).
+            api=self.api or recorded.get("api"),
             timeout=self.timeout or recorded.get("timeout"),
             plugins=plugins,
             no_local_plugins=self.no_local_plugins or bool(recorded.get("no_local_plugins")),

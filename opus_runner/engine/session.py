@@ -20,7 +20,7 @@ from .. import redact
 from ..callbacks.tokens import ReceiverSettings
 from ..config import ProjectConfig, default_plugins_dir, default_state_dir, load_project_config
 from ..durations import parse_duration
-from ..errors import ApiError, ConfigError, NetworkError, NotFoundError, OpusRunnerError, SpecError, UsageError, ValidationFailed
+from ..errors import ApiError, ConfigError, NetworkError, NotFoundError, OpusRunnerError, RouteMissing, SpecError, UsageError, ValidationFailed
 from ..models import Context, UploadSettings, WorkflowRef, WorkflowSchema
 from ..paths import confine, display_path
 from ..planning import JobPlan, Planner, PlanFilter, check_declared_vars, parse_assignments, parse_shard, parse_var_assignments
@@ -360,6 +360,13 @@ class Session:
             return False
         return opts.sandbox or bool(opts.service_key or self.environ.get("OPUS_SERVICE_KEY"))
 
+    @property
+    def api(self) -> str:
+        """The Opus API generation the run speaks: ``--api``, else ``OPUS_API``, else the
+        project's ``api``, else v0 (known without a connection, for ``--locked``)."""
+        assert self.config is not None
+        return self.config.dialect(self.options.api, self.environ)
+
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[None]:
         """The sandbox (if asked for) and the one OpusClient of the run."""
@@ -369,13 +376,14 @@ class Session:
             yield
             return
         base_url, key = self.config.endpoint(opts.base_url, opts.service_key, self.environ)
+        v1_url = self.config.v1_url(opts.base_url, self.environ)
         sandbox: Any = None
         if opts.sandbox:
             from ..sandbox import SandboxServer
 
             sandbox = SandboxServer(opts.sandbox_workflows or self.config.sandbox_workflows)
             await asyncio.to_thread(sandbox.start)
-            base_url, key = sandbox.base_url, sandbox.key
+            base_url, key, v1_url = sandbox.base_url, sandbox.key, None
         from ..api import NO_KEY_MESSAGE, OpusClient
 
         try:
@@ -385,6 +393,8 @@ class Session:
             self.client = OpusClient(
                 base_url,
                 key,
+                api=self.api,
+                v1_url=v1_url,
                 # One request at a time per job in flight; httpcore scans its whole pool on
                 # every request, so a pool larger than needed costs CPU on each call.
                 max_connections=concurrency + 2,
@@ -501,7 +511,8 @@ class Session:
         try:
             schema = await self.schema_for(plan.workflow, ctx)
         except ApiError as exc:
-            if exc.status_code == 404 or isinstance(exc, NotFoundError):
+            # A missing route (a base URL without v1) is the server's, not the spec's.
+            if (exc.status_code == 404 and not isinstance(exc, RouteMissing)) or isinstance(exc, NotFoundError):
                 raise ValidationFailed([await self._not_found(plan, exc)]) from None
             raise
         ctx.workflow = schema

@@ -11,7 +11,8 @@ with SandboxServer() as sandbox:          # the packaged demo workflows, a rando
 ```
 
 It speaks the live service's shapes by default (opus-api.md section 8); a workflow whose fixture
-says ``dialect: documented`` speaks the older documented ones. Workflow ids are UUIDs;
+says ``dialect: documented`` speaks the older documented ones. The v1 Case API is served under
+``/api/v1`` from the same fixture and jobs. Workflow ids are UUIDs;
 ``DEMO_IDS`` maps the demo workflows' old names (``demo-summarize``, ...) to theirs.
 """
 

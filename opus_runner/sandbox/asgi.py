@@ -10,6 +10,9 @@ Each workflow speaks a dialect (fixture key ``dialect``):
 - ``documented``: the older documented shapes (``jobPayloadSchema``, camelCase versions, 200s,
   ``CREATED`` before execute, 400 for a wrong value on execute, 409 on a second execute).
 
+The v1 Case API is served under ``/api/v1`` from the same fixture and state (routes/v1_*.py):
+a case is a job of the same store, with v1's shapes.
+
 Job status follows the clock (state.py); outputs are rendered once, when execute is accepted
 (routes/execute.py); the only timers are for callbacks (callbacks.py), POSTed to loopback hosts
 only.
@@ -37,12 +40,14 @@ from .faults import FaultSet
 from .fixture import Fixture
 from .injection import Receive, Scope, Send, apply_fault
 from .responses import error, request_path
-from .routes import control, execute, files, jobs, workflows
+from .routes import control, execute, files, jobs, v1_cases, v1_files, v1_workflows, workflows
 from .state import SandboxState
 
 #: Routes that need no service key: the S3 stand-ins (presigned PUT/GET, file paths) and the
 #: /job/v2/initiate redirect.
 _KEYLESS_ROUTES = frozenset({"put", "file", "media", "presigned_get", "initiate_v2"})
+#: Where the v1 Case API lives (opus-api.md section 0).
+V1_PREFIX = "/api/v1"
 
 Handler = Callable[[SandboxCore, Request], Awaitable[Response]]
 
@@ -104,6 +109,16 @@ class SandboxApp(SandboxCore):
             route("/job/{job_id}/audit", jobs.job_audit, ["GET"], "audit"),
             route("/job/{job_id}/archive", jobs.archive, ["POST", "DELETE"], "archive"),
             route("/job/{job_id}/delete", jobs.delete, ["DELETE"], "delete"),
+            # The v1 Case API: each route has its v0 twin's name, so counts and fault rules
+            # (route: execute) apply to whichever generation the client speaks.
+            route(f"{V1_PREFIX}/workflow/{{workflow_id}}", v1_workflows.get_workflow, ["GET"], "workflow"),
+            route(f"{V1_PREFIX}/case", v1_cases.create_case, ["POST"], "initiate"),
+            route(f"{V1_PREFIX}/file/upload/presigned", v1_files.upload, ["POST"], "upload"),
+            route(f"{V1_PREFIX}/case/{{job_id}}/execute", v1_cases.execute_case, ["POST"], "execute"),
+            route(f"{V1_PREFIX}/case/{{job_id}}", v1_cases.case_detail, ["GET"], "job"),
+            route(f"{V1_PREFIX}/case/{{job_id}}/status", v1_cases.case_status, ["GET"], "status"),
+            route(f"{V1_PREFIX}/case/{{job_id}}/results", v1_cases.case_results, ["GET"], "results"),
+            route(f"{V1_PREFIX}/case/{{job_id}}/audit", v1_cases.case_audit, ["GET"], "audit"),
             route("/_upload/{token}", files.put_upload, ["PUT"], "put"),
             route("/_download/{token}/{name:path}", files.get_presigned, ["GET"], "presigned_get"),
             route("/files/{token}/{name:path}", files.get_file, ["GET"], "file"),
@@ -135,6 +150,8 @@ class SandboxApp(SandboxCore):
             return
         method = scope["method"]
         self.state.requests[(method, route)] += 1
+        if route not in _KEYLESS_ROUTES:
+            self.state.api_requests["v1" if scope.get("path", "").startswith(V1_PREFIX + "/") else "v0"] += 1
         rule = self.faults.pick(route, method)
 
         async def process(scope: Scope, receive: Receive, send: Send) -> None:

@@ -53,8 +53,9 @@ class SandboxCore:
     def base(self, request: Request) -> str:
         return self.base_url or str(request.base_url).rstrip("/")
 
-    def new_job_id(self, workflow: WorkflowDef) -> str:
-        if not workflow.live:
+    def new_job_id(self, workflow: WorkflowDef, *, api: str = "v0") -> str:
+        """A numeric string for a live v0 job; a UUID for a documented one and for a v1 case."""
+        if api == "v1" or not workflow.live:
             return str(uuid.uuid4())
         number = self._next_job
         self._next_job += 1

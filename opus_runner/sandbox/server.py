@@ -200,5 +200,6 @@ def serve(
     banner = [
         f"Opus sandbox listening on {server.base_url}",
         f"OPUS_BASE_URL={server.base_url} OPUS_SERVICE_KEY={server.key}",
+        f"(the v1 Case API at {server.base_url}/api/v1: add --api v1 or OPUS_API=v1)",
     ]
     serve_foreground(server._http, banner, out)

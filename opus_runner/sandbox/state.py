@@ -48,6 +48,7 @@ class Job:
     input: dict[str, Any] | None = None  # the jobPayloadSchemaInstance of the execute that started it
     workspaces: str | None = None  # the ``workspaces`` initiate received
     source: str = "api"
+    api: str = "v0"  # the API generation that created it: v1 cases are jobs of the same store
     archived: bool = False
     callback_sent: bool = False  # its callback came due and was handled (POSTed or dropped)
     callback_skipped: bool = False  # the callbackUrl is not on loopback: never delivered
@@ -97,7 +98,7 @@ class Job:
         """The status as the API spells it for this workflow."""
         phase = self.phase(now)
         if phase == "initiated":
-            return "PENDING" if self.live else "CREATED"
+            return "PENDING" if self.live or self.api == "v1" else "CREATED"
         if phase == "held":
             assert self.workflow.hold is not None
             return self.workflow.hold.status
@@ -185,7 +186,9 @@ class DownloadLink:
 class SandboxState:
     """Everything the sandbox saw and did, for tests to inspect (in-process or ``/_sandbox/stats``).
 
-    ``requests`` counts calls per ``(method, route name)``, faulted or not; ``executes`` counts
+    ``requests`` counts calls per ``(method, route name)``, faulted or not (a v1 route has the
+    name of its v0 twin: ``initiate`` counts ``POST /job/initiate`` and ``POST /api/v1/case``);
+    ``api_requests`` counts the Opus API calls per generation (``v0``, ``v1``); ``executes`` counts
     execute calls a handler processed per job id (a resent execute shows as 2); ``payloads`` holds
     the execute body that started the job (or the last one refused, while none started it) and
     ``payload_history`` every execute body in order; ``max_active_jobs`` is the most jobs at one
@@ -202,6 +205,7 @@ class SandboxState:
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.api_requests: Counter[str] = Counter()
         self.executes: Counter[str] = Counter()
         self.payloads: dict[str, dict[str, Any]] = {}
         self.payload_history: dict[str, list[dict[str, Any]]] = {}
@@ -217,6 +221,7 @@ class SandboxState:
     def reset(self) -> None:
         """Forget everything (in place, so references held by tests stay valid)."""
         self.requests.clear()
+        self.api_requests.clear()
         self.executes.clear()
         self.payloads.clear()
         self.payload_history.clear()
@@ -249,6 +254,13 @@ class SandboxState:
         """The client read a terminal status or the results: the job no longer counts as active."""
         self.active_jobs.discard(job_id)
 
+    def sent_inputs(self, job_id: str) -> dict[str, Any]:
+        """The inputs of the execute body kept in ``payloads`` for ``job_id``, in either
+        dialect (v0 ``jobPayloadSchemaInstance``, v1 ``payload``)."""
+        body = self.payloads[job_id]
+        inputs = body.get("jobPayloadSchemaInstance", body.get("payload"))
+        return inputs if isinstance(inputs, dict) else {}
+
     def count(self, method: str, route: str) -> int:
         """How many ``method route`` calls arrived, e.g. ``state.count("POST", "execute")``."""
         return self.requests[(method, route)]
@@ -272,6 +284,7 @@ class SandboxState:
         now = time.monotonic()
         return {
             "requests": {f"{m} {r}": n for (m, r), n in sorted(self.requests.items())},
+            "api_requests": dict(self.api_requests),
             "executes": dict(self.executes),
             "payloads": dict(self.payloads),
             "uploads": {token: len(data) for token, data in self.uploads.items()},

@@ -149,12 +149,13 @@ def _parses_as_json(text: str) -> bool:
     return True
 
 
-def structural_problems(job: Job, instance: Mapping[str, Any]) -> list[str]:
-    """What refuses an execute with 400 in both dialects (the job does not start)."""
+def structural_problems(job: Job, instance: Mapping[str, Any], *, field: str = "jobPayloadSchemaInstance") -> list[str]:
+    """What refuses an execute with 400 in every dialect (the job does not start); ``field``
+    names the body's field holding the inputs (v1: ``payload``)."""
     problems: list[str] = []
     inputs = job.version.inputs_by_var
     for var, entry in instance.items():
-        where = f"jobPayloadSchemaInstance.{var}"
+        where = f"{field}.{var}"
         input_def = inputs.get(var)
         if input_def is None:
             known = ", ".join(inputs) or "none"
@@ -175,7 +176,7 @@ def structural_problems(job: Job, instance: Mapping[str, Any]) -> list[str]:
             problems.append(f"{where}.value ({input_def.display_name}) is required and must not be null")
     for var, input_def in inputs.items():
         if var not in instance and not input_def.nullable:
-            problems.append(f"jobPayloadSchemaInstance.{var} ({input_def.display_name}) is required")
+            problems.append(f"{field}.{var} ({input_def.display_name}) is required")
     return problems
 
 

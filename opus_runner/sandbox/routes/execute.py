@@ -63,8 +63,26 @@ def _execute_live(
         return not_found(f"Job {job_id} not found")
     if job.executed_at is None:
         sandbox.state.payloads[job_id] = body
-    instance = cast(dict[str, Any], instance)
-    problems = structural_problems(job, instance)
+    accepted = json_response(
+        {"success": True, "jobExecutionId": job.id, "message": "Job execution has been started"}, 201
+    )
+    return accept_live(sandbox, job, body, cast(dict[str, Any], instance), request, accepted, workspaces=workspaces)
+
+
+def accept_live(
+    sandbox: SandboxCore,
+    job: Job,
+    body: dict[str, Any],
+    instance: dict[str, Any],
+    request: Request,
+    accepted: Response,
+    *,
+    workspaces: str | None = None,
+    field: str = "jobPayloadSchemaInstance",
+) -> Response:
+    """The live service's checks of a well-formed execute of ``job``, then its start; every
+    dialect's execute route ends here (``field`` names where its body holds the inputs)."""
+    problems = structural_problems(job, instance, field=field)
     if problems:
         return bad_request(problems)
     if any(isinstance(entry.get("type"), (dict, list)) for entry in instance.values()):
@@ -73,9 +91,6 @@ def _execute_live(
         unknown = sandbox.unknown_workspaces(workspaces)
         if unknown:
             return forbidden(unknown[0])
-    accepted = json_response(
-        {"success": True, "jobExecutionId": job.id, "message": "Job execution has been started"}, 201
-    )
     if job.executed_at is not None:
         # A second execute: the live answer is unknown, so it is accepted and changes nothing.
         return accepted

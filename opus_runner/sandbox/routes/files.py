@@ -9,7 +9,7 @@ import hashlib
 import mimetypes
 import secrets
 import time
-from typing import cast
+from typing import Any, cast
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -69,7 +69,31 @@ async def upload(sandbox: SandboxCore, request: Request) -> Response:
             problems.append(f"{name} must be a UUID")
     if problems:
         return bad_request(problems)
-    extension = cast(str, extension).lower()
+    return upload_slot(
+        sandbox,
+        request,
+        extension=cast(str, extension).lower(),
+        original_name=original_name,
+        workflow_id=workflow_id,
+        workspace_id=workspace_id,
+        scope=scope,
+    )
+
+
+def upload_slot(
+    sandbox: SandboxCore,
+    request: Request,
+    *,
+    extension: str,
+    original_name: Any,
+    workflow_id: Any,
+    workspace_id: Any,
+    scope: str | None,
+    v1: bool = False,
+) -> Response:
+    """Register one upload of a checked request and answer ``{presignedUrl, fileUrl}``: 403
+    for a workspace the key cannot reach, 404 for an unknown workflow. Every dialect's upload
+    route ends here."""
     workflow: WorkflowDef | None = None
     if workspace_id:
         if workspace_id.lower() not in sandbox.workspaces:
@@ -83,7 +107,7 @@ async def upload(sandbox: SandboxCore, request: Request) -> Response:
         workspace = workflow.workspace_id
     token = secrets.token_hex(16)
     name = original_name.strip() if isinstance(original_name, str) else f"upload-{token[:8]}{extension}"
-    live = workflow is None or workflow.live
+    live = v1 or workflow is None or workflow.live
     path = f"/{'media' if live else 'files'}/{token}/{quote(name)}"
     sandbox.state.upload_slots[token] = UploadSlot(
         original_name=original_name,
@@ -93,7 +117,7 @@ async def upload(sandbox: SandboxCore, request: Request) -> Response:
         access_scope=scope,
         name=name,
         workspace=workspace,
-        dialect="live" if live else "documented",
+        dialect="v1" if v1 else ("live" if live else "documented"),
         path=path,
     )
     return json_response(
@@ -111,8 +135,9 @@ async def put_upload(sandbox: SandboxCore, request: Request) -> Response:
     slot = sandbox.state.upload_slots.get(token)
     if slot is None:
         return s3_error(404, "NoSuchUpload", "The presigned URL is unknown or has expired")
-    live = slot.dialect == "live"
-    if live and "content-type" in request.headers:
+    # v1's presigned URLs accept a MIME type (opus-api.md section 4); v0's live ones refuse it.
+    live = slot.dialect in ("live", "v1")
+    if slot.dialect == "live" and "content-type" in request.headers:
         # The URL was signed without a Content-Type: sending one breaks the signature.
         sandbox.state.content_type_sent_to_presigned += 1
         await request.body()

@@ -6,7 +6,7 @@ Execute, the route that starts a job, has its own module (execute.py).
 from __future__ import annotations
 
 import time
-from typing import cast
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,6 +29,16 @@ async def initiate(sandbox: SandboxCore, request: Request) -> Response:
         body = await json_body(request)
     except BadBody as bad:
         return bad.response
+    job = new_job(sandbox, body)
+    if isinstance(job, Response):
+        return job
+    sandbox.state.add_job(job)
+    return json_response({"jobExecutionId": job.id}, sandbox.created(job.workflow))
+
+
+def new_job(sandbox: SandboxCore, body: dict[str, Any], *, api: str = "v0") -> Job | Response:
+    """The job an initiate body asks for (v0 ``POST /job/initiate``, v1 ``POST /case``), or
+    the error to answer: the same checks in both, a UUID id for a v1 case."""
     problems = []
     field_name = "referenceEntityId" if body.get("referenceEntityId") else "workflowId"
     workflow_id = body.get(field_name)
@@ -70,17 +80,16 @@ async def initiate(sandbox: SandboxCore, request: Request) -> Response:
         unknown = sandbox.unknown_workspaces(workspaces)
         if unknown:
             return forbidden(unknown[0])
-    job = Job(
-        id=sandbox.new_job_id(workflow),
+    return Job(
+        id=sandbox.new_job_id(workflow, api=api),
         workflow=workflow,
         version=version,
         title=cast(str, title),
         description=body.get("description") or "",
         workspaces=workspaces or None,
         source=source or "api",
+        api=api,
     )
-    sandbox.state.add_job(job)
-    return json_response({"jobExecutionId": job.id}, sandbox.created(workflow))
 
 
 async def initiate_v2(sandbox: SandboxCore, request: Request) -> Response:

@@ -13,7 +13,7 @@ from ..fixture import VersionDef, WorkflowDef
 from ..responses import error, iso, json_response
 
 
-def _workflow_and_version(
+def workflow_and_version(
     sandbox: SandboxCore, request: Request
 ) -> tuple[WorkflowDef, VersionDef] | Response:
     workflow = sandbox.workflow_or_error(request.path_params["workflow_id"])
@@ -28,7 +28,7 @@ def _workflow_and_version(
 
 async def get_workflow(sandbox: SandboxCore, request: Request) -> Response:
     """``GET /workflow/{id}``: live, the v2 graph; documented, a description with ``jobPayloadSchema``."""
-    found = _workflow_and_version(sandbox, request)
+    found = workflow_and_version(sandbox, request)
     if isinstance(found, Response):
         return found
     workflow, version = found
@@ -60,7 +60,7 @@ async def get_workflow(sandbox: SandboxCore, request: Request) -> Response:
 
 async def get_workflow_object(sandbox: SandboxCore, request: Request) -> Response:
     """``GET /reference-workflow/v2/workflow-object/{id}``: the workflow as a graph (every api mode)."""
-    found = _workflow_and_version(sandbox, request)
+    found = workflow_and_version(sandbox, request)
     if isinstance(found, Response):
         return found
     workflow, version = found

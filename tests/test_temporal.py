@@ -444,3 +444,15 @@ def test_no_wait_submits_and_does_not_follow(project: Project, server: DevServer
     state = project.sandbox.state
     assert len(state.executes) == 2 and state.requests.get(("GET", "status"), 0) == 0
     assert not ndjson_lines(project)
+
+
+def test_an_engine_run_speaks_the_api_generation_it_was_submitted_with(project: Project, server: DevServer) -> None:
+    spec = batch(project, 2)
+    with start_worker(server, project):
+        assert submit(project, server, spec, "--run-id", "v1run", "--api", "v1").exit_code == 0
+        done = wait_run(project, server, "v1run")
+    assert done.exit_code == 0, done.output
+    calls = project.sandbox.state.api_requests
+    # The workers' initiates, executes, status and results reads all went to the Case API.
+    assert calls.get("v1", 0) >= 4 * 2 and calls.get("v0", 0) == 0, calls
+    assert_exactly_once(project, 2)

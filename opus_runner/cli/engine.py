@@ -101,8 +101,10 @@ def submit_command(specs: tuple[str, ...], output_format: str, quiet: bool, verb
     engine = engine_of(**kwargs)
     from ..temporal.runs import submit
 
+    from .options import chosen_api
+
     fields = set(RunOptions.__dataclass_fields__)
-    options = {k: v for k, v in kwargs.items() if k in fields and k not in ("specs",)}
+    options = {"api": chosen_api(), **{k: v for k, v in kwargs.items() if k in fields and k not in ("specs",)}}
     handle = asyncio.run(
         submit(list(specs), engine=engine, run_id=kwargs.get("run_id"), output_format=output_format, quiet=quiet, verbose=verbose, **options)
     )

@@ -152,6 +152,7 @@ class WorkerRuntime:
             no_wait=bool(recorded.get("no_wait")),
             allow_outside_root=bool(recorded.get("allow_outside_root")),
             callback_public_url=recorded.get("callback_public_url"),
+            api=recorded.get("api"),
             mode="run",
         )
         session = Session(options, reporter=WorkerLog(), base=self.root)

@@ -29,6 +29,8 @@ PLANNING_OPTIONS = (
     "var", "vars_file", "vars", "only", "shard", "limit", "timeout", "wait_mode", "no_wait", "allow_outside_root",
     # where Opus reaches the run's callback receiver (opus-run callbacks serve --engine temporal)
     "callback_public_url",
+    # the Opus API generation the jobs were checked against (v0 Jobs, v1 Case)
+    "api",
 )
 
 

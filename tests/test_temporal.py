@@ -456,3 +456,11 @@ def test_an_engine_run_speaks_the_api_generation_it_was_submitted_with(project: 
     # The workers' initiates, executes, status and results reads all went to the Case API.
     assert calls.get("v1", 0) >= 4 * 2 and calls.get("v0", 0) == 0, calls
     assert_exactly_once(project, 2)
+
+
+def test_submit_refuses_the_sandbox_in_one_sentence(project: Project) -> None:
+    need_temporal()
+    spec = batch(project, 1)
+    result = project.run("submit", spec, "--engine", "temporal", "--sandbox")
+    assert result.exit_code == 2, result.output
+    assert "--sandbox cannot serve an engine run" in result.output and "Traceback" not in result.output

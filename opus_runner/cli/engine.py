@@ -86,7 +86,9 @@ def engine_of(**kwargs: Any) -> Any:
     help="Where Opus reaches 'opus-run callbacks serve --engine temporal' [default: [callback] public_url]: jobs are "
     "woken by their callback, polled as the safety net (workers and receiver share $OPUS_RUNNER_CALLBACK_SECRET).",
 )
-@click.option("--no-wait", is_flag=True, help="Submit the jobs and do not follow them (they are not followed by the workers either).")
+@click.option("--no-wait", is_flag=True, help="The workers execute each job and do not follow it (follow one with: opus-run status JOB_ID).")
+# Not offered, but refused in words: a --sandbox would end with this command (opus_runner.temporal.runs.submit).
+@click.option("--sandbox", is_flag=True, hidden=True)
 @output_options
 @handle_errors
 def submit_command(specs: tuple[str, ...], output_format: str, quiet: bool, verbose: bool, **kwargs: Any) -> None:

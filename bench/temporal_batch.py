@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from opus_runner.temporal.devserver import DevServer, temporal_binary  # noqa: E402
+from opus_runner.temporal.devserver import DevServer, cpu_seconds, stop_group, temporal_binary  # noqa: E402
 
 from _common import (  # noqa: E402
     PYTHON,
@@ -49,7 +48,6 @@ from _common import (  # noqa: E402
     base_parser,
     main_guard,
     opus_run_command,
-    process_cpu_seconds,
     table,
     write_fixture,
     write_rows,
@@ -82,16 +80,10 @@ class WorkerProcess:
         self.ready_cpu = self.cpu()
 
     def cpu(self) -> float:
-        return process_cpu_seconds(self.proc.pid) or 0.0
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, grace=20)
 
 
 def one_run(workers: int, run_id: str, work: Path, sandbox: Sandbox, args: Any) -> dict[str, float]:

@@ -9,7 +9,6 @@ state.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from opus_runner.temporal.devserver import DevServer as _DevServer
-from opus_runner.temporal.devserver import free_port, temporal_binary
+from opus_runner.temporal.devserver import free_port, stop_group, temporal_binary
 
 __all__ = ["DevServer", "Worker", "free_port", "need_temporal", "temporal_binary"]
 
@@ -65,22 +64,10 @@ class Worker:
             time.sleep(0.1)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        stop_group(self.process, kill=True)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        stop_group(self.process, grace=20)
 
     def __enter__(self) -> Worker:
         return self

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from ..asgiserver import ThreadedServer, require_asgi, serve_foreground
-from .receiver import CallbackReceiver, Wake
+from .receiver import CallbackReceiver, Receiver, Wake
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..state import Journal
@@ -31,11 +32,18 @@ def serve(state_dir: Path, host: str, port: int, *, out: TextIO | None = None) -
     from ..state import DB_NAME, Journal
 
     with Journal(state_dir) as journal:
-        server, _receiver = receiver_server(journal, host, port)
-        server.start()
-        banner = [
-            f"Opus callback receiver listening on {server.base_url}",
-            f"serving the runs journaled in {state_dir / DB_NAME}; point callback.public_url at the "
-            f"https address that reaches {server.base_url}",
-        ]
-        serve_foreground(server, banner, out)
+        serve_receiver(
+            CallbackReceiver(journal), host, port,
+            lambda url: f"serving the runs journaled in {state_dir / DB_NAME}; point callback.public_url at the "
+            f"https address that reaches {url}",
+            out,
+        )  # fmt: skip
+
+
+def serve_receiver(receiver: Receiver, host: str, port: int, says: Callable[[str], str], out: TextIO | None = None) -> None:
+    """Serve ``receiver`` in the foreground: the banner (its address, then ``says(address)``)
+    first, until Ctrl-C or SIGTERM."""
+    require_asgi("The callback receiver", INSTALL_HINT)
+    server = ThreadedServer(receiver.app(), host=host, port=port, what=WHAT, name="opus-callbacks")
+    server.start()
+    serve_foreground(server, [f"Opus callback receiver listening on {server.base_url}", says(server.base_url)], out)

@@ -62,16 +62,10 @@ class EngineReceiver(Receiver):
 
 def serve(engine: EngineOptions, key: bytes, host: str, port: int) -> None:
     """``opus-run callbacks serve --engine temporal`` until Ctrl-C or SIGTERM."""
-    from ..asgiserver import ThreadedServer, require_asgi, serve_foreground
-    from ..callbacks.server import INSTALL_HINT, WHAT
+    from ..callbacks.server import serve_receiver
 
-    require_asgi("The callback receiver", INSTALL_HINT)
-    receiver = EngineReceiver(key, engine)
-    server = ThreadedServer(receiver.app(), host=host, port=port, what=WHAT, name="opus-callbacks")
-    server.start()
-    banner = [
-        f"Opus callback receiver listening on {server.base_url}",
-        f"signalling the engine runs on {engine.address} (namespace {engine.namespace}); start the workers with "
-        f"--callback-public-url set to the https address that reaches {server.base_url}",
-    ]
-    serve_foreground(server, banner, None)
+    serve_receiver(
+        EngineReceiver(key, engine), host, port,
+        lambda url: f"signalling the engine runs on {engine.address} (namespace {engine.namespace}); submit runs with "
+        f"--callback-public-url set to the https address that reaches {url}",
+    )  # fmt: skip

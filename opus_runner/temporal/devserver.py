@@ -45,6 +45,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_group(process: subprocess.Popen[bytes], *, grace: float = 15.0, kill: bool = False) -> None:
+    """End a child started with ``start_new_session`` and its own children: SIGTERM, then SIGKILL
+    after ``grace`` seconds; at once with ``kill`` (kill -9, what a lost machine does)."""
+    if process.poll() is not None:
+        return
+    if not kill:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class DevServer:
     """``temporal server start-dev --headless`` on 127.0.0.1; ``db`` keeps its state in a file."""
 
@@ -92,27 +117,16 @@ class DevServer:
 
     def kill(self) -> None:
         """kill -9: no shutdown, what a lost machine does."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        if self.process is not None:
+            stop_group(self.process, kill=True)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.process is not None:
+            stop_group(self.process)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the server so far (Linux /proc; 0 elsewhere)."""
-        if self.process is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU seconds of the server so far."""
+        return cpu_seconds(self.process.pid) if self.process is not None else 0.0
 
     def __enter__(self) -> DevServer:
         return self.start()

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from opus_runner.temporal.devserver import DevServer as _DevServer
 from opus_runner.temporal.devserver import free_port, stop_group, temporal_binary
 
-__all__ = ["DevServer", "Worker", "free_port", "need_temporal", "temporal_binary"]
+__all__ = ["DevServer", "Ran", "Worker", "free_port", "need_temporal", "run_cli", "temporal_binary"]
 
 
 def need_temporal() -> str:
@@ -43,6 +44,31 @@ class DevServer(_DevServer):
 
     def __init__(self, binary: str, folder: Path) -> None:
         super().__init__(folder, db=True, binary=binary)
+
+
+@dataclass
+class Ran:
+    """An ``opus-run`` that ran in a process of its own, as CliRunner's Result reads."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(root: Path, env: dict[str, str], *args: str, timeout: float = 280) -> Ran:
+    """``python -m opus_runner ARGS`` in ``root``. Engine commands run in a process of their own,
+    never in pytest's: Temporal's client leaves runtime threads behind, which can abort an
+    interpreter at its teardown (temporalio/sdk-python#300; the program itself exits past it)."""
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith(("OPUS_", "TEMPORAL_"))}, **env}
+    full["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    done = subprocess.run(
+        [sys.executable, "-m", "opus_runner", *map(str, args)], cwd=root, env=full, capture_output=True, text=True, timeout=timeout
+    )
+    return Ran(done.returncode, done.stdout, done.stderr)
 
 
 class Worker:

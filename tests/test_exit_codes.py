@@ -26,7 +26,7 @@ from opus_runner.cli import main
 from opus_runner.errors import EXIT_CODES, TlsError
 
 from conftest import WF, WORKFLOWS, Project, header, make_project, opus_run, wait_for
-from temporal_support import DevServer, need_temporal
+from temporal_support import DevServer, need_temporal, run_cli
 
 #: A workflow slow enough to interrupt that then fails, for resume's exit 1.
 SLOW_BROKEN = "00000000-0000-4000-8000-0000000000b1"
@@ -249,15 +249,15 @@ def _temporal(p: Project) -> Iterator[DevServer]:
 @case("submit", 0, "submitted")
 def _(p: Project) -> int:
     with _temporal(p) as server:
-        return p.run("submit", "ok.yaml", "--engine", "temporal", "--temporal-address", server.address).exit_code
+        return run_cli(p.root, p.env, "submit", "ok.yaml", "--engine", "temporal", "--temporal-address", server.address).exit_code
 
 
 @case("cancel", 0, "told to stop")
 def _(p: Project) -> int:
     with _temporal(p) as server:
         where = ("--engine", "temporal", "--temporal-address", server.address)
-        assert p.run("submit", "ok.yaml", "--run-id", "r", *where).exit_code == 0
-        return p.run("cancel", "r", *where).exit_code
+        assert run_cli(p.root, p.env, "submit", "ok.yaml", "--run-id", "r", *where).exit_code == 0
+        return run_cli(p.root, p.env, "cancel", "r", *where).exit_code
 
 
 @case("worker", 0, "stopped with ctrl-c")
@@ -642,7 +642,7 @@ def _no_temporal_server(*args: str) -> Case:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             address = f"127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there once closed
-        result = p.run(*args, "--engine", "temporal", "--temporal-address", address)
+        result = run_cli(p.root, p.env, *args, "--engine", "temporal", "--temporal-address", address)
         assert f"no Temporal server answers at {address}" in result.stderr, result.output
         return result.exit_code
 

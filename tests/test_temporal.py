@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import Project, header, wait_for
-from temporal_support import DevServer, Worker, need_temporal
+from temporal_support import DevServer, Ran, Worker, need_temporal, run_cli
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -66,12 +66,17 @@ def batch(project: Project, rows: int, workflow: str = "quick", extra: str = NDJ
     )
 
 
-def submit(project: Project, server: DevServer, spec: Path, *args: str) -> Any:
-    return project.run("submit", spec, "--engine", "temporal", "--temporal-address", server.address, "--heartbeat-timeout", "2", *args)
+def cli(project: Project, *args: str | Path, env: dict[str, str] | None = None) -> Ran:
+    """An engine command, in a process of its own (temporal_support.run_cli says why)."""
+    return run_cli(project.root, {**project.env, **(env or {})}, *map(str, args))
 
 
-def wait_run(project: Project, server: DevServer, run_id: str, *args: str) -> Any:
-    return project.run("wait", run_id, "--engine", "temporal", "--temporal-address", server.address, *args)
+def submit(project: Project, server: DevServer, spec: Path, *args: str) -> Ran:
+    return cli(project, "submit", spec, "--engine", "temporal", "--temporal-address", server.address, "--heartbeat-timeout", "2", *args)
+
+
+def wait_run(project: Project, server: DevServer, run_id: str, *args: str) -> Ran:
+    return cli(project, "wait", run_id, "--engine", "temporal", "--temporal-address", server.address, *args)
 
 
 def executes_by_plan(project: Project) -> Counter[str]:
@@ -132,7 +137,7 @@ def test_nothing_starts_when_a_job_is_invalid(project: Project, server: DevServe
     spec = project.spec("bad.yaml", header("bad", "quick", "inputs:\n  Nope: 1\n"))
     result = submit(project, server, spec, "--run-id", "bad")
     assert result.exit_code == 2, result.output
-    missing = project.run("status", "bad", "--engine", "temporal", "--temporal-address", server.address)
+    missing = cli(project, "status", "bad", "--engine", "temporal", "--temporal-address", server.address)
     assert missing.exit_code == 2 and "no run 'bad'" in missing.output
 
 
@@ -141,7 +146,7 @@ def test_no_server_at_the_address_is_one_sentence(project: Project) -> None:
     from temporal_support import free_port
 
     need_temporal()
-    result = project.run("submit", spec, "--engine", "temporal", "--temporal-address", f"127.0.0.1:{free_port()}")
+    result = cli(project, "submit", spec, "--engine", "temporal", "--temporal-address", f"127.0.0.1:{free_port()}")
     assert result.exit_code == 3, result.output
     assert "no Temporal server answers at 127.0.0.1:" in result.output
     assert "temporal server start-dev" in result.output and "Traceback" not in result.output
@@ -291,29 +296,38 @@ def test_outputs_redelivered_after_a_crash_are_written_once(project: Project, se
     assert_exactly_once(project, 1)
 
 
-def test_the_library_submits_and_waits(project: Project, server: DevServer) -> None:
-    import asyncio
+LIBRARY_SCRIPT = """
+import asyncio, json, os, sys
+import opus_runner
 
-    import opus_runner
+async def go():
+    handle = await opus_runner.submit(
+        [sys.argv[1]], engine=opus_runner.EngineOptions(address=sys.argv[2]), run_id="lib",
+        base_url=os.environ["OPUS_BASE_URL"], service_key=os.environ["OPUS_SERVICE_KEY"],
+    )
+    report = await handle.wait()
+    return {"submitted": [handle.run_id, handle.jobs, handle.started], "exit_code": report.exit_code,
+            "statuses": sorted(o.status for o in report.outcomes), "job_ids": [o.job_id for o in report.outcomes]}
+
+print(json.dumps(asyncio.run(go())), flush=True)
+os._exit(0)  # past the teardown of Temporal's runtime threads (temporalio/sdk-python#300)
+"""
+
+
+def test_the_library_submits_and_waits(project: Project, server: DevServer) -> None:
+    import subprocess
 
     spec = batch(project, 3)
-
-    async def go() -> Any:
-        handle = await opus_runner.submit(
-            [spec],
-            engine=opus_runner.EngineOptions(address=server.address),
-            run_id="lib",
-            base_url=project.sandbox.base_url,
-            service_key=project.sandbox.key,
-        )
-        assert (handle.run_id, handle.jobs, handle.started) == ("lib", 3, 1)
-        return await handle.wait()
-
+    script = project.file("submit_and_wait.py", LIBRARY_SCRIPT)
     with start_worker(server, project):
-        report = asyncio.run(go())
-    assert report.exit_code == 0
-    assert sorted(o.status for o in report.outcomes) == ["COMPLETED"] * 3
-    assert all(o.job_id for o in report.outcomes)
+        done = subprocess.run(
+            [sys.executable, str(script), str(spec), server.address], cwd=project.root, env=worker_env(project),
+            capture_output=True, text=True, timeout=200,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["submitted"] == ["lib", 3, 1]
+    assert found["exit_code"] == 0 and found["statuses"] == ["COMPLETED"] * 3 and all(found["job_ids"])
 
 
 def test_status_while_running_then_cancel(project: Project, server: DevServer) -> None:
@@ -321,9 +335,9 @@ def test_status_while_running_then_cancel(project: Project, server: DevServer) -
     with start_worker(server, project):
         assert submit(project, server, spec, "--run-id", "stop").exit_code == 0
         wait_for(lambda: executed(project) == 2, timeout=60)
-        running = project.run("status", "stop", "--engine", "temporal", "--temporal-address", server.address)
+        running = cli(project, "status", "stop", "--engine", "temporal", "--temporal-address", server.address)
         assert running.exit_code == 4, running.output  # not finished yet
-        cancelled = project.run("cancel", "stop", "--engine", "temporal", "--temporal-address", server.address)
+        cancelled = cli(project, "cancel", "stop", "--engine", "temporal", "--temporal-address", server.address)
         assert cancelled.exit_code == 0, cancelled.output
         assert "documents no job cancel" in cancelled.output
         done = wait_run(project, server, "stop")
@@ -406,8 +420,8 @@ def test_a_worker_without_the_shared_secret_says_so_for_a_run_woken_by_callbacks
 
 
 def test_a_receiver_without_the_shared_secret_is_one_sentence(project: Project, server: DevServer) -> None:
-    result = project.run(
-        "callbacks", "serve", "--engine", "temporal", "--temporal-address", server.address, "--port", "0",
+    result = cli(
+        project, "callbacks", "serve", "--engine", "temporal", "--temporal-address", server.address, "--port", "0",
         env={"OPUS_RUNNER_CALLBACK_SECRET": ""},
     )
     assert result.exit_code == 2, result.output
@@ -461,6 +475,6 @@ def test_an_engine_run_speaks_the_api_generation_it_was_submitted_with(project: 
 def test_submit_refuses_the_sandbox_in_one_sentence(project: Project) -> None:
     need_temporal()
     spec = batch(project, 1)
-    result = project.run("submit", spec, "--engine", "temporal", "--sandbox")
+    result = cli(project, "submit", spec, "--engine", "temporal", "--sandbox")
     assert result.exit_code == 2, result.output
     assert "--sandbox cannot serve an engine run" in result.output and "Traceback" not in result.output

@@ -1,6 +1,6 @@
-"""The activities a worker runs: initiate, execute, status and finish, each one step of one
-job, done by the same parts as a local run (the session's client, plugins and payload
-building, and the run engine's job and delivery steps).
+"""The activities a worker runs: the steps ``initiate``, ``execute`` and ``check``, each for
+some jobs of a run, each job done by the same parts as a local run (the session's client,
+plugins and payload building, and the run engine's job and delivery steps).
 
 A worker plans the run again from its own checkout: the chunk's history carries plan keys and
 digests, never a payload, a secret or a file. A checkout whose specs or inputs differ from the
@@ -15,9 +15,9 @@ import contextlib
 import contextvars
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio import activity

@@ -121,3 +121,40 @@ def test_run_and_resume_leave_the_working_directory_alone(project: Project, tmp_
     [outcome] = report.outcomes
     assert outcome.result is not None and outcome.result.outputs == {"answer": "Answer to from the vars file"}
     assert (project.root / "out.ndjson").exists() and not (elsewhere / "out.ndjson").exists()
+
+
+KEY_RECORDER = '''
+from pathlib import Path
+from opus_runner import hookimpl
+
+
+def record(subject, config, ctx):
+    with Path("keys.txt").open("a") as handle:
+        handle.write(f"{ctx.idempotency_key}\\n")
+
+
+@hookimpl
+def opus_register_outputs(register):
+    register("record_key", record)
+
+
+@hookimpl
+def opus_register_notifiers(register):
+    register("record_key", record)
+'''
+
+
+def test_every_delivery_has_an_idempotency_key_of_its_run_job_and_target(project: Project) -> None:
+    project.file("plugins/keys.py", KEY_RECORDER)
+    extra = "inputs:\n  Question: q\noutputs: [{type: record_key}]\nnotify: [{type: record_key, on: [submitted, completed]}]\n"
+    project.spec("k.yaml", header("k", "quick", extra))
+    result = project.run("run", "k.yaml", "--format", "json")
+    assert result.exit_code == 0, result.output
+    import sqlite3
+
+    with sqlite3.connect(project.root / ".opus-run" / "state.db") as db:
+        (run_id,) = db.execute("SELECT run_id FROM runs").fetchone()
+    keys = (project.root / "keys.txt").read_text().split()
+    assert sorted(keys) == sorted(
+        [f"{run_id}:k:outputs[0]:record_key", f"{run_id}:k:notify[0]:record_key:submitted", f"{run_id}:k:notify[0]:record_key:completed"]
+    )

@@ -186,7 +186,9 @@ class Delivery:
             # this mark, and the redelivery then checks the target first (ctx.redelivery).
             journal.record_delivery(row_id, target.key, ok=False)  # type: ignore[arg-type]
         timeout = session.config.timeouts.notify if target.kind == "notify" else session.config.timeouts.outputs
-        ctx.idempotency_key = delivery_key(session.run_id, plan.key, target.key) if session.run_id else None
+        # A notifier hears several events of one job: each is its own delivery.
+        kind = getattr(subject, "kind", None) if target.kind == "notify" else None
+        ctx.idempotency_key = delivery_key(session.run_id, plan.key, target.key + (f":{kind}" if kind else "")) if session.run_id else None
         handler = registry.get(target.type_name)
         try:
             if handler is None:

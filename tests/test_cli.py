@@ -154,13 +154,26 @@ def test_spec_schema_version_and_module_entry() -> None:
     assert "opus-run" in out.stdout
 
 
-def test_console_script_is_the_click_group() -> None:
+def test_console_script_runs_the_click_group() -> None:
+    """The console script is :func:`opus_runner.cli.run`: the click group, then the process's
+    end (past the teardown of Temporal's runtime threads when an engine command loaded them)."""
     import importlib
     import tomllib
 
+    from opus_runner.__about__ import __version__
+
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, attr = scripts["opus-run"].partition(":")
-    assert getattr(importlib.import_module(module), attr) is main
+    entry = getattr(importlib.import_module(module), attr)
+    code = f"import sys; from {module} import {attr}; sys.argv = ['opus-run', '--version']; {attr}()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert entry.__module__ == "opus_runner.cli" and done.returncode == 0
+    assert done.stdout.strip() == f"opus-run, version {__version__}"
+    failed = subprocess.run(
+        [sys.executable, "-c", f"import sys; from {module} import {attr}; sys.argv = ['opus-run', 'valdiate']; {attr}()"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert failed.returncode == 2 and "Did you mean 'validate'?" in failed.stderr
 
 
 def test_a_flag_is_spelled_the_same_in_every_command() -> None:

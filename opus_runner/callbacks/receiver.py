@@ -13,6 +13,7 @@ sender) may give up on a slow receiver.
 
 from __future__ import annotations
 
+import abc
 import hmac
 import json
 import logging
@@ -60,8 +61,9 @@ def _shape(value: Any, depth: int) -> Any:
     return {bool: "boolean", int: "number", float: "number", str: "string"}.get(type(value), type(value).__name__)
 
 
-class Receiver:
-    """The routes of a receiver and its counts; :meth:`deliver` decides what a token means."""
+class Receiver(abc.ABC):
+    """The routes of a receiver and its counts; :meth:`deliver`, each kind's own, decides what
+    a token means (the journal's receiver, the engine's)."""
 
     def __init__(self) -> None:
         self.accepted = 0
@@ -80,9 +82,9 @@ class Receiver:
         ]
         return Starlette(routes=routes)
 
+    @abc.abstractmethod
     async def deliver(self, token: str, shape: Any) -> bool:
         """Wake the job ``token`` belongs to; False when it belongs to none."""
-        raise NotImplementedError
 
     def counted(self, ok: bool, what: str = "an unknown token") -> bool:
         with self._lock:
